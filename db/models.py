@@ -1,0 +1,90 @@
+"""Tables: runs, their metric points and their system/memory samples."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Optional
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Run lifecycle: queued -> running -> finished | failed. "active" statuses are the ones a
+# reaper must watch so nothing stays "running" after its process is gone.
+QUEUED, RUNNING, FINISHED, FAILED = "queued", "running", "finished", "failed"
+STATUSES = (QUEUED, RUNNING, FINISHED, FAILED)
+ACTIVE_STATUSES = (QUEUED, RUNNING)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON}
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    started_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    framework: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(64))
+    dataset: Mapped[str] = mapped_column(String(64))
+    # Runs queued together (a "both frameworks" pair) share a group tag.
+    group_tag: Mapped[Optional[str]] = mapped_column(String(64))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    environment: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+    summary: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)  # epochs completed
+    total_epochs: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer, default=0)  # optimizer steps completed
+    total_steps: Mapped[Optional[int]] = mapped_column(Integer)
+    hostname: Mapped[Optional[str]] = mapped_column(String(255))
+    pid: Mapped[Optional[int]] = mapped_column(Integer)
+    heartbeat_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    log_path: Mapped[Optional[str]] = mapped_column(Text)
+
+    metrics: Mapped[list["MetricPoint"]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", passive_deletes=True
+    )
+    samples: Mapped[list["SystemSample"]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    __table_args__ = (Index("ix_runs_status", "status"), Index("ix_runs_created_at", "created_at"))
+
+
+class MetricPoint(Base):
+    """One value of one metric: per step (name "step/...") or per epoch."""
+
+    __tablename__ = "metric_points"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    step: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[int] = mapped_column(Integer)
+    wall_time: Mapped[float] = mapped_column(Float)  # unix seconds
+    value: Mapped[float] = mapped_column(Float)
+
+    run: Mapped[Run] = relationship(back_populates="metrics")
+
+    __table_args__ = (Index("ix_metric_points_run_name_step", "run_id", "name", "step"),)
+
+
+class SystemSample(Base):
+    """One reading of a host, framework-allocator or GPU gauge."""
+
+    __tablename__ = "system_samples"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    time: Mapped[float] = mapped_column(Float)  # unix seconds
+    source: Mapped[str] = mapped_column(String(32))  # host | nvml | torch | tensorflow
+    name: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Float)
+    unit: Mapped[str] = mapped_column(String(16))
+
+    run: Mapped[Run] = relationship(back_populates="samples")
+
+    __table_args__ = (Index("ix_system_samples_run_source_name_time", "run_id", "source", "name", "time"),)

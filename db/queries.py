@@ -1,0 +1,211 @@
+"""Query functions. Each takes the session first and never commits: the caller owns the transaction."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import pandas as pd
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from db.models import (
+    ACTIVE_STATUSES,
+    FAILED,
+    FINISHED,
+    QUEUED,
+    RUNNING,
+    MetricPoint,
+    Run,
+    SystemSample,
+)
+
+# Metric names recorded once per optimizer step start with this prefix; the rest are per epoch.
+STEP_PREFIX = "step/"
+
+
+def utcnow() -> datetime:
+    """Naive UTC now: SQLite stores no zone, so every timestamp in the database is UTC."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def create_run(
+    s: Session,
+    spec: dict[str, Any],
+    group_tag: Optional[str] = None,
+) -> Run:
+    """Queue a run for a validated spec dict."""
+    run = Run(
+        created_at=utcnow(),
+        status=QUEUED,
+        framework=spec["framework"],
+        model=spec["model"],
+        dataset=spec["dataset"],
+        group_tag=group_tag,
+        spec=dict(spec),
+        total_epochs=spec["epochs"],
+        epoch=0,
+        step=0,
+    )
+    s.add(run)
+    s.flush()
+    return run
+
+
+def get_run(s: Session, run_id: int) -> Optional[Run]:
+    """One run by id, or None."""
+    return s.get(Run, run_id)
+
+
+def list_runs(
+    s: Session, statuses: Optional[Sequence[str]] = None, limit: Optional[int] = None
+) -> list[Run]:
+    """Runs, newest first."""
+    query = select(Run).order_by(Run.id.desc())
+    if statuses:
+        query = query.where(Run.status.in_(statuses))
+    if limit:
+        query = query.limit(limit)
+    return list(s.scalars(query))
+
+
+def set_launch_info(s: Session, run_id: int, pid: int, hostname: str, log_path: str) -> None:
+    """Record the runner process that was started for a queued run."""
+    s.execute(
+        update(Run).where(Run.id == run_id).values(pid=pid, hostname=hostname, log_path=log_path)
+    )
+
+
+def claim_run(s: Session, run_id: int, pid: int, hostname: str) -> bool:
+    """Move a queued run to running for this process; False if it was not queued."""
+    now = utcnow()
+    result = s.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == QUEUED)
+        .values(status=RUNNING, started_at=now, heartbeat_at=now, pid=pid, hostname=hostname)
+    )
+    return result.rowcount == 1
+
+
+def update_run(s: Session, run_id: int, **values: Any) -> None:
+    """Set columns of a run (progress, environment, summary, heartbeat ...)."""
+    s.execute(update(Run).where(Run.id == run_id).values(**values))
+
+
+def finish_run(s: Session, run_id: int, summary: dict[str, Any]) -> None:
+    """Mark a running run finished with its summary."""
+    s.execute(
+        update(Run)
+        .where(Run.id == run_id)
+        .values(status=FINISHED, finished_at=utcnow(), summary=summary, heartbeat_at=utcnow())
+    )
+
+
+def fail_run(s: Session, run_id: int, error: str, summary: Optional[dict[str, Any]] = None) -> None:
+    """Mark a run failed, keeping everything it recorded; the error should say why."""
+    values: dict[str, Any] = {"status": FAILED, "finished_at": utcnow(), "error": error}
+    if summary is not None:
+        values["summary"] = summary
+    s.execute(update(Run).where(Run.id == run_id, Run.status.in_(ACTIVE_STATUSES)).values(**values))
+
+
+def delete_run(s: Session, run_id: int) -> None:
+    """Delete a run and its points (no active run: stop it first)."""
+    s.execute(delete(MetricPoint).where(MetricPoint.run_id == run_id))
+    s.execute(delete(SystemSample).where(SystemSample.run_id == run_id))
+    s.execute(delete(Run).where(Run.id == run_id))
+
+
+def add_metric_points(s: Session, rows: Iterable[dict[str, Any]]) -> None:
+    """Bulk insert metric points: dicts with run_id, name, step, epoch, wall_time, value."""
+    rows = list(rows)
+    if rows:
+        s.execute(insert(MetricPoint), rows)
+
+
+def add_system_samples(s: Session, rows: Iterable[dict[str, Any]]) -> None:
+    """Bulk insert samples: dicts with run_id, time, source, name, value, unit."""
+    rows = list(rows)
+    if rows:
+        s.execute(insert(SystemSample), rows)
+
+
+def metric_frame(s: Session, run_ids: Sequence[int], names: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """Metric points of some runs as a DataFrame (run_id, name, step, epoch, wall_time, value)."""
+    query = select(
+        MetricPoint.run_id, MetricPoint.name, MetricPoint.step, MetricPoint.epoch,
+        MetricPoint.wall_time, MetricPoint.value,
+    ).where(MetricPoint.run_id.in_(list(run_ids)))
+    if names:
+        query = query.where(MetricPoint.name.in_(list(names)))
+    query = query.order_by(MetricPoint.run_id, MetricPoint.name, MetricPoint.step, MetricPoint.id)
+    rows = s.execute(query).all()
+    return pd.DataFrame(rows, columns=["run_id", "name", "step", "epoch", "wall_time", "value"])
+
+
+def sample_frame(
+    s: Session, run_ids: Sequence[int], source: Optional[str] = None, name: Optional[str] = None
+) -> pd.DataFrame:
+    """System samples of some runs as a DataFrame (run_id, time, source, name, value, unit)."""
+    query = select(
+        SystemSample.run_id, SystemSample.time, SystemSample.source, SystemSample.name,
+        SystemSample.value, SystemSample.unit,
+    ).where(SystemSample.run_id.in_(list(run_ids)))
+    if source:
+        query = query.where(SystemSample.source == source)
+    if name:
+        query = query.where(SystemSample.name == name)
+    rows = s.execute(query.order_by(SystemSample.run_id, SystemSample.time)).all()
+    return pd.DataFrame(rows, columns=["run_id", "time", "source", "name", "value", "unit"])
+
+
+def final_metrics(s: Session, run_ids: Sequence[int]) -> dict[int, dict[str, float]]:
+    """Last recorded value of every per-epoch metric, per run."""
+    frame = metric_frame(s, run_ids)
+    result: dict[int, dict[str, float]] = {int(r): {} for r in run_ids}
+    if frame.empty:
+        return result
+    epoch_rows = frame[~frame["name"].str.startswith(STEP_PREFIX)]
+    for (run_id, name), group in epoch_rows.groupby(["run_id", "name"], sort=False):
+        result[int(run_id)][name] = float(group["value"].iloc[-1])
+    return result
+
+
+def reap_orphans(
+    s: Session,
+    hostname: str,
+    is_alive: Callable[[int], bool],
+    stale_after: timedelta = timedelta(minutes=2),
+) -> list[int]:
+    """Fail active runs whose runner is gone, so no run stays "running" forever.
+
+    A run on this host is orphaned when its process is not alive; a run elsewhere when its
+    heartbeat is older than ``stale_after`` (a runner beats at least once a second).
+    """
+    now = utcnow()
+    reaped = []
+    for run in s.scalars(select(Run).where(Run.status.in_(ACTIVE_STATUSES))):
+        if run.hostname == hostname and run.pid is not None:
+            if is_alive(run.pid):
+                continue
+            why = f"runner process {run.pid} on {hostname} ended without reporting a result"
+        else:
+            last = run.heartbeat_at or run.created_at
+            if run.status == QUEUED and run.pid is None:
+                continue  # queued, not launched yet: nothing has died
+            if now - last < stale_after:
+                continue
+            why = f"no heartbeat from runner on {run.hostname} since {last:%Y-%m-%d %H:%M:%S} UTC"
+        fail_run(s, run.id, why + _log_tail(run.log_path))
+        reaped.append(run.id)
+    return reaped
+
+
+def _log_tail(log_path: Optional[str], lines: int = 20) -> str:
+    if not log_path:
+        return ""
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as handle:
+            tail = handle.readlines()[-lines:]
+    except OSError:
+        return ""
+    return "\n\nLast lines of the runner log:\n" + "".join(tail) if tail else ""

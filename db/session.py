@@ -1,0 +1,65 @@
+"""Database URL resolution, engine and session factory (one per process)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.models import Base
+
+ENV_DB_URL = "ARENA_DB_URL"
+ENV_HOME = "ARENA_HOME"
+# Milliseconds a writer waits for a lock before SQLite reports "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def arena_home() -> Path:
+    """Directory for Arena's embedded database and run logs (ARENA_HOME, default ~/.arena)."""
+    return Path(os.environ.get(ENV_HOME) or Path.home() / ".arena").expanduser()
+
+
+def default_db_url() -> str:
+    """The embedded SQLite database: $ARENA_HOME/arena.db."""
+    return f"sqlite:///{arena_home() / 'arena.db'}"
+
+
+def resolve_db_url(url: Optional[str] = None) -> str:
+    """An explicit URL wins, then ARENA_DB_URL, then the embedded SQLite default."""
+    return url or os.environ.get(ENV_DB_URL) or default_db_url()
+
+
+def make_engine(url: Optional[str] = None) -> Engine:
+    """Create an engine and the schema; SQLite gets WAL, foreign keys and a busy timeout."""
+    url = resolve_db_url(url)
+    is_sqlite = url.startswith("sqlite")
+    if is_sqlite:
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000} if is_sqlite else {},
+        pool_pre_ping=not is_sqlite,
+    )
+    if is_sqlite:
+        event.listen(engine, "connect", _sqlite_pragmas)
+    Base.metadata.create_all(engine)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    # WAL + NORMAL is durable against process crashes (the case that matters: a killed runner).
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_sessionmaker(url: Optional[str] = None) -> sessionmaker[Session]:
+    """A sessionmaker bound to a fresh engine for the resolved URL."""
+    return sessionmaker(make_engine(url), expire_on_commit=False)

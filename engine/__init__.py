@@ -1,0 +1,1 @@
+"""Arena's framework-neutral core. Importing it imports neither torch nor tensorflow."""

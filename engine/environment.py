@@ -1,0 +1,47 @@
+"""The environment a run trained in, stored on the run so results keep their provenance."""
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+from typing import Any, Optional
+
+import numpy as np
+import psutil
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (from /proc/cpuinfo on Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith(("model name", "hardware", "processor\t: ")) and ":" in line:
+                    name = line.split(":", 1)[1].strip()
+                    if name and not name.isdigit():
+                        return name
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def capture(framework_info: dict[str, Any], nvml_info: Optional[dict[str, Any]], nvml_status: str) -> dict[str, Any]:
+    """Python, OS, host, CPU, memory, framework/CUDA versions, device and GPUs."""
+    env: dict[str, Any] = {
+        "python_version": platform.python_version(),
+        "python_executable": sys.executable,
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "memory_total_bytes": psutil.virtual_memory().total,
+        "numpy_version": np.__version__,
+        "nvml": nvml_status,
+    }
+    env.update(framework_info)
+    if nvml_info:
+        env["gpu_driver_version"] = nvml_info.get("driver_version")
+        env["gpus"] = nvml_info.get("gpus")
+    if "device_name" not in env:
+        env["device_name"] = f"CPU: {env['cpu_model']}" if env.get("device") == "cpu" else env.get("device")
+    return env

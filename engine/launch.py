@@ -1,0 +1,127 @@
+"""Queue runs and start their runner processes; find runs whose runner died.
+
+Used by the dashboard and the CLI alike, so both go through the same path:
+queue a row -> start `python -m engine.runner RUN_ID --db URL` -> the runner claims the row.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Optional, Sequence
+
+import psutil
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries
+from db.session import arena_home
+from engine.spec import RunSpec
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+RUNNER_MODULE = "engine.runner"
+
+
+def absolute_db_url(url: str) -> str:
+    """A URL the runner can open from any working directory (relative SQLite paths made absolute)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        return parsed.set(database=str(Path(parsed.database).expanduser().resolve())).render_as_string(
+            hide_password=False
+        )
+    return url
+
+
+def queue_runs(sessions: sessionmaker[Session], specs: Sequence[RunSpec]) -> list[int]:
+    """Store specs as queued runs (one group tag when several are queued together)."""
+    group_tag = uuid.uuid4().hex[:8] if len(specs) > 1 else None
+    with sessions.begin() as s:
+        return [queries.create_run(s, spec.to_dict(), group_tag).id for spec in specs]
+
+
+def start_runner(sessions: sessionmaker[Session], run_id: int, db_url: str, detach: bool = True) -> subprocess.Popen:
+    """Start the runner process for a queued run; its output goes to a per-run log file.
+
+    detach=True puts it in its own session so it outlives the dashboard, a page reload or a
+    closed browser; the CLI starts it attached so Ctrl-C stops the run too.
+    """
+    log_dir = arena_home() / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"run-{run_id}.log"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with open(log_path, "ab") as log:
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", RUNNER_MODULE, str(run_id), "--db", absolute_db_url(db_url)],
+                cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=detach,
+            )
+        except OSError as exc:
+            with sessions.begin() as s:
+                queries.fail_run(s, run_id, f"could not start the runner process: {exc}")
+            raise
+    _children.append(process)
+    with sessions.begin() as s:
+        queries.set_launch_info(s, run_id, process.pid, socket.gethostname(), str(log_path))
+    return process
+
+
+_children: list[subprocess.Popen] = []
+
+
+def launch(sessions: sessionmaker[Session], specs: Sequence[RunSpec], db_url: str) -> list[int]:
+    """Queue specs and start one detached runner per run; return the run ids."""
+    run_ids = queue_runs(sessions, specs)
+    for run_id in run_ids:
+        start_runner(sessions, run_id, db_url)
+    return run_ids
+
+
+def runner_alive(pid: int) -> bool:
+    """True while a runner process with this pid exists (a zombie or a reused pid is not one)."""
+    # Reap finished children of this process so they do not linger as zombies.
+    for child in list(_children):
+        if child.poll() is not None:
+            _children.remove(child)
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return RUNNER_MODULE in " ".join(process.cmdline())
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def reap(sessions: sessionmaker[Session]) -> list[int]:
+    """Fail queued/running runs whose runner is gone; return their ids."""
+    with sessions.begin() as s:
+        return queries.reap_orphans(s, socket.gethostname(), runner_alive)
+
+
+def stop_run(sessions: sessionmaker[Session], run_id: int) -> bool:
+    """Ask a run's runner to stop (SIGTERM); it records the stop as a failure and keeps its points."""
+    with sessions.begin() as s:
+        run = queries.get_run(s, run_id)
+        if run is None or run.status not in ("queued", "running"):
+            return False
+        pid, host = run.pid, run.hostname
+    if pid is None or host != socket.gethostname() or not runner_alive(pid):
+        reap(sessions)
+        return False
+    os.kill(pid, signal.SIGTERM)
+    return True
+
+
+def default_url_for(url: Optional[str]) -> str:
+    """Resolved, runner-ready database URL."""
+    from db.session import resolve_db_url
+
+    return absolute_db_url(resolve_db_url(url))
