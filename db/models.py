@@ -65,7 +65,8 @@ class MetricPoint(Base):
     step: Mapped[int] = mapped_column(Integer)
     epoch: Mapped[int] = mapped_column(Integer)
     wall_time: Mapped[float] = mapped_column(Float)  # unix seconds
-    value: Mapped[float] = mapped_column(Float)
+    # NULL means NaN: SQLite stores a NaN as NULL, and a diverged loss is a point worth keeping.
+    value: Mapped[Optional[float]] = mapped_column(Float)
 
     run: Mapped[Run] = relationship(back_populates="metrics")
 

@@ -1,0 +1,129 @@
+"""db/: schema, SQLite settings, lifecycle transitions, reaping and concurrent access on a real file."""
+import threading
+import time
+from datetime import timedelta
+
+from sqlalchemy import text
+
+from db import queries
+from db.models import FAILED, FINISHED, QUEUED, RUNNING
+from db.session import default_db_url, make_sessionmaker, resolve_db_url
+from engine.spec import RunSpec
+
+SPEC = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=3).to_dict()
+
+
+def test_url_resolution_order(monkeypatch, tmp_path):
+    monkeypatch.delenv("ARENA_DB_URL", raising=False)
+    monkeypatch.setenv("ARENA_HOME", str(tmp_path))
+    assert default_db_url() == f"sqlite:///{tmp_path / 'arena.db'}"
+    assert resolve_db_url() == default_db_url()
+    monkeypatch.setenv("ARENA_DB_URL", "sqlite:///elsewhere.db")
+    assert resolve_db_url() == "sqlite:///elsewhere.db"
+    assert resolve_db_url("sqlite:///explicit.db") == "sqlite:///explicit.db"
+
+
+def test_sqlite_runs_in_wal_with_foreign_keys_and_busy_timeout(arena_db):
+    sessions = make_sessionmaker(arena_db)
+    with sessions.begin() as s:
+        assert s.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert s.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert s.execute(text("PRAGMA busy_timeout")).scalar() >= 5000
+
+
+def test_lifecycle_queued_running_finished(arena_db):
+    sessions = make_sessionmaker(arena_db)
+    with sessions.begin() as s:
+        run_id = queries.create_run(s, SPEC).id
+    with sessions.begin() as s:
+        assert queries.get_run(s, run_id).status == QUEUED
+        assert queries.claim_run(s, run_id, pid=42, hostname="h")
+        assert not queries.claim_run(s, run_id, pid=43, hostname="h")  # only one runner gets it
+    with sessions.begin() as s:
+        run = queries.get_run(s, run_id)
+        assert (run.status, run.pid, run.total_epochs) == (RUNNING, 42, 3)
+        queries.add_metric_points(s, [
+            dict(run_id=run_id, name=name, step=step, epoch=epoch, wall_time=0.0, value=value)
+            for name, step, epoch, value in [("train_loss", 10, 1, 2.0), ("train_loss", 20, 2, 1.0),
+                                             ("step/train_loss", 1, 1, 9.0)]
+        ])
+        queries.finish_run(s, run_id, {"param_count": 9610})
+    with sessions.begin() as s:
+        run = queries.get_run(s, run_id)
+        assert run.status == FINISHED and run.finished_at >= run.started_at
+        assert queries.final_metrics(s, [run_id]) == {run_id: {"train_loss": 1.0}}
+        frame = queries.metric_frame(s, [run_id], ["step/train_loss"])
+        assert frame["value"].tolist() == [9.0]
+
+
+def test_fail_keeps_points_and_does_not_overwrite_a_finished_run(arena_db):
+    sessions = make_sessionmaker(arena_db)
+    with sessions.begin() as s:
+        a, b = queries.create_run(s, SPEC).id, queries.create_run(s, SPEC).id
+        queries.add_system_samples(s, [dict(run_id=a, time=1.0, source="host", name="rss", value=1.0, unit="bytes")])
+        queries.finish_run(s, b, {})
+    with sessions.begin() as s:
+        queries.fail_run(s, a, "Traceback ...\nValueError: boom")
+        queries.fail_run(s, b, "late failure")
+    with sessions.begin() as s:
+        assert queries.get_run(s, a).status == FAILED and "boom" in queries.get_run(s, a).error
+        assert len(queries.sample_frame(s, [a])) == 1
+        assert queries.get_run(s, b).status == FINISHED and queries.get_run(s, b).error is None
+
+
+def test_reaper_fails_runs_whose_runner_is_gone(arena_db, tmp_path):
+    sessions = make_sessionmaker(arena_db)
+    log = tmp_path / "run.log"
+    log.write_text("epoch 1\nSegmentation fault\n")
+    with sessions.begin() as s:
+        dead = queries.create_run(s, SPEC).id
+        alive = queries.create_run(s, SPEC).id
+        remote_stale = queries.create_run(s, SPEC).id
+        never_started = queries.create_run(s, SPEC).id
+        queries.claim_run(s, dead, pid=111, hostname="here")
+        queries.update_run(s, dead, log_path=str(log))
+        queries.claim_run(s, alive, pid=222, hostname="here")
+        queries.claim_run(s, remote_stale, pid=333, hostname="elsewhere")
+        queries.update_run(s, remote_stale, heartbeat_at=queries.utcnow() - timedelta(minutes=10))
+    with sessions.begin() as s:
+        reaped = queries.reap_orphans(s, "here", is_alive=lambda pid: pid == 222)
+    assert sorted(reaped) == sorted([dead, remote_stale])
+    with sessions.begin() as s:
+        assert "runner process 111" in queries.get_run(s, dead).error
+        assert "Segmentation fault" in queries.get_run(s, dead).error
+        assert "no heartbeat" in queries.get_run(s, remote_stale).error
+        assert queries.get_run(s, alive).status == RUNNING
+        assert queries.get_run(s, never_started).status == QUEUED
+
+
+def test_concurrent_writer_and_reader_never_see_database_is_locked(arena_db):
+    """A runner-like writer commits small batches while a dashboard-like reader polls."""
+    writer_sessions, reader_sessions = make_sessionmaker(arena_db), make_sessionmaker(arena_db)
+    with writer_sessions.begin() as s:
+        run_id = queries.create_run(s, SPEC).id
+    errors, stop = [], threading.Event()
+
+    def write():
+        try:
+            for step in range(300):
+                with writer_sessions.begin() as s:
+                    queries.add_metric_points(s, [dict(run_id=run_id, name="step/train_loss", step=step, epoch=1,
+                                                       wall_time=time.time(), value=1.0)])
+                    queries.update_run(s, run_id, step=step)
+        except Exception as exc:  # pragma: no cover - the assertion below reports it
+            errors.append(exc)
+        finally:
+            stop.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    reads = 0
+    while not stop.is_set():
+        with reader_sessions.begin() as s:
+            queries.metric_frame(s, [run_id])
+            queries.list_runs(s)
+        reads += 1
+    thread.join()
+    assert errors == [] and reads > 0
+    with reader_sessions.begin() as s:
+        assert len(queries.metric_frame(s, [run_id])) == 300

@@ -1,0 +1,89 @@
+"""`python -m engine`: run/runs/models through the real runner path and database."""
+import json
+
+import pytest
+
+from db import queries
+from db.session import make_sessionmaker
+from tests.conftest import run_cli
+
+TINY = ["--epochs", "1", "--max-steps-per-epoch", "3"]
+
+
+def last_json(stdout: str):
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_run_json_contract_and_runs_listing(arena_db):
+    result = run_cli("run", "--framework", "torch", "--model", "mlp", "--dataset", "digits", *TINY,
+                     "--db", arena_db, "--json")
+    assert result.returncode == 0, result.stderr
+    record = last_json(result.stdout)
+    assert {"run_id", "status", "framework", "model", "dataset", "metrics"} <= set(record)
+    assert (record["status"], record["framework"], record["model"], record["dataset"]) == (
+        "finished", "torch", "mlp", "digits")
+    assert {"train_loss", "test_loss", "test_accuracy", "samples_per_s"} <= set(record["metrics"])
+    assert "epoch 1/1" in result.stderr  # progress was shown
+
+    listing = run_cli("runs", "--json", "--db", arena_db)
+    assert listing.returncode == 0
+    runs = last_json(listing.stdout)
+    assert [r["run_id"] for r in runs] == [record["run_id"]]
+    assert runs[0]["metrics"]["test_accuracy"] == pytest.approx(record["metrics"]["test_accuracy"])
+
+
+def test_db_defaults_to_arena_db_url(arena_db):
+    result = run_cli("run", "--framework", "tensorflow", "--model", "powerlaw", "--dataset", "powerlaw", *TINY,
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    sessions = make_sessionmaker(arena_db)
+    with sessions.begin() as s:
+        assert [r.framework for r in queries.list_runs(s)] == ["tensorflow"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--framework", "mxnet", "--model", "mlp", "--dataset", "digits"], "framework='mxnet'"),
+    (["--framework", "torch", "--model", "mlp", "--dataset", "digits", "--lr", "-0.1"], "lr=-0.1: must be > 0"),
+    (["--framework", "torch", "--model", "mlp", "--dataset", "digits", "--epochs", "0"], "epochs=0"),
+    (["--framework", "torch", "--model", "mlp", "--dataset", "digits", "--batch-size", "5000"], "batch_size=5000"),
+    (["--framework", "torch", "--model", "cnn", "--dataset", "powerlaw"], "dataset='powerlaw'"),
+    (["--framework", "torch", "--model", "mlp", "--dataset", "digits", "--device", "cuda:0"], "device='cuda:0'"),
+])
+def test_bad_input_exits_2_names_the_value_and_stores_nothing(arena_db, args, message):
+    result = run_cli("run", *args, "--db", arena_db, "--json")
+    assert result.returncode == 2
+    assert message in result.stderr
+    with make_sessionmaker(arena_db).begin() as s:
+        assert queries.list_runs(s) == []
+
+
+def test_failed_run_exits_nonzero_with_status_failed(arena_db):
+    result = run_cli("run", "--framework", "tensorflow", "--model", "mlp", "--dataset", "digits", "--optimizer",
+                     "sgd", "--lr", "1e9", *TINY, "--json")
+    assert result.returncode == 1
+    record = last_json(result.stdout)
+    assert record["status"] == "failed" and "FloatingPointError" in record["error"]
+
+
+def test_models_reports_measured_parameter_counts():
+    result = run_cli("models", "--json")
+    assert result.returncode == 0, result.stderr
+    counts = {(m["model"], m["dataset"]): m["param_count"] for m in last_json(result.stdout)["models"]}
+    assert counts[("mlp", "digits")] == {"torch": 9610, "tensorflow": 9610}
+    assert counts[("cnn", "digits")] == {"torch": 151306, "tensorflow": 151306}
+    assert counts[("powerlaw", "powerlaw")] == {"torch": 1, "tensorflow": 1}
+
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+@pytest.mark.parametrize("model, dataset, check", [
+    ("mlp", "digits", lambda m: m["test_accuracy"] >= 0.95),
+    ("cnn", "digits", lambda m: m["test_accuracy"] >= 0.97),
+    ("powerlaw", "powerlaw", lambda m: abs(m["phi_estimate"] - m["phi_true"]) <= 0.02),
+])
+def test_defaults_reach_the_quality_bar_in_20_epochs(arena_db, framework, model, dataset, check):
+    """The acceptance bar of the vertical slice, with the documented defaults."""
+    result = run_cli("run", "--framework", framework, "--model", model, "--dataset", dataset, "--epochs", "20",
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    metrics = last_json(result.stdout)["metrics"]
+    assert check(metrics), metrics
