@@ -1,0 +1,289 @@
+"""Pieces every page shares: the database, framework colours, status badges, formatting.
+
+Not a page: app.py registers only launch.py, runs.py and compare.py with st.navigation.
+"""
+from __future__ import annotations
+
+import statistics
+from datetime import datetime, timezone
+from typing import Optional, Sequence
+
+import streamlit as st
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries
+from db.models import ACTIVE_STATUSES, FAILED, FINISHED, QUEUED, RUNNING, Run
+from db.session import make_sessionmaker
+from engine import devices
+from engine.catalog import DATASETS, framework_label
+from engine.launch import default_url_for
+from engine.loop import steps_per_epoch
+from engine.spec import RunSpec, SpecError
+
+LAUNCH_PAGE, RUNS_PAGE, COMPARE_PAGE = "pages/launch.py", "pages/runs.py", "pages/compare.py"
+RUNS_PARAM = "runs"  # query parameter carrying run ids, e.g. /compare?runs=3,4
+REFRESH_INTERVAL = "2s"  # how often live views poll the database while a run is active
+LAUNCHED_KEY = "launched_run_ids"  # session state: the runs just launched, for Compare to pick up
+
+# One colour per framework on every page; several runs of one framework vary dash and marker.
+FRAMEWORK_COLORS = {"torch": "#EE4C2C", "tensorflow": "#1A73E8"}
+UNKNOWN_FRAMEWORK_COLOR = "#6B7280"
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "star")
+
+# Plain symbols, not emoji: table cells are drawn on a canvas, where emoji fonts are often missing.
+STATUS_BADGES = {QUEUED: "○ queued", RUNNING: "● running", FINISHED: "✓ finished", FAILED: "✗ failed"}
+STATUS_COLORS = {QUEUED: "#6B7280", RUNNING: "#B45309", FINISHED: "#15803D", FAILED: "#B91C1C"}
+
+# Per-epoch metrics: loading only these skips the thousands of per-step losses a run records.
+EPOCH_METRICS = (
+    "train_loss", "test_loss", "test_accuracy", "phi_estimate", "phi_true", "epoch_time_s", "samples_per_s",
+)
+
+
+# Routing ----------------------------------------------------------------------------------
+PAGE_CONFIG = dict(page_title="Arena", page_icon=":material/sports_martial_arts:", layout="wide")
+NAVIGATION_POSITION = "top"
+
+
+def router_pages() -> list:
+    """The app's pages, in menu order (app.py routes through these)."""
+    return [
+        st.Page(LAUNCH_PAGE, title="Launch", icon=":material/rocket_launch:"),
+        st.Page(RUNS_PAGE, title="Runs", icon=":material/table_rows:"),
+        st.Page(COMPARE_PAGE, title="Compare", icon=":material/compare_arrows:"),
+    ]
+
+
+def ensure_router() -> None:
+    """Give this page the router's layout and menu even when it was served without app.py.
+
+    With a pages/ folder beside the entrypoint, Streamlit starts in its legacy pages-folder mode
+    until some session calls st.navigation: a link like /compare?runs=3,4 opened first after a
+    server start runs the page alone, in a narrow layout, with every module in pages/ (common,
+    charts ...) listed as a page. Calling st.navigation here replaces that menu and turns the
+    mode off for the whole process; the rest of this run renders normally (no rerun, so a click
+    that started it is not lost).
+    """
+    from streamlit.runtime.pages_manager import PagesManager  # the flag has no public accessor
+
+    if getattr(PagesManager, "uses_pages_directory", False):
+        st.set_page_config(**PAGE_CONFIG)
+        st.navigation(router_pages(), position=NAVIGATION_POSITION)
+
+
+# Database ---------------------------------------------------------------------------------
+def db_url() -> str:
+    """The runner-ready URL of the database ARENA_DB_URL / ARENA_HOME point at right now."""
+    return default_url_for(None)
+
+
+@st.cache_resource(show_spinner=False)
+def _sessionmaker_for(url: str) -> sessionmaker[Session]:
+    return make_sessionmaker(url)
+
+
+def sessions() -> sessionmaker[Session]:
+    """One sessionmaker (and engine) per process and database URL."""
+    return _sessionmaker_for(db_url())
+
+
+@st.cache_resource(show_spinner=False, ttl=300)
+def device_choices() -> list[str]:
+    """Devices on this machine; asking NVML on every rerun is needless work."""
+    return devices.device_choices()
+
+
+def epoch_metrics(s: Session, run_ids: Sequence[int]) -> dict[int, dict[str, list[float]]]:
+    """Per-epoch metric values in epoch order, per run: {run_id: {name: [v1, v2, ...]}}."""
+    result: dict[int, dict[str, list[float]]] = {int(r): {} for r in run_ids}
+    frame = queries.metric_frame(s, list(run_ids), EPOCH_METRICS) if run_ids else None
+    if frame is None or frame.empty:
+        return result
+    for (run_id, name), group in frame.groupby(["run_id", "name"], sort=False):
+        result[int(run_id)][name] = group.sort_values("epoch")["value"].tolist()
+    return result
+
+
+def last(values: dict[str, list[float]], name: str) -> Optional[float]:
+    """The final value of a per-epoch metric, or None when it was never recorded."""
+    series = values.get(name)
+    return series[-1] if series else None
+
+
+def median(values: dict[str, list[float]], name: str) -> Optional[float]:
+    """The median over epochs (throughput: robust to one noisy epoch), or None."""
+    series = values.get(name)
+    return statistics.median(series) if series else None
+
+
+def any_active(sessions_: sessionmaker[Session], run_ids: Optional[Sequence[int]] = None) -> bool:
+    """True while any (of the given) runs is queued or running."""
+    with sessions_.begin() as s:
+        runs = queries.list_runs(s, statuses=ACTIVE_STATUSES)
+    return any(run_ids is None or run.id in run_ids for run in runs)
+
+
+# Runs -------------------------------------------------------------------------------------
+def is_active(run: Run) -> bool:
+    return run.status in ACTIVE_STATUSES
+
+
+def status_badge(status: str) -> str:
+    return STATUS_BADGES.get(status, status)
+
+
+def framework_color(framework: str) -> str:
+    return FRAMEWORK_COLORS.get(framework, UNKNOWN_FRAMEWORK_COLOR)
+
+
+def trace_name(run: Run) -> str:
+    """Legend name of a run in charts and column name in tables: "#3 PyTorch"."""
+    return f"#{run.id} {framework_label(run.framework)}"
+
+
+def run_label(run: Run) -> str:
+    """Picker label: "#3 PyTorch mlp/digits (finished)"."""
+    return f"{trace_name(run)} {run.model}/{run.dataset} ({run.status})"
+
+
+def trace_styles(runs: Sequence[Run]) -> dict[int, dict]:
+    """Colour from the framework; dash and marker from the run's rank within its framework.
+
+    Width and marker size shrink with each run drawn, so curves that coincide (a fair pair often
+    does) show as a thin line on a wider one instead of one hiding the other.
+    """
+    styles, seen = {}, {}
+    for index, run in enumerate(sorted(runs, key=lambda r: r.id)):
+        rank = seen.get(run.framework, 0)
+        seen[run.framework] = rank + 1
+        styles[run.id] = {
+            "color": framework_color(run.framework),
+            "dash": DASHES[rank % len(DASHES)],
+            "symbol": SYMBOLS[rank % len(SYMBOLS)],
+            "width": max(5.0 - 2.0 * index, 1.5),
+            "size": max(12 - 4 * index, 5),
+        }
+    return styles
+
+
+def unix_time(moment: Optional[datetime]) -> Optional[float]:
+    """Seconds since the epoch of a naive-UTC database timestamp."""
+    return moment.replace(tzinfo=timezone.utc).timestamp() if moment else None
+
+
+def utc_now() -> datetime:
+    return queries.utcnow()
+
+
+def elapsed_s(run: Run, now: Optional[datetime] = None) -> Optional[float]:
+    """Seconds the run has trained: start to finish, or start to now while running."""
+    if run.started_at is None:
+        return None
+    end = run.finished_at or (now or utc_now())
+    return max((end - run.started_at).total_seconds(), 0.0)
+
+
+def total_steps(run: Run) -> Optional[int]:
+    """Optimizer steps the whole run will take (known from the spec before the run reports it)."""
+    per_epoch = (run.summary or {}).get("steps_per_epoch")
+    if per_epoch is None:
+        try:
+            spec = RunSpec.from_dict(run.spec)
+        except (SpecError, TypeError):
+            return None
+        per_epoch = steps_per_epoch(spec, DATASETS[spec.dataset].train_size)
+    return per_epoch * run.total_epochs
+
+
+def progress_fraction(run: Run) -> float:
+    """Fraction of the run done, by optimizer steps (finer than epochs); 1.0 once finished."""
+    if run.status == FINISHED:
+        return 1.0
+    steps = total_steps(run)
+    if steps:
+        return min(run.step / steps, 1.0)
+    return min(run.epoch / run.total_epochs, 1.0) if run.total_epochs else 0.0
+
+
+def eta_s(run: Run, now: Optional[datetime] = None) -> Optional[float]:
+    """Seconds left for a running run, extrapolated from its elapsed time and fraction done."""
+    if run.status != RUNNING:
+        return None
+    fraction, elapsed = progress_fraction(run), elapsed_s(run, now)
+    if not elapsed or fraction <= 0.0:
+        return None
+    return elapsed * (1.0 - fraction) / fraction
+
+
+def error_summary(error: Optional[str]) -> str:
+    """The last non-empty line of a traceback: usually the exception and its message."""
+    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def escape_markdown(text: str) -> str:
+    """Text from a traceback shown in a markdown label without turning __init__ into bold."""
+    for char in "\\`*_{}[]<>()#+-.!|$~:":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+# Run ids across pages -----------------------------------------------------------------------
+def parse_run_ids(text: Optional[str]) -> list[int]:
+    """Run ids from "3,4" or "#3, #4"; anything that is not a number is ignored."""
+    ids = []
+    for part in (text or "").replace(" ", "").split(","):
+        part = part.lstrip("#")
+        if part.isdigit() and int(part) not in ids:
+            ids.append(int(part))
+    return ids
+
+
+def format_run_ids(run_ids: Sequence[int]) -> str:
+    return ",".join(str(i) for i in run_ids)
+
+
+def requested_run_ids() -> list[int]:
+    """Run ids this page was opened with (?runs=3,4)."""
+    return parse_run_ids(st.query_params.get(RUNS_PARAM))
+
+
+# Formatting ---------------------------------------------------------------------------------
+def format_duration(seconds: Optional[float]) -> str:
+    """Human duration: "35 ms", "4.2 s", "42 s", "3 min 05 s", "1 h 02 min"; "—" when unknown."""
+    if seconds is None:
+        return "—"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def format_number(value: Optional[float], digits: int = 4) -> str:
+    """Significant-digit formatting for metrics; "—" when missing."""
+    if value is None:
+        return "—"
+    return f"{value:,.0f}" if abs(value) >= 10**digits else f"{value:.{digits}g}"
+
+
+def format_rate(samples_per_s: Optional[float]) -> str:
+    return "—" if samples_per_s is None else f"{samples_per_s:,.0f} samples/s"
+
+
+def format_percent(fraction: Optional[float]) -> str:
+    return "—" if fraction is None else f"{100 * fraction:.1f} %"
+
+
+# Shared widgets -----------------------------------------------------------------------------
+def no_runs_yet(what: str) -> None:
+    """Empty state: nothing is stored yet, so say what to do next."""
+    st.info(f"No runs yet. {what}", icon=":material/info:")
+    st.page_link(LAUNCH_PAGE, label="Launch your first run", icon=":material/rocket_launch:")
