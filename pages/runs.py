@@ -1,0 +1,181 @@
+"""Runs: every run with live progress; select rows to compare, stop or delete them."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Sequence
+
+import pandas as pd
+import streamlit as st
+
+from db import queries
+from db.models import FAILED, Run
+from engine.catalog import framework_label
+from engine.launch import reap, stop_run
+from pages import common
+
+TABLE_KEY = "runs_table"
+GENERATION_KEY = "runs_table_generation"  # bumped after a delete so row selection starts afresh
+CONFIRM_DELETE_KEY = "runs_confirm_delete"
+FAILURES_SHOWN = 5
+
+COLUMNS = {
+    "id": st.column_config.NumberColumn("Run", format="#%d", width=60),
+    "status": st.column_config.TextColumn("Status", width=95),
+    "framework": st.column_config.TextColumn("Framework", width=100),
+    "experiment": st.column_config.TextColumn("Model / data", width=140),
+    "epochs": st.column_config.TextColumn("Epoch", width=65),
+    "progress": st.column_config.ProgressColumn("Progress", min_value=0.0, max_value=1.0, format="percent",
+                                                color="green", width=130,
+                                                help="Optimizer steps done out of the run's total"),
+    "eta": st.column_config.TextColumn("ETA", width=70, help="Estimated from elapsed time and progress"),
+    "duration": st.column_config.TextColumn("Duration", width=80),
+    "result": st.column_config.TextColumn("Result", width=170, help="Test accuracy, or φ estimate vs the true φ"),
+    "train_loss": st.column_config.NumberColumn("Train loss", format="%.4f", width=85),
+    "throughput": st.column_config.NumberColumn("Samples/s", format="localized", width=90,
+                                                help="Median over epochs; training steps only, first step excluded"),
+    "created": st.column_config.DatetimeColumn("Created", format="distance", width=120),
+    "error": st.column_config.TextColumn("Error", width="large"),
+}
+
+
+def result_text(metrics: dict[str, list[float]]) -> str:
+    accuracy = common.last(metrics, "test_accuracy")
+    if accuracy is not None:
+        return f"{common.format_percent(accuracy)} accuracy"
+    phi, phi_true = common.last(metrics, "phi_estimate"), common.last(metrics, "phi_true")
+    if phi is not None:
+        return f"φ {phi:.4f}" + (f" (true {phi_true:.4f})" if phi_true is not None else "")
+    return ""
+
+
+def runs_table(runs: Sequence[Run], metrics: dict[int, dict[str, list[float]]], now: datetime) -> pd.DataFrame:
+    """One row per run, newest first, in display units."""
+    rows = []
+    for run in runs:
+        values = metrics.get(run.id, {})
+        rows.append({
+            "id": run.id,
+            "status": common.status_badge(run.status),
+            "framework": framework_label(run.framework),
+            "experiment": f"{run.model} / {run.dataset}",
+            "epochs": f"{run.epoch}/{run.total_epochs}",
+            "progress": common.progress_fraction(run),
+            "eta": common.format_duration(common.eta_s(run, now)) if run.status == "running" else "",
+            "duration": common.format_duration(common.elapsed_s(run, now)),
+            "result": result_text(values),
+            "train_loss": common.last(values, "train_loss"),
+            "throughput": _rounded(common.median(values, "samples_per_s")),
+            "created": pd.Timestamp(run.created_at, tz="UTC"),
+            "error": common.error_summary(run.error) if run.status == FAILED else "",
+        })
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def _rounded(value):
+    return None if value is None else round(value)
+
+
+def styled(table: pd.DataFrame):
+    """Framework in its chart colour (one colour per framework everywhere), status in its own."""
+    framework_colours = {framework_label(fw): colour for fw, colour in common.FRAMEWORK_COLORS.items()}
+    status_colours = {common.status_badge(s): colour for s, colour in common.STATUS_COLORS.items()}
+    return (table.style
+            .map(lambda label: f"color: {framework_colours.get(label, '')}; font-weight: 600", subset=["framework"])
+            .map(lambda badge: f"color: {status_colours.get(badge, '')}", subset=["status"]))
+
+
+def selection_default(runs: Sequence[Run]) -> dict:
+    """Rows of the runs this page was opened with (?runs=...), e.g. the ones just launched."""
+    wanted = set(common.requested_run_ids())
+    return {"selection": {"rows": [i for i, run in enumerate(runs) if run.id in wanted], "columns": []}}
+
+
+def actions(sessions, selected: list[Run]) -> None:
+    """Compare, stop or delete the selected runs."""
+    if not selected:
+        st.caption("Tick runs in the first column to compare, stop or delete them.")
+        return
+    ids = sorted(run.id for run in selected)
+    active = [run for run in selected if common.is_active(run)]
+    done = [run for run in selected if not common.is_active(run)]
+    row = st.container(horizontal=True)
+    if row.button(f"Compare {len(ids)} selected", icon=":material/compare_arrows:", type="primary"):
+        st.switch_page(common.COMPARE_PAGE, query_params={common.RUNS_PARAM: common.format_run_ids(ids)})
+    if active and row.button(f"Stop {len(active)} active", icon=":material/stop_circle:"):
+        for run in active:
+            stopped = stop_run(sessions, run.id)
+            st.toast(f"Asked run #{run.id} to stop." if stopped else f"Run #{run.id} had already ended.")
+    if done and row.button(f"Delete {len(done)}…", icon=":material/delete:",
+                           help="Only finished and failed runs can be deleted; stop active ones first."):
+        st.session_state[CONFIRM_DELETE_KEY] = [run.id for run in done]
+
+
+def confirm_delete(sessions) -> None:
+    pending = st.session_state.get(CONFIRM_DELETE_KEY)
+    if not pending:
+        return
+    names = ", ".join(f"#{i}" for i in pending)
+    with st.container(border=True):
+        st.warning(f"Delete run{'s' if len(pending) > 1 else ''} {names} with all their metrics and samples? "
+                   "This cannot be undone.", icon=":material/warning:")
+        c1, c2, _ = st.columns([1, 1, 5])
+        if c1.button("Delete", type="primary", key="confirm_delete_yes"):
+            with sessions.begin() as s:
+                for run_id in pending:
+                    run = queries.get_run(s, run_id)
+                    if run is not None and not common.is_active(run):
+                        queries.delete_run(s, run_id)
+            st.session_state.pop(CONFIRM_DELETE_KEY)
+            st.session_state[GENERATION_KEY] = st.session_state.get(GENERATION_KEY, 0) + 1
+            st.query_params.pop(common.RUNS_PARAM, None)
+            st.toast(f"Deleted {names}.")
+            st.rerun()
+        if c2.button("Cancel", key="confirm_delete_no"):
+            st.session_state.pop(CONFIRM_DELETE_KEY)
+            st.rerun()
+
+
+def failures(runs: Sequence[Run]) -> None:
+    """The latest failed runs: the error's last line in view, the whole traceback one click away."""
+    failed = [run for run in runs if run.status == FAILED]
+    if not failed:
+        return
+    st.subheader("Failures")
+    for run in failed[:FAILURES_SHOWN]:
+        with st.expander(f":red[**#{run.id} {framework_label(run.framework)} {run.model}/{run.dataset}**] — "
+                         f"{common.escape_markdown(common.error_summary(run.error))}", icon=":material/error:"):
+            st.code(run.error or "no error text was recorded", language=None)
+            if run.log_path:
+                st.caption(f"Runner log: `{run.log_path}`")
+    if len(failed) > FAILURES_SHOWN:
+        st.caption(f"{len(failed) - FAILURES_SHOWN} older failed runs: their last error line is in the table.")
+
+
+def panel(live: bool) -> None:
+    sessions = common.sessions()
+    reap(sessions)
+    with sessions.begin() as s:
+        runs = queries.list_runs(s)
+        metrics = common.epoch_metrics(s, [run.id for run in runs])
+    if not runs:
+        common.no_runs_yet("Runs you launch appear here with live progress.")
+        return
+    if live and not any(common.is_active(run) for run in runs):
+        st.rerun()  # everything has settled: redraw once, without the refresh timer
+    key = f"{TABLE_KEY}.{st.session_state.get(GENERATION_KEY, 0)}"
+    event = st.dataframe(
+        styled(runs_table(runs, metrics, common.utc_now())), column_config=COLUMNS, hide_index=True, placeholder="",
+        key=key, on_select="rerun", selection_mode="multi-row", selection_default=selection_default(runs),
+    )
+    selected = [runs[i] for i in event.selection.rows if i < len(runs)]
+    actions(sessions, selected)
+    confirm_delete(sessions)
+    failures(runs)
+
+
+common.ensure_router()
+st.title("Runs")
+live = common.any_active(common.sessions())
+if live:
+    st.caption(f"Updating every {common.REFRESH_INTERVAL} while runs are active.")
+st.fragment(panel, run_every=common.REFRESH_INTERVAL if live else None)(live)
