@@ -1,0 +1,145 @@
+"""Plotly figures for the Compare page: one colour per framework, dash and marker per run."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from db.models import Run
+from pages import common
+
+HEIGHT_PX = 330
+MIB = 1024 * 1024
+
+
+def _figure(title: str, x_title: str, y_title: str, log_y: bool = False) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(
+        title=dict(text=title, x=0, xanchor="left"), height=HEIGHT_PX, margin=dict(l=10, r=10, t=60, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+        hovermode="x unified", xaxis_title=x_title, yaxis_title=y_title,
+    )
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def _line(fig: go.Figure, run: Run, style: dict, x, y, markers: bool, overlap: bool = True, **extra) -> None:
+    """One run's curve; overlap=False where curves rarely coincide (timings, gauges): uniform width."""
+    if not overlap:
+        style = {**style, "width": 2.0, "size": 7}
+    fig.add_trace(go.Scatter(
+        x=x, y=y, name=common.trace_name(run), legendgroup=str(run.id),
+        mode="lines+markers" if markers else "lines",
+        line=dict(color=style["color"], dash=style["dash"], width=style["width"]),
+        marker=dict(symbol=style["symbol"], size=style["size"], color=style["color"]), **extra,
+    ))
+
+
+def loss_vs_step(steps: pd.DataFrame, runs: Sequence[Run], log_y: bool, smoothing: float) -> go.Figure:
+    """Per-step training loss; with smoothing, an EMA on top of the faint raw curve."""
+    fig = _figure("Training loss per step", "optimizer step", "train loss", log_y)
+    styles = common.trace_styles(runs)
+    for run in runs:
+        points = steps[steps["run_id"] == run.id].sort_values("step")
+        if points.empty:
+            continue
+        style = styles[run.id]
+        if smoothing > 0:
+            fig.add_trace(go.Scatter(
+                x=points["step"], y=points["value"], legendgroup=str(run.id), showlegend=False,
+                hoverinfo="skip", mode="lines", opacity=0.25, line=dict(color=style["color"], width=1),
+            ))
+            values = points["value"].ewm(alpha=1.0 - smoothing).mean()
+        else:
+            values = points["value"]
+        _line(fig, run, style, points["step"], values, markers=False)
+    return fig
+
+
+def per_epoch(epochs: pd.DataFrame, runs: Sequence[Run], name: str, title: str, y_title: str,
+              percent: bool = False, overlap: bool = True) -> go.Figure:
+    """One per-epoch metric against the epoch number."""
+    fig = _figure(title, "epoch", y_title)
+    styles = common.trace_styles(runs)
+    for run in runs:
+        points = epochs[(epochs["run_id"] == run.id) & (epochs["name"] == name)].sort_values("epoch")
+        if not points.empty:
+            _line(fig, run, styles[run.id], points["epoch"], points["value"] * (100 if percent else 1), markers=True,
+                  overlap=overlap)
+    fig.update_xaxes(dtick=1 if epochs["epoch"].max() <= 20 else None)
+    return fig
+
+
+def phi_vs_epoch(epochs: pd.DataFrame, runs: Sequence[Run]) -> go.Figure:
+    """φ estimate per epoch, with the true φ each run was trying to find as a dashed line."""
+    fig = per_epoch(epochs, runs, "phi_estimate", "φ estimate per epoch", "φ")
+    truths = epochs[epochs["name"] == "phi_true"].groupby("run_id")["value"].last()
+    for phi_true in sorted(set(truths.round(6))):
+        owners = ", ".join(f"#{i}" for i in truths[truths.round(6) == phi_true].index)
+        fig.add_hline(y=phi_true, line=dict(color="#374151", dash="dash", width=1.5),
+                      annotation_text=f"true φ = {phi_true:.4f} ({owners})", annotation_position="bottom right")
+    return fig
+
+
+def throughput_bars(epochs: pd.DataFrame, runs: Sequence[Run]) -> go.Figure:
+    """Median training throughput over epochs per run; the error bar spans the slowest to fastest epoch."""
+    fig = _figure("Throughput (median, bar = min–max epoch)", "", "samples / s")
+    names, medians, lows, highs, colours = [], [], [], [], []
+    for run in runs:
+        values = epochs[(epochs["run_id"] == run.id) & (epochs["name"] == "samples_per_s")]["value"]
+        if values.empty:
+            continue
+        med = float(values.median())
+        names.append(common.trace_name(run))
+        medians.append(med)
+        lows.append(med - float(values.min()))
+        highs.append(float(values.max()) - med)
+        colours.append(common.framework_color(run.framework))
+    fig.add_trace(go.Bar(
+        x=names, y=medians, marker_color=colours, text=[f"{m:,.0f}" for m in medians], textposition="inside",
+        insidetextanchor="start", textfont=dict(color="white"),
+        error_y=dict(type="data", symmetric=False, array=highs, arrayminus=lows, color="#374151"),
+        hovertemplate="%{x}: %{y:,.0f} samples/s<extra></extra>", showlegend=False,
+    ))
+    fig.update_layout(hovermode="closest")
+    return fig
+
+
+def first_step_bars(runs: Sequence[Run]) -> go.Figure:
+    """The first optimizer step (tracing / warm-up), kept out of the throughput numbers."""
+    fig = _figure("First step (tracing, warm-up): not in throughput", "", "seconds")
+    shown = [run for run in runs if (run.summary or {}).get("first_step_s") is not None]
+    fig.add_trace(go.Bar(
+        x=[common.trace_name(run) for run in shown], y=[run.summary["first_step_s"] for run in shown],
+        marker_color=[common.framework_color(run.framework) for run in shown],
+        text=[common.format_duration(run.summary["first_step_s"]) for run in shown], textposition="outside",
+        hovertemplate="%{x}: %{y:.3f} s<extra></extra>", showlegend=False,
+    ))
+    fig.update_layout(hovermode="closest")
+    return fig
+
+
+def samples_vs_time(samples: pd.DataFrame, runs: Sequence[Run], name: str, title: str, y_title: str,
+                    scale: float = 1.0, source: Optional[str] = None) -> go.Figure:
+    """A sampled gauge against seconds since the run started."""
+    fig = _figure(title, "seconds since run start", y_title)
+    styles = common.trace_styles(runs)
+    for run in runs:
+        points = samples[(samples["run_id"] == run.id) & (samples["name"] == name)]
+        if source:
+            points = points[points["source"] == source]
+        if points.empty:
+            continue
+        start = common.unix_time(run.started_at) or float(points["time"].min())
+        _line(fig, run, styles[run.id], points["time"] - start, points["value"] / scale, markers=False,
+              overlap=False)
+    return fig
+
+
+def gpu_memory(samples: pd.DataFrame, runs: Sequence[Run]) -> go.Figure:
+    """GPU memory the run's process holds (NVML), in MiB."""
+    name = "process_gpu_memory" if (samples["name"] == "process_gpu_memory").any() else "gpu_memory_used"
+    what = "process" if name == "process_gpu_memory" else "whole GPU"
+    return samples_vs_time(samples, runs, name, f"GPU memory used ({what}, NVML)", "MiB", MIB, source="nvml")
