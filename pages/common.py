@@ -4,6 +4,7 @@ Not a page: app.py registers only launch.py, runs.py and compare.py with st.navi
 """
 from __future__ import annotations
 
+import math
 import statistics
 from datetime import datetime, timezone
 from typing import Optional, Sequence
@@ -101,7 +102,8 @@ def epoch_metrics(s: Session, run_ids: Sequence[int]) -> dict[int, dict[str, lis
     if frame is None or frame.empty:
         return result
     for (run_id, name), group in frame.groupby(["run_id", "name"], sort=False):
-        result[int(run_id)][name] = group.sort_values("epoch")["value"].tolist()
+        # A diverged metric is stored as NULL: it arrives as NaN and stays NaN (shown as "NaN").
+        result[int(run_id)][name] = group.sort_values("epoch")["value"].astype(float).tolist()
     return result
 
 
@@ -112,8 +114,8 @@ def last(values: dict[str, list[float]], name: str) -> Optional[float]:
 
 
 def median(values: dict[str, list[float]], name: str) -> Optional[float]:
-    """The median over epochs (throughput: robust to one noisy epoch), or None."""
-    series = values.get(name)
+    """The median over epochs (throughput: robust to one noisy epoch), or None; NaN epochs are skipped."""
+    series = [v for v in values.get(name, []) if math.isfinite(v)]
     return statistics.median(series) if series else None
 
 
@@ -271,6 +273,8 @@ def format_number(value: Optional[float], digits: int = 4) -> str:
     """Significant-digit formatting for metrics; "—" when missing."""
     if value is None:
         return "—"
+    if not math.isfinite(value):
+        return "NaN" if math.isnan(value) else str(value)
     return f"{value:,.0f}" if abs(value) >= 10**digits else f"{value:.{digits}g}"
 
 
@@ -279,7 +283,9 @@ def format_rate(samples_per_s: Optional[float]) -> str:
 
 
 def format_percent(fraction: Optional[float]) -> str:
-    return "—" if fraction is None else f"{100 * fraction:.1f} %"
+    if fraction is None:
+        return "—"
+    return f"{100 * fraction:.1f} %" if math.isfinite(fraction) else format_number(fraction)
 
 
 # Shared widgets -----------------------------------------------------------------------------
