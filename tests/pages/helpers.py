@@ -1,0 +1,28 @@
+"""Polling helpers for tests that watch a real runner process change a run."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from db import queries
+from db.session import make_sessionmaker
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.2)
+
+
+_sessionmakers: dict = {}
+
+
+def run_status(url: str, run_id: int) -> tuple[str, str]:
+    """(status, error) of a run, read fresh from the database."""
+    if url not in _sessionmakers:
+        _sessionmakers[url] = make_sessionmaker(url)
+    with _sessionmakers[url].begin() as s:
+        run = queries.get_run(s, run_id)
+        return run.status, run.error or ""

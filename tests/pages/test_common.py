@@ -1,0 +1,64 @@
+"""pages/common.py helpers: run ids in URLs, durations, progress and ETA."""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+
+import pytest
+
+from db.models import Run
+from pages import common
+
+
+def make_run(**values) -> Run:
+    spec = {"framework": "torch", "model": "mlp", "dataset": "digits", "epochs": 4, "batch_size": 32, "lr": 1e-3,
+            "optimizer": "adam", "seed": 0, "device": "auto", "max_steps_per_epoch": 10, "noise": 0.0}
+    defaults = dict(id=3, framework="torch", model="mlp", dataset="digits", status="running", spec=spec,
+                    total_epochs=4, epoch=1, step=20, summary=None)
+    return Run(**{**defaults, **values})
+
+
+@pytest.mark.parametrize("text, ids", [("3,4", [3, 4]), ("#3, #4", [3, 4]), ("4,x,4,", [4]), ("", []), (None, [])])
+def test_parse_run_ids_keeps_numbers_in_order_once(text, ids):
+    assert common.parse_run_ids(text) == ids
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (None, "—"), (0.035, "35 ms"), (4.24, "4.2 s"), (42.4, "42 s"), (185, "3 min 05 s"), (3720, "1 h 02 min"),
+])
+def test_format_duration_reads_like_a_person_would_say_it(seconds, text):
+    assert common.format_duration(seconds) == text
+
+
+def test_progress_counts_steps_from_the_spec_before_the_run_reports_them():
+    run = make_run(step=20)  # 10 steps per epoch (capped) x 4 epochs
+    assert common.total_steps(run) == 40
+    assert common.progress_fraction(run) == pytest.approx(0.5)
+
+
+def test_eta_extrapolates_elapsed_time_by_the_fraction_left():
+    start = datetime(2026, 1, 1, 12, 0, 0)
+    run = make_run(step=10, started_at=start)
+    assert common.eta_s(run, now=start + timedelta(seconds=30)) == pytest.approx(90)
+    assert common.eta_s(make_run(status="finished", started_at=start), now=start) is None
+
+
+def test_nan_metrics_show_as_nan_and_are_left_out_of_medians():
+    values = {"samples_per_s": [100.0, math.nan, 300.0], "train_loss": [1.0, math.nan]}
+    assert common.median(values, "samples_per_s") == 200.0
+    assert common.format_number(common.last(values, "train_loss")) == "NaN"
+    assert common.format_percent(math.nan) == "NaN"
+
+
+def test_runs_of_one_framework_keep_its_colour_and_vary_the_dash():
+    runs = [make_run(id=1), make_run(id=2, framework="tensorflow"), make_run(id=5)]
+    styles = common.trace_styles(runs)
+    assert styles[1]["color"] == styles[5]["color"] == common.FRAMEWORK_COLORS["torch"]
+    assert styles[2]["color"] == common.FRAMEWORK_COLORS["tensorflow"]
+    assert styles[1]["dash"] != styles[5]["dash"]
+    assert styles[1]["width"] > styles[2]["width"]  # coinciding curves stay visible
+
+
+def test_error_summary_is_the_last_non_empty_line():
+    assert common.error_summary("Traceback\n  File x\nValueError: bad\n\n") == "ValueError: bad"
+    assert common.error_summary(None) == ""
