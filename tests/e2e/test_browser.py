@@ -1,0 +1,131 @@
+"""The real dashboard in a real browser: launch a run from the form, see it finish, compare it.
+
+Starts `streamlit run app.py` on a free localhost port against a temporary database and drives
+Debian's Chromium with Playwright (never a downloaded browser).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from db import queries
+from db.session import make_sessionmaker
+from tests.conftest import REPO_ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (apt-get install chromium)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def dashboard(tmp_path):
+    """A live dashboard on 127.0.0.1:<free port> with its own database; yields (base URL, db URL)."""
+    port = free_port()
+    db_url = f"sqlite:///{tmp_path / 'arena.db'}"
+    env = {**os.environ, "ARENA_DB_URL": db_url, "ARENA_HOME": str(tmp_path / "home")}
+    log = open(tmp_path / "streamlit.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
+         "--server.port", str(port), "--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise RuntimeError("dashboard did not start:\n" + (tmp_path / "streamlit.log").read_text())
+        time.sleep(0.3)
+    yield base, db_url
+    server.terminate()
+    server.wait(timeout=20)
+    log.close()
+
+
+@pytest.fixture
+def page(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        yield page
+        page.screenshot(path=str(tmp_path / "last.png"), full_page=True)
+        browser.close()
+
+
+def settled(page, locator):
+    """The one element a locator means, after Streamlit's rerun has replaced stale elements."""
+    from playwright.sync_api import expect
+
+    expect(locator).to_have_count(1)
+    return locator
+
+
+def test_launch_a_run_watch_it_finish_and_compare_it(dashboard, page):
+    from playwright.sync_api import expect
+
+    base, db_url = dashboard
+    page.goto(base)
+    expect(page.get_by_role("heading", name="Launch")).to_be_visible()
+
+    # A tiny PyTorch run: 1 epoch of 5 steps.
+    page.get_by_text("PyTorch", exact=True).click()
+    # The rerun is done when the submit button stops offering a pair.
+    expect(page.get_by_role("button", name="Queue run", exact=True)).to_be_visible()
+    expect(page.get_by_role("button", name="Queue 2 runs")).to_have_count(0)
+    epochs = settled(page, page.get_by_role("spinbutton", name="Epochs", exact=True))
+    epochs.fill("1")
+    epochs.press("Tab")
+    steps = settled(page, page.get_by_role("spinbutton", name="Max steps per epoch", exact=True))
+    steps.fill("5")
+    steps.press("Tab")
+    page.get_by_role("button", name="Queue run", exact=True).click()
+    expect(page.get_by_text("Queued run #1")).to_be_visible()
+
+    with make_sessionmaker(db_url).begin() as s:
+        (run,) = queries.list_runs(s)
+        assert (run.framework, run.model, run.spec["epochs"], run.spec["max_steps_per_epoch"]) == ("torch", "mlp", 1, 5)
+
+    # Runs page: the table refreshes itself until the run is finished.
+    page.get_by_role("link", name="Follow on Runs").click()
+    expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+    # The table is a canvas grid: its cells are in the DOM for accessibility, not "visible".
+    table = page.get_by_test_id("stDataFrame").first
+    expect(table).to_contain_text("finished", timeout=120_000)
+    with make_sessionmaker(db_url).begin() as s:
+        assert queries.get_run(s, run.id).status == "finished"
+
+    # Compare: the run is selected and its curves are drawn.
+    page.goto(f"{base}/compare?runs={run.id}")
+    expect(page.get_by_role("heading", name="Compare")).to_be_visible()
+    expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("#1 PyTorch").first).to_be_visible()
