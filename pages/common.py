@@ -66,8 +66,10 @@ def ensure_router() -> None:
     mode off for the whole process; the rest of this run renders normally (no rerun, so a click
     that started it is not lost).
     """
-    from streamlit.runtime.pages_manager import PagesManager  # the flag has no public accessor
-
+    try:
+        from streamlit.runtime.pages_manager import PagesManager  # the flag has no public accessor
+    except ImportError:  # a Streamlit without the legacy mode: nothing to correct
+        return
     if getattr(PagesManager, "uses_pages_directory", False):
         st.set_page_config(**PAGE_CONFIG)
         st.navigation(router_pages(), position=NAVIGATION_POSITION)

@@ -68,7 +68,7 @@ def what_was_compared(runs: Sequence[Run]) -> None:
     with st.container(border=True):
         st.subheader("What was compared")
         st.markdown(" vs ".join(f"**{common.trace_name(run)}**" for run in runs)
-                    + ". Identical in all: " + ", ".join(f"{words} `{value}`" for words, value in identical) + ".")
+                    + (". Identical in all: " if len(runs) > 1 else ". Settings: ") + ", ".join(f"{words} `{value}`" for words, value in identical) + ".")
         if different:
             st.markdown("\n".join(
                 f"- **{words}** differs: " + " · ".join(f"#{run_id} `{value}`" for run_id, value in values.items())
@@ -80,7 +80,10 @@ def what_was_compared(runs: Sequence[Run]) -> None:
                            "*Both (identical settings)* on the Launch page.", icon=":material/warning:")
         elif len(frameworks) > 1:
             st.success("Equal settings: only the framework differs.", icon=":material/balance:")
-        if len(frameworks) == 1:
+        if len(runs) == 1:
+            st.info("One run selected: add a run of the other framework above to compare them.",
+                    icon=":material/info:")
+        elif len(frameworks) == 1:
             st.info(f"All selected runs use {framework_label(frameworks[0])}: this compares settings, "
                     "not frameworks.", icon=":material/info:")
         unfinished = [run for run in runs if run.status != FINISHED]
