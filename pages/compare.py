@@ -45,7 +45,8 @@ def comparison_view(run_ids: list[int], live: bool) -> None:
 
     comparison.what_was_compared(runs)
     if epochs.empty and steps.empty:
-        st.info("No metrics recorded yet: the charts appear after the first training steps.", icon=":material/hourglass:")
+        st.info("No metrics recorded yet: the charts appear after the first training steps.",
+                icon=":material/hourglass:")
         return
 
     st.subheader("Learning")

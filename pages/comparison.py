@@ -61,14 +61,28 @@ def split_settings(runs: Sequence[Run]) -> tuple[list[tuple[str, str]], list[tup
     return identical, different
 
 
+def concurrent_training_s(runs: Sequence[Run]) -> float:
+    """Longest time two of the runs trained at once on the same machine (they shared its CPU/GPU)."""
+    longest = 0.0
+    for i, a in enumerate(runs):
+        for b in runs[i + 1:]:
+            if a.started_at is None or b.started_at is None or a.hostname != b.hostname:
+                continue
+            now = common.utc_now()
+            overlap = (min(a.finished_at or now, b.finished_at or now) - max(a.started_at, b.started_at))
+            longest = max(longest, overlap.total_seconds())
+    return longest
+
+
 def what_was_compared(runs: Sequence[Run]) -> None:
     """Which settings are equal, which differ (a warning when that makes the match unequal), and the method."""
     frameworks = sorted({run.framework for run in runs})
     identical, different = split_settings(runs)
     with st.container(border=True):
         st.subheader("What was compared")
-        st.markdown(" vs ".join(f"**{common.trace_name(run)}**" for run in runs)
-                    + (". Identical in all: " if len(runs) > 1 else ". Settings: ") + ", ".join(f"{words} `{value}`" for words, value in identical) + ".")
+        lead = "Identical in all" if len(runs) > 1 else "Settings"
+        st.markdown(" vs ".join(f"**{common.trace_name(run)}**" for run in runs) + f". {lead}: "
+                    + ", ".join(f"{words} `{value}`" for words, value in identical) + ".")
         if different:
             st.markdown("\n".join(
                 f"- **{words}** differs: " + " · ".join(f"#{run_id} `{value}`" for run_id, value in values.items())
@@ -86,6 +100,12 @@ def what_was_compared(runs: Sequence[Run]) -> None:
         elif len(frameworks) == 1:
             st.info(f"All selected runs use {framework_label(frameworks[0])}: this compares settings, "
                     "not frameworks.", icon=":material/info:")
+        overlap_s = concurrent_training_s(runs)
+        if overlap_s >= 1.0:
+            st.warning(f"**Trained at the same time.** Runs overlapped for {common.format_duration(overlap_s)} on the "
+                       "same machine and shared its processor, so speed and memory numbers include that contention; "
+                       "learning curves are unaffected. For clean speed numbers, run them one after the other.",
+                       icon=":material/timer:")
         unfinished = [run for run in runs if run.status != FINISHED]
         if unfinished:
             st.caption("Not finished: " + ", ".join(f"#{run.id} is {run.status} (epoch {run.epoch}/"

@@ -17,6 +17,8 @@ TABLE_KEY = "runs_table"
 GENERATION_KEY = "runs_table_generation"  # bumped after a delete so row selection starts afresh
 CONFIRM_DELETE_KEY = "runs_confirm_delete"
 FAILURES_SHOWN = 5
+ROWS_SHOWN = 15  # rows in view before the table scrolls
+ROW_HEIGHT_PX = 35
 
 COLUMNS = {
     "id": st.column_config.NumberColumn("Run", format="#%d", width=60),
@@ -24,7 +26,7 @@ COLUMNS = {
     "framework": st.column_config.TextColumn("Framework", width=100),
     "experiment": st.column_config.TextColumn("Model / data", width=140),
     "epochs": st.column_config.TextColumn("Epoch", width=65),
-    "progress": st.column_config.ProgressColumn("Progress", min_value=0.0, max_value=1.0, format="percent",
+    "progress": st.column_config.ProgressColumn("Progress", min_value=0, max_value=100, format="%.0f%%",
                                                 color="green", width=130,
                                                 help="Optimizer steps done out of the run's total"),
     "eta": st.column_config.TextColumn("ETA", width=70, help="Estimated from elapsed time and progress"),
@@ -59,7 +61,7 @@ def runs_table(runs: Sequence[Run], metrics: dict[int, dict[str, list[float]]], 
             "framework": framework_label(run.framework),
             "experiment": f"{run.model} / {run.dataset}",
             "epochs": f"{run.epoch}/{run.total_epochs}",
-            "progress": common.progress_fraction(run),
+            "progress": 100 * common.progress_fraction(run),
             "eta": common.format_duration(common.eta_s(run, now)) if run.status == "running" else "",
             "duration": common.format_duration(common.elapsed_s(run, now)),
             "result": result_text(values),
@@ -166,6 +168,7 @@ def panel(live: bool) -> None:
     event = st.dataframe(
         styled(runs_table(runs, metrics, common.utc_now())), column_config=COLUMNS, hide_index=True, placeholder="",
         key=key, on_select="rerun", selection_mode="multi-row", selection_default=selection_default(runs),
+        height=ROW_HEIGHT_PX * (min(len(runs), ROWS_SHOWN) + 1) + 3,
     )
     selected = [runs[i] for i in event.selection.rows if i < len(runs)]
     actions(sessions, selected)

@@ -48,23 +48,17 @@ def trained_runs(tmp_path_factory) -> StoredRuns:
     home = tmp_path_factory.mktemp("arena-trained")
     url = f"sqlite:///{home / 'arena.db'}"
     env = {**os.environ, "ARENA_HOME": str(home), "ARENA_DB_URL": url}
-    # Create the schema first: two processes opening a brand-new SQLite file at once race in
-    # create_all ("table runs already exists").
     sessions = make_sessionmaker(url)
-    # One process per framework, started together, as the product runs them.
-    processes = {
-        framework: subprocess.Popen(
+    run_ids = {}
+    # One after the other, as a fair speed comparison needs (the Compare page warns about overlap).
+    for framework in ("torch", "tensorflow"):
+        result = subprocess.run(
             [sys.executable, "-m", "engine", "run", "--framework", framework, "--model", "mlp", "--dataset", "digits",
              "--epochs", "2", "--max-steps-per-epoch", "5", "--db", url, "--json"],
-            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
         )
-        for framework in ("torch", "tensorflow")
-    }
-    run_ids = {}
-    for framework, process in processes.items():
-        out, err = process.communicate(timeout=CLI_TIMEOUT_S)
-        assert process.returncode == 0, f"the {framework} run failed:\n{err}"
-        run_ids[framework] = json.loads(out.strip().splitlines()[-1])["run_id"]
+        assert result.returncode == 0, f"the {framework} run failed:\n{result.stderr}"
+        run_ids[framework] = json.loads(result.stdout.strip().splitlines()[-1])["run_id"]
     spec = RunSpec.with_model_defaults("torch", "mlp", "digits", epochs=2, lr=5.0, optimizer="sgd")
     with sessions.begin() as s:
         failed_id = queries.create_run(s, spec.to_dict()).id

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 
 from db import queries
 from db.session import make_sessionmaker
@@ -71,6 +72,25 @@ def test_runs_with_different_settings_are_flagged_as_unequal(runs_db, open_page)
     assert "**seed** differs" in text_of(at)
     assert len(at.warning) == 1
     assert "Not an equal comparison" in at.warning[0].value and "seed" in at.warning[0].value
+
+
+def test_runs_that_trained_at_the_same_time_are_flagged(runs_db, open_page):
+    sessions = make_sessionmaker(runs_db.url)
+    start = datetime(2026, 1, 1, 12, 0, 0)
+    ids = []
+    with sessions.begin() as s:
+        for framework, offset_s in (("torch", 0), ("tensorflow", 5)):
+            spec = RunSpec.with_model_defaults(framework, "mlp", "digits", epochs=2)
+            run = queries.create_run(s, spec.to_dict())
+            started = start + timedelta(seconds=offset_s)
+            queries.update_run(s, run.id, status="finished", hostname="box", started_at=started,
+                               finished_at=started + timedelta(seconds=20))
+            ids.append(run.id)
+    at = open_page(COMPARE_PAGE, runs=f"{ids[0]},{ids[1]}")
+
+    warning = next(w.value for w in at.warning if "same time" in w.value)
+    assert "15 s" in warning and "speed" in warning
+    assert "Equal settings: only the framework differs." in text_of(at)
 
 
 def test_unknown_run_ids_in_the_url_are_reported(runs_db, open_page):

@@ -28,7 +28,7 @@ def test_table_lists_every_run_with_progress_and_results(runs_db, open_page):
     assert list(finished["status"]) == ["✓ finished", "✓ finished"]
     assert set(finished["framework"]) == {"PyTorch", "TensorFlow"}
     assert list(finished["epochs"]) == ["2/2", "2/2"]
-    assert list(finished["progress"]) == [1.0, 1.0]
+    assert list(finished["progress"]) == [100.0, 100.0]
     assert all(text.endswith("accuracy") for text in finished["result"])
     assert (finished["throughput"] > 0).all()
     assert table.loc[runs_db.failed_id, "status"] == "✗ failed"
