@@ -91,7 +91,7 @@ def comparison_view(run_ids: list[int], live: bool) -> None:
     st.subheader("Summary")
     st.table(comparison.summary_table(runs, metrics))
     with st.expander("Environment of each run (rows that differ are shaded)", icon=":material/computer:"):
-        st.dataframe(comparison.highlight_differences(comparison.environment_table(runs)))
+        st.table(comparison.highlight_differences(comparison.environment_table(runs)))
 
 
 def throughput_headline(runs: Sequence[Run], metrics: dict[int, dict[str, list[float]]]) -> None:

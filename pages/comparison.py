@@ -23,7 +23,7 @@ ENVIRONMENT_FIRST = (
     "python_version", "numpy_version", "nvml",
 )
 METHOD = (
-    "**Method.** Runs launched as a pair train on the same train/test split and see the samples in the same "
+    "**Method.** Runs with equal settings train on the same train/test split and see the samples in the same "
     "order every epoch, start from the same initial weights generated from the seed, and use the same "
     "optimizer settings (Adam's epsilon is 1e-8 in both). Throughput counts training steps only, timed with the "
     "device synchronised; the first step (tf.function tracing, allocator warm-up) is excluded from it and shown "
@@ -153,12 +153,14 @@ def environment_table(runs: Sequence[Run]) -> pd.DataFrame:
     envs = {common.trace_name(run): run.environment or {} for run in runs}
     keys = [k for k in ENVIRONMENT_FIRST if any(k in env for env in envs.values())]
     keys += sorted({k for env in envs.values() for k in env} - set(keys) - {"framework"})
-    return pd.DataFrame({name: [_env_text(env.get(k)) for k in keys] for name, env in envs.items()}, index=keys)
+    return pd.DataFrame({name: [_env_text(k, env.get(k)) for k in keys] for name, env in envs.items()}, index=keys)
 
 
-def _env_text(value: Any) -> str:
+def _env_text(key: str, value: Any) -> str:
     if value is None:
         return "—"
+    if key.endswith("_bytes") and isinstance(value, (int, float)):
+        return f"{value / 2**30:.1f} GiB"
     if isinstance(value, (dict, list)):
         return json.dumps(value)
     return str(value)
