@@ -5,7 +5,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import pandas as pd
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.orm import aliased
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -82,6 +83,32 @@ def claim_run(s: Session, run_id: int, pid: int, hostname: str) -> bool:
         update(Run)
         .where(Run.id == run_id, Run.status == QUEUED)
         .values(status=RUNNING, started_at=now, heartbeat_at=now, pid=pid, hostname=hostname)
+    )
+    return result.rowcount == 1
+
+
+def claim_run_in_turn(s: Session, run_id: int, pid: int, hostname: str, max_parallel: int) -> bool:
+    """Claim a queued run only when this host runs fewer than max_parallel runs and no older run waits.
+
+    One UPDATE decides, so concurrent runners cannot both take the last slot (SQLite serialises
+    writers; other databases evaluate the subqueries in the same statement).
+    """
+    other = aliased(Run)
+    running_here = (
+        select(func.count()).select_from(other)
+        .where(other.status == RUNNING, other.hostname == hostname).scalar_subquery()
+    )
+    older_waiting = (
+        select(func.count()).select_from(other)
+        .where(other.status == QUEUED, other.hostname == hostname, other.id < run_id, other.pid.is_not(None))
+        .scalar_subquery()
+    )
+    now = utcnow()
+    result = s.execute(
+        update(Run)
+        .where(and_(Run.id == run_id, Run.status == QUEUED, running_here < max_parallel, older_waiting == 0))
+        .values(status=RUNNING, started_at=now, heartbeat_at=now, pid=pid, hostname=hostname)
+        .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Base
@@ -46,8 +47,18 @@ def make_engine(url: Optional[str] = None) -> Engine:
     )
     if is_sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
-    Base.metadata.create_all(engine)
+    _create_schema(engine)
     return engine
+
+
+def _create_schema(engine: Engine) -> None:
+    """Create missing tables; tolerate another process creating them at the same moment."""
+    try:
+        Base.metadata.create_all(engine)
+    except OperationalError as exc:
+        if "already exists" not in str(exc):
+            raise
+        Base.metadata.create_all(engine)  # the other process won the race; check the rest
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -48,9 +48,8 @@ choice = st.radio("Framework", FRAMEWORK_CHOICES, index=len(FRAMEWORK_CHOICES) -
 if choice == BOTH:
     st.caption(":material/balance: **Both** queues a PyTorch run and a TensorFlow run that hold everything "
                "else equal: the same data split and sample order, the same initial weights generated from "
-               "the seed, and the same optimizer settings (including Adam's epsilon of 1e-8). The two train at "
-               "the same time on this machine: their learning curves compare directly, their speed numbers "
-               "include sharing the processor.")
+               "the seed, and the same optimizer settings (including Adam's epsilon of 1e-8). They train one "
+               "after the other, never sharing the machine, so their speed numbers compare too.")
 
 left, right = st.columns(2)
 model = left.selectbox("Model", list(MODELS), key="model",

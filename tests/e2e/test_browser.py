@@ -95,7 +95,7 @@ def test_launch_a_run_watch_it_finish_and_compare_it(dashboard, page):
 
     base, db_url = dashboard
     page.goto(base)
-    expect(page.get_by_role("heading", name="Launch")).to_be_visible()
+    expect(page.get_by_role("heading", name="Launch", exact=True)).to_be_visible()
 
     # A tiny PyTorch run: 1 epoch of 5 steps.
     page.get_by_text("PyTorch", exact=True).click()
@@ -117,7 +117,7 @@ def test_launch_a_run_watch_it_finish_and_compare_it(dashboard, page):
 
     # Runs page: the table refreshes itself until the run is finished.
     page.get_by_role("link", name="Follow on Runs").click()
-    expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+    expect(page.get_by_role("heading", name="Runs", exact=True)).to_be_visible()
     # The table is a canvas grid: its cells are in the DOM for accessibility, not "visible".
     table = page.get_by_test_id("stDataFrame").first
     expect(table).to_contain_text("finished", timeout=120_000)
@@ -126,6 +126,6 @@ def test_launch_a_run_watch_it_finish_and_compare_it(dashboard, page):
 
     # Compare: the run is selected and its curves are drawn.
     page.goto(f"{base}/compare?runs={run.id}")
-    expect(page.get_by_role("heading", name="Compare")).to_be_visible()
+    expect(page.get_by_role("heading", name="Compare", exact=True)).to_be_visible()
     expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
     expect(page.get_by_text("#1 PyTorch").first).to_be_visible()

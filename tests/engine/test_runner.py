@@ -82,6 +82,13 @@ def test_same_initial_weights_and_data_give_the_same_first_loss(pair):
     assert runs[0].group_tag and runs[0].group_tag == runs[1].group_tag
 
 
+def test_runs_on_one_host_take_turns_so_speed_is_not_shared(pair):
+    """Both runs were started at once; the second waited until the first had finished."""
+    _, runs = pair
+    first, second = sorted(runs, key=lambda r: r.started_at)
+    assert second.started_at >= first.finished_at
+
+
 def test_diverging_run_fails_with_traceback_and_keeps_its_points(arena_db):
     sessions = make_sessionmaker(arena_db)
     spec = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=3, optimizer="sgd", lr=1e9,
@@ -99,6 +106,20 @@ def _running_with_points(sessions, run_id):
     def condition(run):
         return run.status == "running" and run.step >= 5
     return wait_for(sessions, run_id, condition)
+
+
+def test_a_waiting_run_can_be_stopped_before_it_starts(arena_db):
+    sessions = make_sessionmaker(arena_db)
+    long = RunSpec(framework="torch", model="cnn", dataset="digits", epochs=200)
+    first, waiting = launch(sessions, [long, long], arena_db)
+    _running_with_points(sessions, first)
+    with sessions.begin() as s:
+        assert queries.get_run(s, waiting).status == "queued"
+    assert stop_run(sessions, waiting)
+    run = wait_for(sessions, waiting, done, timeout=60)
+    assert run.status == FAILED and "before it started" in run.error
+    assert stop_run(sessions, first)
+    wait_for(sessions, first, done, timeout=60)
 
 
 def test_killed_runner_is_reaped_as_failed_and_keeps_points(arena_db):
