@@ -146,14 +146,16 @@ def add_metric_points(s: Session, rows: Iterable[dict[str, Any]]) -> None:
     """Bulk insert metric points: dicts with run_id, name, step, epoch, wall_time, value."""
     rows = list(rows)
     if rows:
-        s.execute(insert(MetricPoint), rows)
+        # Core executemany on the table: the ORM's per-row bookkeeping held the GIL long enough
+        # to stall eager PyTorch steps during every flush (bench/loop_overhead.py).
+        s.execute(insert(MetricPoint.__table__), rows)
 
 
 def add_system_samples(s: Session, rows: Iterable[dict[str, Any]]) -> None:
     """Bulk insert samples: dicts with run_id, time, source, name, value, unit."""
     rows = list(rows)
     if rows:
-        s.execute(insert(SystemSample), rows)
+        s.execute(insert(SystemSample.__table__), rows)
 
 
 def metric_frame(s: Session, run_ids: Sequence[int], names: Optional[Sequence[str]] = None) -> pd.DataFrame:

@@ -100,7 +100,8 @@ class TorchBackend(Backend):
         return x_tensor.to(self.device), torch.from_numpy(np.ascontiguousarray(y)).to(self.device)
 
     def train_step(self, x, y):
-        self.module.train()
+        if not self.module.training:  # evaluate() leaves eval mode; train() walks every submodule
+            self.module.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss_fn(self.module(x), y)
         loss.backward()
