@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 
 import psutil
 
-SAMPLE_INTERVAL_S = 0.1  # 10 Hz: well above the 5 Hz a memory trace needs to show step-level swings
+SAMPLE_INTERVAL_S = 0.16  # 6.25 Hz: above the 5 Hz a memory trace needs; each sample costs eager PyTorch GIL time
 
 Reading = tuple[float, str, str, float, str]  # (time, source, name, value, unit)
 
