@@ -90,6 +90,7 @@ class Monitor:
     ) -> None:
         self._sink = sink
         self._process = psutil.Process(pid)
+        self._cores = psutil.cpu_count() or 1
         self._framework = framework
         self._probe = framework_probe
         self._nvml = nvml if gpu_index is not None else None
@@ -113,9 +114,11 @@ class Monitor:
         """One reading of every gauge."""
         now = time.time()
         with self._process.oneshot():
+            # Over a very short interval psutil can report more than every core busy; clamp.
+            cpu = min(float(self._process.cpu_percent(None)), 100.0 * self._cores)
             readings: list[Reading] = [
                 (now, "host", "rss", float(self._process.memory_info().rss), "bytes"),
-                (now, "host", "cpu_percent", float(self._process.cpu_percent(None)), "%"),
+                (now, "host", "cpu_percent", cpu, "%"),
             ]
         for source, read in (("framework", self._probe), ("nvml", self._read_nvml)):
             if read is None:
