@@ -33,8 +33,9 @@ def create_run(
     s: Session,
     spec: dict[str, Any],
     group_tag: Optional[str] = None,
+    total_steps: Optional[int] = None,
 ) -> Run:
-    """Queue a run for a validated spec dict."""
+    """Queue a run for a validated spec dict (total_steps: optimizer steps it will take, for progress)."""
     run = Run(
         created_at=utcnow(),
         status=QUEUED,
@@ -44,6 +45,7 @@ def create_run(
         group_tag=group_tag,
         spec=dict(spec),
         total_epochs=spec["epochs"],
+        total_steps=total_steps,
         epoch=0,
         step=0,
     )
@@ -76,37 +78,30 @@ def set_launch_info(s: Session, run_id: int, pid: int, hostname: str, log_path: 
     )
 
 
-def claim_run(s: Session, run_id: int, pid: int, hostname: str) -> bool:
-    """Move a queued run to running for this process; False if it was not queued."""
-    now = utcnow()
-    result = s.execute(
-        update(Run)
-        .where(Run.id == run_id, Run.status == QUEUED)
-        .values(status=RUNNING, started_at=now, heartbeat_at=now, pid=pid, hostname=hostname)
-    )
-    return result.rowcount == 1
+def claim_run(s: Session, run_id: int, pid: int, hostname: str, max_parallel: Optional[int] = None) -> bool:
+    """Move a queued run to running for this process; False if it was not queued or it is not its turn.
 
-
-def claim_run_in_turn(s: Session, run_id: int, pid: int, hostname: str, max_parallel: int) -> bool:
-    """Claim a queued run only when this host runs fewer than max_parallel runs and no older run waits.
-
+    With max_parallel, only while this host runs fewer runs than that and no older run waits here.
     One UPDATE decides, so concurrent runners cannot both take the last slot (SQLite serialises
     writers; other databases evaluate the subqueries in the same statement).
     """
-    other = aliased(Run)
-    running_here = (
-        select(func.count()).select_from(other)
-        .where(other.status == RUNNING, other.hostname == hostname).scalar_subquery()
-    )
-    older_waiting = (
-        select(func.count()).select_from(other)
-        .where(other.status == QUEUED, other.hostname == hostname, other.id < run_id, other.pid.is_not(None))
-        .scalar_subquery()
-    )
+    conditions = [Run.id == run_id, Run.status == QUEUED]
+    if max_parallel is not None:
+        other = aliased(Run)
+        running_here = (
+            select(func.count()).select_from(other)
+            .where(other.status == RUNNING, other.hostname == hostname).scalar_subquery()
+        )
+        older_waiting = (
+            select(func.count()).select_from(other)
+            .where(other.status == QUEUED, other.hostname == hostname, other.id < run_id, other.pid.is_not(None))
+            .scalar_subquery()
+        )
+        conditions += [running_here < max_parallel, older_waiting == 0]
     now = utcnow()
     result = s.execute(
         update(Run)
-        .where(and_(Run.id == run_id, Run.status == QUEUED, running_here < max_parallel, older_waiting == 0))
+        .where(and_(*conditions))
         .values(status=RUNNING, started_at=now, heartbeat_at=now, pid=pid, hostname=hostname)
         .execution_options(synchronize_session=False)
     )

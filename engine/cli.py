@@ -9,7 +9,7 @@ import time
 from typing import Any, Optional, Sequence
 
 from db import queries
-from db.models import ACTIVE_STATUSES, FINISHED
+from db.models import FINISHED
 from db.session import make_sessionmaker
 from engine import devices
 from engine.catalog import DATASETS, FRAMEWORKS, MODELS, OPTIMIZERS, framework_label
@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         _follow(sessions, run_id, process)
     except KeyboardInterrupt:
-        process.wait()  # the runner got the same Ctrl-C and records the run as failed
+        pass  # the runner got the same Ctrl-C and records the run as failed
     process.wait()
     reap(sessions)  # a runner killed before reporting still ends as failed, not running
     with sessions.begin() as s:
@@ -104,13 +104,12 @@ def _follow(sessions, run_id: int, process: subprocess.Popen) -> None:
         with sessions.begin() as s:
             run = queries.get_run(s, run_id)
             state = (run.status, run.epoch, run.step)
-            total_steps = (run.summary or {}).get("steps_per_epoch")
             metrics = queries.final_metrics(s, [run_id])[run_id] if state != last else {}
         if state != last:
             shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("train_loss", "test_accuracy", "phi_estimate")
                               if k in metrics)
             print(f"  [{run.status}] epoch {run.epoch}/{run.total_epochs}  step {run.step}"
-                  + (f"/{total_steps * run.total_epochs}" if total_steps else "")
+                  + (f"/{run.total_steps}" if run.total_steps else "")
                   + (f"  {shown}" if shown else ""), file=sys.stderr, flush=True)
             last = state
 

@@ -19,7 +19,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
+from db.models import ACTIVE_STATUSES
 from db.session import arena_home
+from engine.catalog import DATASETS
+from engine.loop import steps_per_epoch
 from engine.spec import RunSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +43,11 @@ def queue_runs(sessions: sessionmaker[Session], specs: Sequence[RunSpec]) -> lis
     """Store specs as queued runs (one group tag when several are queued together)."""
     group_tag = uuid.uuid4().hex[:8] if len(specs) > 1 else None
     with sessions.begin() as s:
-        return [queries.create_run(s, spec.to_dict(), group_tag).id for spec in specs]
+        return [
+            queries.create_run(s, spec.to_dict(), group_tag,
+                               steps_per_epoch(spec, DATASETS[spec.dataset].train_size) * spec.epochs).id
+            for spec in specs
+        ]
 
 
 def start_runner(sessions: sessionmaker[Session], run_id: int, db_url: str, detach: bool = True) -> subprocess.Popen:
@@ -110,7 +117,7 @@ def stop_run(sessions: sessionmaker[Session], run_id: int) -> bool:
     """Ask a run's runner to stop (SIGTERM); it records the stop as a failure and keeps its points."""
     with sessions.begin() as s:
         run = queries.get_run(s, run_id)
-        if run is None or run.status not in ("queued", "running"):
+        if run is None or run.status not in ACTIVE_STATUSES:
             return False
         pid, host = run.pid, run.hostname
     if pid is None or host != socket.gethostname() or not runner_alive(pid):

@@ -15,6 +15,7 @@ import traceback
 from typing import Optional
 
 from db import queries
+from db.models import QUEUED, RUNNING
 from db.session import make_sessionmaker, resolve_db_url
 from engine import environment
 from engine.data import load
@@ -59,13 +60,13 @@ def wait_for_turn(sessions, run_id: int, pid: int, hostname: str, max_parallel: 
     last_beat = 0.0
     while True:
         with sessions.begin() as s:
-            if queries.claim_run_in_turn(s, run_id, pid, hostname, max_parallel):
+            if queries.claim_run(s, run_id, pid, hostname, max_parallel):
                 return True
             run = queries.get_run(s, run_id)
-            if run is None or run.status != "queued":
+            if run is None or run.status != QUEUED:
                 return False
             if not announced:
-                busy = [r.id for r in queries.list_runs(s, statuses=["running"]) if r.hostname == hostname]
+                busy = [r.id for r in queries.list_runs(s, statuses=[RUNNING]) if r.hostname == hostname]
                 print(f"run {run_id} waits for its turn: running here {busy}, at most {max_parallel} at once "
                       f"({ENV_MAX_PARALLEL})", file=sys.stderr, flush=True)
                 announced = True
@@ -90,7 +91,7 @@ def execute(run_id: int, db_url: Optional[str] = None) -> int:
         return 2
     with sessions.begin() as s:
         run = queries.get_run(s, run_id)
-        if run is None or run.status != "queued":
+        if run is None or run.status != QUEUED:
             state = "does not exist" if run is None else f"is {run.status}, not queued"
             print(f"run {run_id} {state}; nothing to do", file=sys.stderr)
             return 2
@@ -120,13 +121,12 @@ def execute(run_id: int, db_url: Optional[str] = None) -> int:
         nvml, nvml_status = Nvml.load()
         nvml_info = nvml.describe() if nvml else None
         env = environment.capture(backend.describe(), nvml_info, nvml_status)
-        from engine.loop import steps_per_epoch, train
-
-        total_steps = steps_per_epoch(spec, len(data.x_train)) * spec.epochs
         with sessions.begin() as s:
-            queries.update_run(s, run_id, environment=env, total_steps=total_steps)
+            queries.update_run(s, run_id, environment=env)
         monitor = Monitor(recorder.samples, os.getpid(), spec.framework, backend.memory_stats,
                           nvml, backend.gpu_index).start()
+
+        from engine.loop import train
 
         summary.update(train(spec, backend, data, recorder))
         _stop(monitor, recorder, summary)

@@ -189,15 +189,14 @@ def elapsed_s(run: Run, now: Optional[datetime] = None) -> Optional[float]:
 
 
 def total_steps(run: Run) -> Optional[int]:
-    """Optimizer steps the whole run will take (known from the spec before the run reports it)."""
-    per_epoch = (run.summary or {}).get("steps_per_epoch")
-    if per_epoch is None:
-        try:
-            spec = RunSpec.from_dict(run.spec)
-        except (SpecError, TypeError):
-            return None
-        per_epoch = steps_per_epoch(spec, DATASETS[spec.dataset].train_size)
-    return per_epoch * run.total_epochs
+    """Optimizer steps the whole run will take: stored when queued, else derived from its spec."""
+    if run.total_steps:
+        return run.total_steps
+    try:
+        spec = RunSpec.from_dict(run.spec)
+    except (SpecError, TypeError):
+        return None
+    return steps_per_epoch(spec, DATASETS[spec.dataset].train_size) * run.total_epochs
 
 
 def progress_fraction(run: Run) -> float:
