@@ -38,12 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run)
 
     runs = sub.add_parser("runs", help="list stored runs with their final metrics")
-    runs.add_argument("--limit", type=int, default=None)
+    runs.add_argument("--limit", type=_positive_int, default=None, help="show only the N newest runs")
     _common(runs)
 
     models = sub.add_parser("models", help="models and datasets, with parameter counts per framework")
     _common(models)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    """argparse type for counts: a whole number >= 1, else an error naming the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -57,6 +57,13 @@ def test_bad_input_exits_2_names_the_value_and_stores_nothing(arena_db, args, me
         assert queries.list_runs(s) == []
 
 
+@pytest.mark.parametrize("limit", ["0", "-3", "many"])
+def test_runs_limit_must_be_a_positive_count(arena_db, limit):
+    result = run_cli("runs", "--limit", limit)
+    assert result.returncode == 2
+    assert f"--limit: {limit!r} is not a whole number >= 1" in result.stderr
+
+
 def test_failed_run_exits_nonzero_with_status_failed(arena_db):
     result = run_cli("run", "--framework", "tensorflow", "--model", "mlp", "--dataset", "digits", "--optimizer",
                      "sgd", "--lr", "1e9", *TINY, "--json")
