@@ -6,9 +6,14 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
-from engine.catalog import DATASETS, FRAMEWORKS, MODELS, OPTIMIZERS
+from engine.catalog import (
+    DATASETS, FRAMEWORKS, LAYOUTS, MODELS, MODES, OPTIMIZERS, PRECISIONS, SYNTHETIC_TEXT_VOCAB, default_mode,
+)
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda:\d+)$")
+_IMAGE_SHAPE_PATTERN = re.compile(r"^(\d+)x(\d+)x(\d+)$")
+_SEQUENCE_SHAPE_PATTERN = re.compile(r"^(\d+)$")
+MAX_SYNTHETIC_VALUES = 2_000_000_000  # samples x values per sample: beyond it the arrays do not fit in memory
 
 
 class SpecError(ValueError):
@@ -35,6 +40,27 @@ class RunSpec:
     max_steps_per_epoch: Optional[int] = None
     # Standard deviation of Gaussian noise added to powerlaw targets; ignored by other datasets.
     noise: float = 0.0
+    # How the step runs: torch eager | compiled; tensorflow graph | eager | xla. None = the
+    # framework's default (catalog.MODES), resolved here so the stored spec always names it.
+    mode: Optional[str] = None
+    precision: str = "fp32"  # "mixed": bf16 on CPU; bf16 or fp16 with loss scaling on GPU
+    # TF32 matmuls/convolutions on Ampere+ GPUs. Off for both by default: TensorFlow turns it on
+    # and PyTorch's matmuls leave it off, the kind of silent difference Arena exists to remove.
+    tf32: bool = False
+    layout: str = "channels_last"  # conv models only; the other models ignore it
+    deterministic: bool = False  # PyTorch deterministic algorithms / TensorFlow op determinism
+    # Start both frameworks from one set of weights drawn from the seed; off = each framework's own initialisers.
+    same_init: bool = True
+    # Steps at the start of the run excluded from throughput and step-time percentiles (compile, allocator warm-up).
+    warmup_steps: int = 10
+    # Test accuracy whose first crossing is timed (time to target); None or 0 = not timed.
+    target_accuracy: Optional[float] = None
+    # Timed forward passes per batch size in the inference benchmark after training; 0 skips it.
+    inference_iters: int = 30
+    # Synthetic datasets only: "HxWxC" for images, "T" (sequence length) for text; None = the model's default.
+    synthetic_shape: Optional[str] = None
+    synthetic_classes: int = 10
+    synthetic_size: Optional[int] = None  # training samples; None = catalog default
 
     def __post_init__(self) -> None:
         _check_choice("framework", self.framework, FRAMEWORKS)
@@ -46,7 +72,8 @@ class RunSpec:
                 "dataset", self.dataset, f"model {self.model!r} trains on {', '.join(allowed)}"
             )
         _check_int("epochs", self.epochs, low=1)
-        train_size = DATASETS[self.dataset].train_size
+        self._check_synthetic()
+        train_size = self.train_size()
         _check_int("batch_size", self.batch_size, low=1)
         if self.batch_size > train_size:
             raise SpecError(
@@ -62,6 +89,83 @@ class RunSpec:
         if self.max_steps_per_epoch is not None:
             _check_int("max_steps_per_epoch", self.max_steps_per_epoch, low=1)
         _check_float("noise", self.noise, positive=False)
+        if self.mode is None:
+            object.__setattr__(self, "mode", default_mode(self.framework))
+        if self.mode not in MODES[self.framework]:
+            raise SpecError("mode", self.mode, f"{self.framework} runs in {', '.join(MODES[self.framework])}")
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("layout", self.layout, LAYOUTS)
+        for name in ("tf32", "deterministic", "same_init"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(name, getattr(self, name), "expected true or false")
+        _check_int("warmup_steps", self.warmup_steps, low=0, high=100_000)
+        if self.target_accuracy == 0 and not isinstance(self.target_accuracy, bool):
+            object.__setattr__(self, "target_accuracy", None)  # 0 = not timed (None means "model default" upstream)
+        if self.target_accuracy is not None:
+            _check_float("target_accuracy", self.target_accuracy, positive=True)
+            if DATASETS[self.dataset].task != "classification":
+                raise SpecError("target_accuracy", self.target_accuracy,
+                                f"{self.dataset} is a regression task; it has no accuracy")
+            if self.target_accuracy > 1:
+                raise SpecError("target_accuracy", self.target_accuracy, "must be a fraction in (0, 1]")
+        _check_int("inference_iters", self.inference_iters, low=0, high=100_000)
+
+    def _check_synthetic(self) -> None:
+        _check_int("synthetic_classes", self.synthetic_classes, low=2, high=1000)
+        text_classes = SYNTHETIC_TEXT_VOCAB // 4
+        if self.dataset == "synthetic_text" and self.synthetic_classes > text_classes:
+            raise SpecError("synthetic_classes", self.synthetic_classes,
+                            f"synthetic_text has room for at most {text_classes} classes")
+        if self.synthetic_size is not None:
+            _check_int("synthetic_size", self.synthetic_size, low=8, high=10_000_000)
+        if self.synthetic_shape is None:
+            if DATASETS[self.dataset].kind == "synthetic":
+                object.__setattr__(self, "synthetic_shape", MODELS[self.model].synthetic_shape)
+            return
+        if not isinstance(self.synthetic_shape, str):
+            raise SpecError("synthetic_shape", self.synthetic_shape, "expected text like '32x32x3' or '64'")
+        modality = DATASETS[self.dataset].modality
+        pattern = _SEQUENCE_SHAPE_PATTERN if modality == "sequence" else _IMAGE_SHAPE_PATTERN
+        match = pattern.match(self.synthetic_shape)
+        if not match:
+            example = "'64' (sequence length)" if modality == "sequence" else "'32x32x3' (height x width x channels)"
+            raise SpecError("synthetic_shape", self.synthetic_shape, f"expected {example}")
+        dims = [int(d) for d in match.groups()]
+        low = 4 if modality == "sequence" else 1
+        if min(dims) < low or max(dims) > 4096:
+            raise SpecError("synthetic_shape", self.synthetic_shape, f"each size must be in {low}..4096")
+        if modality != "sequence" and (dims[0] < 4 or dims[1] < 4):
+            raise SpecError("synthetic_shape", self.synthetic_shape, "images must be at least 4x4")
+        values = (self.synthetic_size or DATASETS[self.dataset].train_size) * 1.25
+        for d in dims:
+            values *= d
+        if values > MAX_SYNTHETIC_VALUES:
+            raise SpecError("synthetic_shape", self.synthetic_shape,
+                            f"with {self.synthetic_size} samples this is {values:,.0f} values; too large for memory")
+
+    def synthetic(self) -> bool:
+        """Whether the dataset is generated from the spec's declared shape and size."""
+        return DATASETS[self.dataset].kind == "synthetic"
+
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input sample (NHWC for images, (T,) for token sequences)."""
+        if self.synthetic():
+            return tuple(int(d) for d in self.synthetic_shape.split("x"))
+        return DATASETS[self.dataset].input_shape
+
+    def num_outputs(self) -> int:
+        """Number of classes (or regression outputs) the model predicts."""
+        return self.synthetic_classes if self.synthetic() else DATASETS[self.dataset].num_outputs
+
+    def train_size(self) -> int:
+        """Training samples the dataset holds (nominal for file datasets)."""
+        if self.synthetic() and self.synthetic_size is not None:
+            return self.synthetic_size
+        return DATASETS[self.dataset].train_size
+
+    def uses_layout(self) -> bool:
+        """Whether the data layout setting applies (conv models only)."""
+        return MODELS[self.model].conv
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict, the form stored on every run row."""
