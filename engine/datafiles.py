@@ -1,0 +1,326 @@
+"""Datasets read from files: the data directory, IDX (MNIST) and CIFAR-10 readers, the official checksums.
+
+Nothing here downloads: missing files are an error that names the command that fetches them
+(`python -m engine download DATASET`, engine/download.py).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.catalog import DATASETS
+
+try:
+    from numpy._core.multiarray import _reconstruct  # numpy >= 2
+except ImportError:  # numpy 1
+    from numpy.core.multiarray import _reconstruct
+
+ENV_DATA_DIR = "ARENA_DATA_DIR"
+ENV_VERIFY = "ARENA_DATA_VERIFY"
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_TRAIN = tuple(f"{CIFAR_FOLDER}/data_batch_{i}" for i in range(1, 6))
+CIFAR_TEST = f"{CIFAR_FOLDER}/test_batch"
+
+# The MD5s the datasets are published with (torchvision's datasets/mnist.py and cifar.py list the same),
+# keyed by path inside the dataset's directory. MNIST's are of the .gz files as distributed; CIFAR-10's
+# are of the archive and of the batch files extracted from it.
+OFFICIAL_MD5: dict[str, dict[str, str]] = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    },
+    "fashion_mnist": {
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    },
+    "cifar10": {
+        CIFAR_ARCHIVE: "c58f30108f718f92721af3b95e74349a",
+        f"{CIFAR_FOLDER}/data_batch_1": "c99cafc152244af753f735de768cd75f",
+        f"{CIFAR_FOLDER}/data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        f"{CIFAR_FOLDER}/data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        f"{CIFAR_FOLDER}/data_batch_4": "634d18415352ddfa80567beed471001a",
+        f"{CIFAR_FOLDER}/data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        f"{CIFAR_FOLDER}/test_batch": "40351d587109b95175f43aff81a1287e",
+    },
+}
+FILE_DATASETS = tuple(OFFICIAL_MD5)
+VERIFIED = "verified against the official MD5s"
+NOT_VERIFIED = f"not verified ({ENV_VERIFY}=0)"
+OFFICIAL_SPLIT = "official train/test split (the seed does not change it)"
+
+# IDX type codes (third byte of the magic number) -> big-endian numpy dtypes.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+class DataFileError(ValueError):
+    """A dataset's files are missing, damaged, unverifiable or not what they claim to be; the message says which."""
+
+
+@dataclass(frozen=True)
+class FileArrays:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    info: dict
+
+
+def data_dir() -> Path:
+    """Root of the file datasets: ARENA_DATA_DIR, default $ARENA_HOME/data; each dataset in its own subdirectory."""
+    configured = os.environ.get(ENV_DATA_DIR)
+    if configured:
+        return Path(configured).expanduser()
+    from db.session import arena_home  # only here: reading files must not need the database stack
+
+    return arena_home() / "data"
+
+
+def verification_enabled() -> bool:
+    """Whether files must match the official MD5s (ARENA_DATA_VERIFY, default 1)."""
+    value = os.environ.get(ENV_VERIFY, "1").strip()
+    if value not in ("0", "1"):
+        raise DataFileError(f"{ENV_VERIFY}={value!r}: expected 1 (verify, the default) or 0 (do not verify)")
+    return value == "1"
+
+
+def md5_of(path: Path) -> str:
+    """Hex MD5 of a file, read in chunks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read(name: str) -> FileArrays:
+    """Read a file dataset from the data directory: official split, images NHWC float32 in [0, 1]."""
+    if name not in FILE_DATASETS:
+        raise ValueError(f"unknown file dataset {name!r}; expected one of {', '.join(FILE_DATASETS)}")
+    directory = data_dir() / name
+    verify = verification_enabled()
+    content = _Content()
+    if name == "cifar10":
+        x_train, y_train, x_test, y_test = _read_cifar(directory, verify, content)
+    else:
+        x_train, y_train, x_test, y_test = _read_mnist(name, directory, verify, content)
+    info = {
+        "data_dir": str(directory),
+        "data_sha256": content.hexdigest(),
+        "data_checksums": VERIFIED if verify else NOT_VERIFIED,
+        "data_split": OFFICIAL_SPLIT,
+        "train_size": len(y_train),
+        "test_size": len(y_test),
+    }
+    return FileArrays(x_train, y_train, x_test, y_test, info)
+
+
+class _Content:
+    """One SHA-256 over the (decompressed) bytes of every file read, in a fixed order, each with its name:
+    two runs with the same digest trained on identical data, whether the files were gzipped or not."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+
+    def add(self, name: str, data: bytes) -> None:
+        self._digest.update(f"{name}\0{len(data)}\0".encode())
+        self._digest.update(data)
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
+def _missing_error(name: str, directory: Path, missing: list[str]) -> DataFileError:
+    return DataFileError(
+        f"{name}: missing {', '.join(missing)} in {directory}. Fetch them with `python -m engine download {name}`, "
+        f"or copy them there by hand, or set {ENV_DATA_DIR} to a directory whose {name}/ subdirectory holds them."
+    )
+
+
+def _verified_bytes(name: str, path: Path, expected_md5: str, verify: bool) -> bytes:
+    data = path.read_bytes()
+    if verify:
+        actual = hashlib.md5(data).hexdigest()
+        if actual != expected_md5:
+            raise DataFileError(
+                f"{path}: MD5 {actual} does not match the official {expected_md5}. The file is damaged or not the "
+                f"official one: delete it and run `python -m engine download {name}`, "
+                f"or set {ENV_VERIFY}=0 to train on it anyway."
+            )
+    return data
+
+
+def _locate_mnist(directory: Path) -> tuple[dict[str, Path], list[str]]:
+    """({IDX base name: path found, .gz preferred}, [names missing])."""
+    found, missing = {}, []
+    for base in IDX_FILES:
+        if (directory / f"{base}.gz").is_file():  # as distributed; preferred, since its MD5 is the published one
+            found[base] = directory / f"{base}.gz"
+        elif (directory / base).is_file():
+            found[base] = directory / base
+        else:
+            missing.append(f"{base}.gz (or {base})")
+    return found, missing
+
+
+def missing(name: str) -> list[str]:
+    """Files a file dataset needs that are not in its directory (presence only: quick enough for a form)."""
+    directory = data_dir() / name
+    if name == "cifar10":
+        return [f for f in (*CIFAR_TRAIN, CIFAR_TEST) if not (directory / f).is_file()]
+    found, absent = _locate_mnist(directory)
+    if verification_enabled():  # the published MD5s are of the .gz files: a plain file cannot be checked
+        absent += [f"{base}.gz (only the uncompressed {path.name} is there, which cannot be verified; "
+                   f"or set {ENV_VERIFY}=0)" for base, path in found.items() if path.suffix != ".gz"]
+    return absent
+
+
+def missing_message(name: str) -> str | None:
+    """None when a file dataset's files are all there, else what is missing, where, and how to fetch it."""
+    absent = missing(name)
+    return str(_missing_error(name, data_dir() / name, absent)) if absent else None
+
+
+def _read_mnist(name: str, directory: Path, verify: bool, content: _Content):
+    found, missing_files = _locate_mnist(directory)
+    if missing_files:
+        raise _missing_error(name, directory, missing_files)
+    arrays = {}
+    for base, path in found.items():
+        if path.suffix == ".gz":
+            data = _gunzip(_verified_bytes(name, path, OFFICIAL_MD5[name][path.name], verify), path)
+        elif verify:
+            raise DataFileError(
+                f"{path}: uncompressed, and the official MD5s are of the .gz files as distributed, so it cannot be "
+                f"verified. Put {base}.gz there (`python -m engine download {name}`), or set {ENV_VERIFY}=0."
+            )
+        else:
+            data = path.read_bytes()
+        content.add(base, data)
+        arrays[base] = parse_idx(data, path)
+    height, width, _ = DATASETS[name].input_shape
+    split = []
+    for prefix in ("train", "t10k"):
+        images, labels = arrays[f"{prefix}-images-idx3-ubyte"], arrays[f"{prefix}-labels-idx1-ubyte"]
+        image_path, label_path = found[f"{prefix}-images-idx3-ubyte"], found[f"{prefix}-labels-idx1-ubyte"]
+        if images.dtype != np.uint8 or images.shape[1:] != (height, width):
+            raise DataFileError(f"{image_path}: holds {images.dtype} images of {images.shape[1:]}; "
+                                f"expected uint8 images of {(height, width)}")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise DataFileError(f"{label_path}: holds labels of shape {labels.shape}; "
+                                f"expected one label for each of the {len(images)} images in {image_path.name}")
+        split += [_to_unit_float(images[..., np.newaxis]), _checked_labels(labels, name, label_path)]
+    return tuple(split)
+
+
+def _gunzip(data: bytes, path: Path) -> bytes:
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:  # not gzip, truncated, or corrupt
+        raise DataFileError(f"{path}: not a readable gzip file ({exc})") from None
+
+
+def parse_idx(data: bytes, path: Path) -> np.ndarray:
+    """Array from IDX bytes: magic 0x00 0x00 TYPE NDIM, NDIM big-endian uint32 sizes, then the values."""
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES or data[3] == 0:
+        raise DataFileError(f"{path}: bad IDX magic number {data[:4].hex() or '(empty file)'}; "
+                            f"expected 0000TTNN (TT a type code, NN the number of dimensions)")
+    dtype, ndim = np.dtype(_IDX_DTYPES[data[2]]), data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataFileError(f"{path}: {len(data)} bytes, shorter than its own {header}-byte IDX header")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(data) != expected:
+        raise DataFileError(f"{path}: {len(data)} bytes, but its IDX header declares shape {shape} of {dtype.name}, "
+                            f"{expected} bytes; the file is truncated or damaged")
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+
+
+def _to_unit_float(images: np.ndarray) -> np.ndarray:
+    """uint8 images -> C-contiguous float32 in [0, 1]."""
+    images = np.ascontiguousarray(images).astype(np.float32)
+    images /= np.float32(255)  # in place: a second full-size copy of CIFAR-10 would be 600 MB
+    return images
+
+
+def _checked_labels(labels, name: str, path: Path) -> np.ndarray:
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError) as exc:
+        raise DataFileError(f"{path}: labels are not whole numbers ({exc})") from None
+    classes = DATASETS[name].num_outputs
+    outside = labels[(labels < 0) | (labels >= classes)]
+    if len(outside):
+        raise DataFileError(f"{path}: label {outside[0]} outside 0..{classes - 1}")
+    return labels
+
+
+# The only globals a CIFAR-10 batch needs: numpy's array and dtype reconstruction (under the module name
+# numpy 1 and numpy 2 pickle it with). Anything else, os.system say, is refused before it is looked up.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}")
+        return _reconstruct if name == "_reconstruct" else getattr(np, name)
+
+
+def read_cifar_batch(data: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 32, 32, 3) uint8 and labels from one CIFAR-10 python batch, unpickled with only numpy allowed."""
+    try:
+        # latin1: the batches were pickled by Python 2; numpy documents latin1 for its arrays in such pickles.
+        batch = _CifarUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except pickle.UnpicklingError as exc:
+        raise DataFileError(f"{path}: not a CIFAR-10 batch, unpickling stopped: {exc}") from None
+    except Exception as exc:  # truncated or garbled: pickle raises many kinds of error
+        raise DataFileError(f"{path}: not a readable CIFAR-10 batch ({type(exc).__name__}: {exc})") from None
+    if not isinstance(batch, dict):
+        raise DataFileError(f"{path}: holds a {type(batch).__name__}; expected a dict with data and labels")
+    # Python 2 str keys arrive as str under latin1; bytes keys (a batch written by Python 3) stay bytes.
+    images = batch.get(b"data", batch.get("data"))
+    labels = batch.get(b"labels", batch.get("labels"))
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3072:
+        found = f"{images.dtype} array of {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise DataFileError(f"{path}: data is {found}; expected a uint8 array of (N, 3072)")
+    if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(images):
+        raise DataFileError(f"{path}: labels are not a list of {len(images)} entries, one per image")
+    # Each row is 1024 red, 1024 green, 1024 blue values (CHW): move channels last.
+    return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), _checked_labels(labels, "cifar10", path)
+
+
+def _read_cifar(directory: Path, verify: bool, content: _Content):
+    files = CIFAR_TRAIN + (CIFAR_TEST,)
+    missing = [f for f in files if not (directory / f).is_file()]
+    if missing:
+        raise _missing_error("cifar10", directory, missing)
+    parts = []
+    for relative in files:
+        path = directory / relative
+        data = _verified_bytes("cifar10", path, OFFICIAL_MD5["cifar10"][relative], verify)
+        content.add(relative, data)
+        parts.append(read_cifar_batch(data, path))
+    x_train = _to_unit_float(np.concatenate([images for images, _ in parts[:-1]]))
+    y_train = np.concatenate([labels for _, labels in parts[:-1]])
+    x_test, y_test = _to_unit_float(parts[-1][0]), parts[-1][1]
+    return x_train, y_train, x_test, y_test

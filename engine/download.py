@@ -1,0 +1,192 @@
+"""`python -m engine download DATASET`: fetch a file dataset and keep only files whose MD5 matches.
+
+The one place Arena touches the network for data, and only when asked: loading never downloads.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import os
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Callable, Mapping, Optional
+
+from engine.datafiles import CIFAR_ARCHIVE, ENV_DATA_DIR, FILE_DATASETS, OFFICIAL_MD5, data_dir, md5_of
+
+ENV_MIRROR = "ARENA_DATA_MIRROR"
+OFFICIAL_URLS = {
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "cifar10": "https://www.cs.toronto.edu/~kriz/",
+}
+# Datasets published as one archive: that file is fetched, the rest of the checksum table is what it must unpack to.
+ARCHIVES = {"cifar10": CIFAR_ARCHIVE}
+TIMEOUT_S = 60  # per connection attempt and per read, not for the whole file
+CHUNK_BYTES = 1 << 20
+
+
+class DownloadError(RuntimeError):
+    """A download failed or was refused; the message names the URL or file and what to do instead."""
+
+
+def download(
+    dataset: str,
+    directory: Optional[str | Path] = None,
+    mirror: Optional[str] = None,
+    checksums: Mapping[str, Mapping[str, str]] = OFFICIAL_MD5,
+    report: Callable[[str], None] = print,
+) -> Path:
+    """Fetch a dataset into DIRECTORY/DATASET (default: the data directory) and return that path.
+
+    Every file is checked against `checksums[dataset]` (path -> MD5) before it is kept; files already
+    present with the right MD5 are not fetched again. `report` receives one line per thing done.
+    """
+    if dataset not in FILE_DATASETS:
+        raise DownloadError(f"dataset {dataset!r} is not downloadable; expected one of {', '.join(FILE_DATASETS)}")
+    table = dict(checksums[dataset])
+    target = (Path(directory).expanduser() if directory else data_dir()) / dataset
+    base = _base_url(dataset, mirror)
+    target.mkdir(parents=True, exist_ok=True)
+    archive = ARCHIVES.get(dataset)
+    members = {name: md5 for name, md5 in table.items() if name != archive}
+    by_hand = f"copy {', '.join(sorted({name.split('/')[0] for name in members}))} by hand into {target}"
+    if archive is None:
+        for name, md5 in table.items():
+            if _verified(target / name, md5, report):
+                report(f"kept {target / name} (already present, MD5 verified)")
+            else:
+                _fetch(base + name, target / name, md5, by_hand, report)
+        return target
+
+    if all(_verified(target / name, md5, report) for name, md5 in members.items()):
+        report(f"kept the {len(members)} files in {target} (already present, MD5 verified)")
+        return target
+    # Fetch and unpack inside the dataset directory (same file system, so the final moves are renames),
+    # in a scratch directory that is removed whatever happens: nothing unverified stays behind.
+    with tempfile.TemporaryDirectory(dir=target, prefix=".download-") as scratch:
+        fetched = Path(scratch) / archive
+        _fetch(base + archive, fetched, table[archive], by_hand, report)
+        unpacked = Path(scratch) / "unpacked"
+        _extract(fetched, unpacked, base + archive)
+        for name, md5 in members.items():
+            actual = md5_of(unpacked / name) if (unpacked / name).is_file() else None
+            if actual != md5:
+                found = f"MD5 {actual}, expected {md5}" if actual else "it is not in the archive"
+                raise DownloadError(f"{base + archive}: {name} from the archive is not the expected file ({found}); "
+                                    f"nothing was kept")
+        for name in members:
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(unpacked / name, target / name)
+            report(f"unpacked {target / name} (MD5 verified)")
+        report(f"removed the archive {archive}: runs read the unpacked files")
+    return target
+
+
+def _base_url(dataset: str, mirror: Optional[str]) -> str:
+    """The base URL files are fetched from: --mirror, else ARENA_DATA_MIRROR, else the official site."""
+    base = (mirror or os.environ.get(ENV_MIRROR) or OFFICIAL_URLS[dataset]).replace("{dataset}", dataset)
+    scheme = urllib.parse.urlparse(base).scheme
+    if scheme not in ("http", "https", "file"):
+        raise DownloadError(f"mirror {base!r}: expected an http://, https:// or file:// base URL")
+    return base if base.endswith("/") else base + "/"
+
+
+def _verified(path: Path, md5: str, report: Callable[[str], None]) -> bool:
+    """Whether a file is already present with the expected MD5 (so it needs no download)."""
+    if not path.is_file():
+        return False
+    actual = md5_of(path)
+    if actual != md5:
+        report(f"will replace {path}: its MD5 {actual} is not the expected {md5}")
+    return actual == md5
+
+
+def _fetch(url: str, destination: Path, md5: str, by_hand: str, report: Callable[[str], None]) -> None:
+    """Download url to destination through a temporary file that is renamed only once its MD5 matches."""
+    handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
+    try:
+        digest, size = hashlib.md5(), 0
+        with os.fdopen(handle, "wb") as out:
+            try:
+                response = urllib.request.urlopen(url, timeout=TIMEOUT_S)
+            except urllib.error.HTTPError as exc:
+                raise _network_error(url, f"HTTP {exc.code} {exc.reason}", by_hand) from None
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                raise _network_error(url, str(getattr(exc, "reason", exc)), by_hand) from None
+            with response:
+                while True:
+                    try:
+                        chunk = response.read(CHUNK_BYTES)
+                    except (OSError, http.client.HTTPException) as exc:
+                        raise _network_error(url, f"connection lost after {size} bytes: {exc}", by_hand) from None
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+        if digest.hexdigest() != md5:
+            raise DownloadError(
+                f"{url}: MD5 {digest.hexdigest()} does not match the expected {md5} ({size} bytes); not kept. "
+                f"The server sent a different or damaged file: try again, or use --mirror URL."
+            )
+        os.replace(temporary, destination)
+        report(f"fetched {url} -> {destination} ({size:,} bytes, MD5 verified)")
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def _network_error(url: str, reason: str, by_hand: str) -> DownloadError:
+    return DownloadError(
+        f"could not fetch {url}: {reason}. Use --mirror URL (or {ENV_MIRROR}) to fetch from a copy of the files, "
+        f"or {by_hand}."
+    )
+
+
+def _extract(archive: Path, destination: Path, url: str) -> None:
+    """Unpack a .tar.gz into destination: regular files and directories only, none outside destination."""
+    root = destination.resolve()
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar.getmembers():
+                inside = (root / member.name).resolve()
+                if not (member.isfile() or member.isdir()) or not inside.is_relative_to(root):
+                    raise DownloadError(f"{url}: archive member {member.name!r} is not a plain file or directory "
+                                        f"inside the archive's folder; refusing to unpack it")
+            # The "data" filter repeats those checks inside tarfile and drops modes and owners it should not set.
+            tar.extractall(destination, filter="data")
+    except tarfile.TarError as exc:
+        raise DownloadError(f"{url}: not a usable .tar.gz archive ({exc}); nothing was kept") from None
+
+
+def main(argv: list[str]) -> int:
+    """Command line entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m engine download",
+        description="Fetch a dataset's official files, verify their MD5s and keep them in the data directory.",
+    )
+    parser.add_argument("dataset", choices=FILE_DATASETS)
+    parser.add_argument("--dir", help=f"data directory (default: ${ENV_DATA_DIR}, else $ARENA_HOME/data); "
+                                      f"files go to DIR/DATASET/")
+    parser.add_argument("--mirror", help=f"base URL to fetch from instead of the official site (also ${ENV_MIRROR}); "
+                                         f"'{{dataset}}' in it becomes the dataset name")
+    args = parser.parse_args(argv)
+    try:
+        target = download(args.dataset, args.dir, args.mirror)
+    except DownloadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.dataset} is ready in {target}")
+    if args.dir and Path(args.dir).expanduser().resolve() != data_dir().resolve():
+        print(f"runs read {data_dir()}: set {ENV_DATA_DIR}={Path(args.dir).expanduser()} so that they find it")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
