@@ -1,4 +1,4 @@
-"""`python -m engine {run,runs,models}`: Arena from the command line, through the same runner path."""
+"""`python -m engine {run,runs,models,parity,download}`: Arena from the command line, through the same runner path."""
 from __future__ import annotations
 
 import argparse
@@ -11,9 +11,10 @@ from typing import Any, Optional, Sequence
 from db import queries
 from db.models import FINISHED
 from db.session import make_sessionmaker
-from engine import devices
-from engine.catalog import DATASETS, FRAMEWORKS, MODELS, OPTIMIZERS, framework_label
+from engine import datafiles, devices
+from engine.catalog import DATASETS, FRAMEWORKS, LAYOUTS, MODELS, MODES, OPTIMIZERS, PRECISIONS, framework_label
 from engine.launch import default_url_for, queue_runs, reap, start_runner
+from engine.matrix import expand, parse_seeds
 from engine.spec import RunSpec, SpecError
 
 POLL_INTERVAL_S = 0.5
@@ -23,18 +24,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description="Arena: PyTorch vs TensorFlow, run for run.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="train one run and wait for it (exit 0 when it finished)")
-    run.add_argument("--framework", required=True, help=f"one of {', '.join(FRAMEWORKS)}")
+    run = sub.add_parser(
+        "run", help="train a run, or a matrix of runs as one group, and wait (exit 0 when all finished)",
+        description="Several frameworks, modes, precisions or seeds queue every combination as one group; "
+                    "the runs take turns on this machine (ARENA_MAX_PARALLEL_RUNS).")
+    all_modes = sorted({m for modes in MODES.values() for m in modes})
+    run.add_argument("--framework", required=True, nargs="+",
+                     help=f"one or more of {', '.join(FRAMEWORKS)}, or 'both'")
     run.add_argument("--model", required=True, help=f"one of {', '.join(MODELS)}")
     run.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
     run.add_argument("--epochs", type=int, help="default: the model's (see `models`)")
     run.add_argument("--batch-size", type=int)
     run.add_argument("--lr", type=float)
     run.add_argument("--optimizer", help=f"one of {', '.join(OPTIMIZERS)}")
-    run.add_argument("--seed", type=int)
+    run.add_argument("--seed", type=int, help="one seed (default 0); see --seeds for several")
+    run.add_argument("--seeds", help="several seeds as one group: '0-4' or '0,3,7'")
+    run.add_argument("--mode", nargs="+", help=f"execution modes: {', '.join(all_modes)}; each applies to the "
+                                                f"frameworks that have it, or name one: torch:eager "
+                                                f"(default: each framework's first of "
+                                                + "; ".join(f"{fw} {'|'.join(m)}" for fw, m in MODES.items()) + ")")
+    run.add_argument("--precision", nargs="+", help=f"{' | '.join(PRECISIONS)} (default fp32)")
+    run.add_argument("--tf32", action="store_true", help="allow TF32 on Ampere+ GPUs in both frameworks (default off)")
+    run.add_argument("--layout", help=f"conv models: {' | '.join(LAYOUTS)} (default channels_last)")
+    run.add_argument("--deterministic", action="store_true", help="deterministic algorithms / op determinism")
+    run.add_argument("--framework-init", action="store_true",
+                     help="each framework's own initialisers instead of one shared set of initial weights")
+    run.add_argument("--warmup-steps", type=int, help="steps excluded from throughput and step times (default 10)")
+    run.add_argument("--target-accuracy", type=float, help="time the first epoch reaching this test accuracy (0: off)")
+    run.add_argument("--inference-iters", type=int, help="timed passes per batch size after training (0 skips)")
     run.add_argument("--device", help="auto | cpu | cuda:N (default auto)")
     run.add_argument("--max-steps-per-epoch", type=int)
     run.add_argument("--noise", type=float, help="powerlaw: std of Gaussian noise on targets")
+    run.add_argument("--synthetic-shape", help="synthetic datasets: '32x32x3' (images) or '64' (sequence length)")
+    run.add_argument("--synthetic-classes", type=int)
+    run.add_argument("--synthetic-size", type=int, help="synthetic datasets: training samples")
     _common(run)
 
     runs = sub.add_parser("runs", help="list stored runs with their final metrics")
@@ -43,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="models and datasets, with parameter counts per framework")
     _common(models)
+
+    # Their own parsers live with their code; listed here so `--help` shows them.
+    for name, text in (("parity", "same weights, one batch, both frameworks: max |difference| of outputs and "
+                                  "gradients"),
+                       ("download", "fetch a file dataset (mnist, fashion_mnist, cifar10) into the data directory")):
+        delegated = sub.add_parser(name, help=text, add_help=False)
+        delegated.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -63,6 +93,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "parity":
+        from engine import parity
+        return parity.main(argv[1:])
+    if argv and argv[0] == "download":
+        from engine import download
+        return download.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return cmd_run(args)
@@ -71,64 +108,87 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return cmd_models(args)
 
 
+def build_specs(args: argparse.Namespace) -> list[RunSpec]:
+    """The run's spec, or the matrix's specs; raises SpecError naming a bad value."""
+    if args.seed is not None and args.seeds is not None:
+        raise SpecError("seeds", args.seeds, "give --seed or --seeds, not both")
+    frameworks = list(FRAMEWORKS) if args.framework == ["both"] else args.framework
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed if args.seed is not None else 0]
+    base = dict(
+        model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        optimizer=args.optimizer, device=args.device, max_steps_per_epoch=args.max_steps_per_epoch,
+        noise=args.noise, tf32=args.tf32, layout=args.layout, deterministic=args.deterministic,
+        same_init=not args.framework_init, warmup_steps=args.warmup_steps, target_accuracy=args.target_accuracy,
+        inference_iters=args.inference_iters, synthetic_shape=args.synthetic_shape,
+        synthetic_classes=args.synthetic_classes, synthetic_size=args.synthetic_size,
+    )
+    return expand(base, frameworks, args.mode, args.precision or ["fp32"], seeds)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        spec = RunSpec.with_model_defaults(
-            args.framework, args.model, args.dataset, epochs=args.epochs, batch_size=args.batch_size,
-            lr=args.lr, optimizer=args.optimizer, seed=args.seed, device=args.device,
-            max_steps_per_epoch=args.max_steps_per_epoch, noise=args.noise,
-        )
-        devices.check_available(spec.device)
+        specs = build_specs(args)
+        devices.check_runnable(specs)
+        if DATASETS[specs[0].dataset].kind == "file" and datafiles.missing(specs[0].dataset):
+            raise SpecError("dataset", specs[0].dataset, datafiles.missing_message(specs[0].dataset))
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     url = default_url_for(args.db)
     sessions = make_sessionmaker(url)
-    (run_id,) = queue_runs(sessions, [spec])
-    print(f"run {run_id}: {framework_label(spec.framework)} {spec.model} on {spec.dataset}, "
-          f"{spec.epochs} epochs (db {url})", file=sys.stderr)
-    process = start_runner(sessions, run_id, url, detach=False)
+    run_ids = queue_runs(sessions, specs)
+    for run_id, spec in zip(run_ids, specs):
+        print(f"run {run_id}: {framework_label(spec.framework)} {spec.mode} {spec.precision} {spec.model} on "
+              f"{spec.dataset}, seed {spec.seed}, {spec.epochs} epochs (db {url})", file=sys.stderr)
+    processes = {run_id: start_runner(sessions, run_id, url, detach=False) for run_id in run_ids}
     try:
-        _follow(sessions, run_id, process)
+        _follow(sessions, processes)
     except KeyboardInterrupt:
-        pass  # the runner got the same Ctrl-C and records the run as failed
-    process.wait()
+        pass  # the runners got the same Ctrl-C and record their runs as failed
+    for process in processes.values():
+        process.wait()
     reap(sessions)  # a runner killed before reporting still ends as failed, not running
     with sessions.begin() as s:
-        run = queries.get_run(s, run_id)
-        record = _run_record(run, queries.final_metrics(s, [run_id])[run_id])
-    if run.status != FINISHED:
-        print(f"run {run_id} {run.status}:\n{run.error or ''}", file=sys.stderr)
-    else:
-        print(f"run {run_id} finished: " + ", ".join(f"{k}={v:.4g}" for k, v in record["metrics"].items()),
-              file=sys.stderr)
+        runs = [queries.get_run(s, run_id) for run_id in run_ids]
+        finals = queries.final_metrics(s, run_ids)
+        records = [_run_record(run, finals[run.id]) for run in runs]
+    for run, record in zip(runs, records):
+        if run.status != FINISHED:
+            print(f"run {run.id} {run.status}:\n{run.error or ''}", file=sys.stderr)
+        else:
+            print(f"run {run.id} finished: " + ", ".join(f"{k}={v:.4g}" for k, v in record["metrics"].items()),
+                  file=sys.stderr)
     if args.json:
-        print(json.dumps(record))
-    return 0 if run.status == FINISHED else 1
+        print(json.dumps(records[0] if len(records) == 1 else {"group_tag": runs[0].group_tag, "runs": records}))
+    return 0 if all(run.status == FINISHED for run in runs) else 1
 
 
-def _follow(sessions, run_id: int, process: subprocess.Popen) -> None:
-    """Print progress lines to stderr until the runner exits."""
-    last = None
-    while process.poll() is None:
+def _follow(sessions, processes: dict[int, subprocess.Popen]) -> None:
+    """Print progress lines to stderr until every runner exits."""
+    last: dict[int, tuple] = {}
+    while any(p.poll() is None for p in processes.values()):
         time.sleep(POLL_INTERVAL_S)
         with sessions.begin() as s:
-            run = queries.get_run(s, run_id)
-            state = (run.status, run.epoch, run.step)
-            metrics = queries.final_metrics(s, [run_id])[run_id] if state != last else {}
-        if state != last:
-            shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("train_loss", "test_accuracy", "phi_estimate")
-                              if k in metrics)
-            print(f"  [{run.status}] epoch {run.epoch}/{run.total_epochs}  step {run.step}"
-                  + (f"/{run.total_steps}" if run.total_steps else "")
-                  + (f"  {shown}" if shown else ""), file=sys.stderr, flush=True)
-            last = state
+            for run_id in processes:
+                run = queries.get_run(s, run_id)
+                state = (run.status, run.epoch, run.step)
+                if state == last.get(run_id):
+                    continue
+                metrics = queries.final_metrics(s, [run_id])[run_id]
+                shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("train_loss", "test_accuracy", "phi_estimate")
+                                  if k in metrics)
+                prefix = f"  run {run_id} " if len(processes) > 1 else "  "
+                print(f"{prefix}[{run.status}] epoch {run.epoch}/{run.total_epochs}  step {run.step}"
+                      + (f"/{run.total_steps}" if run.total_steps else "")
+                      + (f"  {shown}" if shown else ""), file=sys.stderr, flush=True)
+                last[run_id] = state
 
 
 def _run_record(run, metrics: dict[str, float]) -> dict[str, Any]:
     return {
         "run_id": run.id, "status": run.status, "framework": run.framework, "model": run.model,
-        "dataset": run.dataset, "epochs": f"{run.epoch}/{run.total_epochs}",
+        "dataset": run.dataset, "mode": run.spec.get("mode"), "precision": run.spec.get("precision", "fp32"),
+        "seed": run.spec.get("seed"), "group_tag": run.group_tag, "summary": run.summary or {}, "epochs": f"{run.epoch}/{run.total_epochs}",
         "created_at": run.created_at.isoformat(timespec="seconds") + "Z", "metrics": metrics,
         "error": (run.error or "").strip().splitlines()[-1] if run.error else None,
     }
@@ -146,7 +206,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
               file=sys.stderr)
     for r in records:
         shown = " ".join(f"{k}={v:.4g}" for k, v in r["metrics"].items() if k != "epoch_time_s")
-        print(f"{r['run_id']:>5}  {r['status']:<8}  {r['framework']:<10}  {r['model']:<8}  {r['dataset']:<8}  "
+        print(f"{r['run_id']:>5}  {r['status']:<8}  {r['framework']:<10}  {r['mode'] or '':<8}  "
+              f"{r['precision']:<5}  {r['model']:<11}  {r['dataset']:<16}  "
               f"{r['epochs']:>7}  {shown}", file=sys.stdout if not args.json else sys.stderr)
     if args.json:
         print(json.dumps(records))

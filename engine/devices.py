@@ -31,3 +31,17 @@ def check_available(device: str) -> None:
     if index >= count:
         found = f"{count} GPU(s) found" if status == "ok" else f"no GPU found ({status})"
         raise SpecError("device", device, f"{found}; use 'auto' or 'cpu'")
+
+
+def check_runnable(specs) -> None:
+    """Raise SpecError for a spec this machine cannot run: a missing GPU, or NCHW TensorFlow convolutions on a CPU."""
+    for device in dict.fromkeys(spec.device for spec in specs):
+        check_available(device)
+    for spec in specs:
+        # XLA lowers NCHW convolutions on the CPU itself; TensorFlow's own CPU kernels are NHWC-only.
+        if (spec.framework == "tensorflow" and spec.uses_layout() and spec.layout == "channels_first"
+                and spec.mode != "xla"):
+            on_cpu = spec.device == "cpu" or (spec.device == "auto" and gpu_count()[0] == 0)
+            if on_cpu:
+                raise SpecError("layout", spec.layout, "TensorFlow runs NCHW convolutions only on a GPU and this "
+                                                       "run would be on the CPU; choose channels_last or mode xla")

@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from db.models import ACTIVE_STATUSES
 from db.session import arena_home
-from engine.catalog import DATASETS
 from engine.loop import steps_per_epoch
 from engine.spec import RunSpec
 
@@ -39,13 +38,13 @@ def absolute_db_url(url: str) -> str:
     return url
 
 
-def queue_runs(sessions: sessionmaker[Session], specs: Sequence[RunSpec]) -> list[int]:
+def queue_runs(sessions: sessionmaker[Session], specs: Sequence[RunSpec], group_tag: Optional[str] = None) -> list[int]:
     """Store specs as queued runs (one group tag when several are queued together)."""
-    group_tag = uuid.uuid4().hex[:8] if len(specs) > 1 else None
+    if group_tag is None and len(specs) > 1:
+        group_tag = uuid.uuid4().hex[:8]
     with sessions.begin() as s:
         return [
-            queries.create_run(s, spec.to_dict(), group_tag,
-                               steps_per_epoch(spec, DATASETS[spec.dataset].train_size) * spec.epochs).id
+            queries.create_run(s, spec.to_dict(), group_tag, steps_per_epoch(spec, spec.train_size()) * spec.epochs).id
             for spec in specs
         ]
 

@@ -2,82 +2,112 @@
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from typing import Protocol
 
+from engine import inference
 from engine.backends.base import Backend
-from engine.catalog import DATASETS
 from engine.data import Dataset, epoch_order
 from engine.spec import RunSpec
-from engine.weights import initial_weights
+from engine.weights import initial_weights, parameter_count
 
-# Per-step losses stay on the device and come to the host in one transfer at most this often,
-# so recording them costs no per-step synchronisation.
-LOSS_DRAIN_INTERVAL_S = 0.25
+# Per-step values stay in memory (losses on the device) and go to the sink at most this often.
+DRAIN_INTERVAL_S = 0.25
 EVAL_BATCH_SIZE = 1024
 
 
 class MetricSink(Protocol):
-    def step_losses(self, points: list[tuple[int, int, float]]) -> None: ...
+    def step_metrics(self, name: str, points: list[tuple[int, int, float]]) -> None: ...
     def epoch_metrics(self, epoch: int, step: int, metrics: dict[str, float]) -> None: ...
     def progress(self, epoch: int, step: int) -> None: ...
 
 
 def steps_per_epoch(spec: RunSpec, train_size: int) -> int:
-    """Optimizer steps in one epoch: every sample once (last batch may be short), or the cap."""
-    steps = math.ceil(train_size / spec.batch_size)
+    """Optimizer steps in one epoch: full batches only (or the cap).
+
+    The last partial batch is dropped, as benchmarks do: a batch of another size would recompile
+    in compiled modes and put an odd step into the step-time distribution.
+    """
+    steps = max(1, train_size // spec.batch_size)
     return min(steps, spec.max_steps_per_epoch) if spec.max_steps_per_epoch else steps
+
+
+class _StepBuffer:
+    """Per-step losses (device scalars) and step times waiting to go to the sink."""
+
+    def __init__(self) -> None:
+        self.losses: list = []
+        self.steps: list[int] = []
+        self.times_ms: list[float] = []
+
+    def drain(self, backend: Backend, sink: MetricSink, epoch: int) -> list[float]:
+        losses = backend.losses_to_floats(self.losses)
+        sink.step_metrics("train_loss", [(s, epoch, v) for s, v in zip(self.steps, losses)])
+        sink.step_metrics("step_time_ms", [(s, epoch, v) for s, v in zip(self.steps, self.times_ms)])
+        self.losses, self.steps, self.times_ms = [], [], []
+        return losses
 
 
 def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink) -> dict:
     """Train per the spec, streaming metrics to the sink; return the run summary."""
-    info = DATASETS[spec.dataset]
-    weights = initial_weights(spec.model, info.input_shape, data.num_outputs, spec.seed)
-    param_count = backend.build(
-        spec.model, data.task, weights, info.input_shape, data.num_outputs, spec.optimizer, spec.lr, spec.seed
-    )
+    input_shape = tuple(data.x_train.shape[1:])
+    weights = initial_weights(spec.model, input_shape, data.num_outputs, spec.seed) if spec.same_init else None
+    param_count = backend.build(spec, data.task, weights, input_shape, data.num_outputs)
+    expected = parameter_count(spec.model, input_shape, data.num_outputs)
+    if param_count != expected:
+        raise RuntimeError(f"{backend.name} built {spec.model} with {param_count} parameters, expected {expected}")
     n_train, batch = len(data.x_train), spec.batch_size
     steps = steps_per_epoch(spec, n_train)
-    summary: dict = {"param_count": param_count, "steps_per_epoch": steps, **data.info}
+    summary: dict = {"param_count": param_count, "steps_per_epoch": steps, "same_init": spec.same_init,
+                     **backend.settings()}
     global_step = 0
-    first_step_s = None
+    step_times: list[float] = []  # seconds, every step, device-synchronised
+    steady_samples, steady_s, train_total_s = 0, 0.0, 0.0
+    target = spec.target_accuracy
 
     for epoch in range(1, spec.epochs + 1):
         order = epoch_order(n_train, spec.seed, epoch)
         backend.synchronize()
         start = time.perf_counter()
         x_epoch, y_epoch = backend.to_device(data.x_train[order], data.y_train[order])
-        pending: list = []
-        pending_steps: list[int] = []
+        buffer = _StepBuffer()
         epoch_losses: list[float] = []
         last_drain = start
-        samples = 0
-        warmup_samples, warmup_s = 0, 0.0
+        warmup_s, warmup_samples, samples = 0.0, 0, 0
         for i in range(steps):
-            lo, hi = i * batch, min((i + 1) * batch, n_train)
-            pending.append(backend.train_step(x_epoch[lo:hi], y_epoch[lo:hi]))
+            lo, hi = i * batch, (i + 1) * batch
+            step_start = time.perf_counter()
+            buffer.losses.append(backend.train_step(x_epoch[lo:hi], y_epoch[lo:hi]))
+            backend.synchronize()  # per-step times must be device time, not launch time
+            step_s = time.perf_counter() - step_start
             global_step += 1
             samples += hi - lo
-            pending_steps.append(global_step)
-            if first_step_s is None:
-                # The first step traces (tf.function) or warms allocators: timed and reported apart.
-                backend.synchronize()
-                first_step_s = time.perf_counter() - start
-                warmup_samples, warmup_s = hi - lo, first_step_s
+            step_times.append(step_s)
+            buffer.steps.append(global_step)
+            buffer.times_ms.append(step_s * 1e3)
+            if global_step <= spec.warmup_steps:
+                # Warm-up (tracing, compiling, allocator growth) is shown but kept out of throughput.
+                warmup_s += step_s
+                warmup_samples += hi - lo
             now = time.perf_counter()
-            if now - last_drain >= LOSS_DRAIN_INTERVAL_S:
-                epoch_losses += _drain(backend, sink, pending, pending_steps, epoch)
+            if now - last_drain >= DRAIN_INTERVAL_S:
+                epoch_losses += buffer.drain(backend, sink, epoch)
                 sink.progress(epoch - 1, global_step)
                 last_drain = time.perf_counter()
         backend.synchronize()
         train_s = time.perf_counter() - start
-        epoch_losses += _drain(backend, sink, pending, pending_steps, epoch)
+        train_total_s += train_s
+        epoch_losses += buffer.drain(backend, sink, epoch)
         timed_samples, timed_s = samples - warmup_samples, train_s - warmup_s
+        steady_samples += timed_samples
+        steady_s += timed_s if timed_samples else 0.0
         metrics = {
             "train_loss": sum(epoch_losses) / len(epoch_losses),
             "epoch_time_s": train_s,
-            "samples_per_s": timed_samples / timed_s if timed_samples and timed_s > 0 else samples / train_s,
         }
+        if timed_samples and timed_s > 0:
+            metrics["samples_per_s"] = timed_samples / timed_s
         metrics.update(backend.evaluate(data.x_test, data.y_test, EVAL_BATCH_SIZE))
         if "phi_true" in data.info:
             metrics["phi_true"] = data.info["phi_true"]  # the target, plotted beside the estimate
@@ -87,16 +117,39 @@ def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink) -> d
                 raise FloatingPointError(f"{name} became {value} in epoch {epoch}: lower lr (now {spec.lr})?")
         sink.epoch_metrics(epoch, global_step, metrics)
         sink.progress(epoch, global_step)
-        warmup_samples, warmup_s = 0, 0.0
+        if target is not None and "time_to_target_s" not in summary and metrics.get("test_accuracy", 0) >= target:
+            # Training time only (evaluation excluded), warm-up included: it is part of getting there.
+            summary.update(time_to_target_s=train_total_s, epochs_to_target=epoch, steps_to_target=global_step)
 
-    summary["first_step_s"] = first_step_s
+    summary.update(_timing_summary(spec, step_times, steady_samples, steady_s))
+    summary["target_accuracy"] = target
+    if target is not None:
+        summary.setdefault("time_to_target_s", None)
+    if spec.inference_iters:
+        summary.update(inference.benchmark(backend, data.x_test, data.y_test, batch, spec.inference_iters))
     return summary
 
 
-def _drain(backend, sink, pending, pending_steps, epoch) -> list[float]:
-    """Move pending device losses to the host in one transfer, hand them to the sink, return them."""
-    losses = backend.losses_to_floats(pending)
-    sink.step_losses([(s, epoch, v) for s, v in zip(pending_steps, losses)])
-    pending.clear()
-    pending_steps.clear()
-    return losses
+def _timing_summary(spec: RunSpec, step_times: list[float], steady_samples: int, steady_s: float) -> dict:
+    """First step, compile estimate and steady-state percentiles, warm-up steps excluded."""
+    steady = step_times[spec.warmup_steps:]
+    result: dict = {
+        "first_step_s": step_times[0],
+        "warmup_steps": min(spec.warmup_steps, len(step_times)),
+        "warmup_s": sum(step_times[:spec.warmup_steps]),
+        "steady_steps": len(steady),
+    }
+    if not steady:
+        return result  # every step was warm-up: no steady state to report
+    median = statistics.median(steady)
+    result.update(
+        # What the first step cost beyond a normal one: tracing/compiling (or, in eager mode,
+        # allocator and kernel warm-up).
+        compile_s=max(0.0, step_times[0] - median),
+        steady_samples_per_s=steady_samples / steady_s if steady_s > 0 else None,
+        step_time_mean_ms=statistics.fmean(steady) * 1e3,
+        step_time_p50_ms=inference.percentile_ms(steady, 50),
+        step_time_p95_ms=inference.percentile_ms(steady, 95),
+        step_time_p99_ms=inference.percentile_ms(steady, 99),
+    )
+    return result

@@ -34,9 +34,10 @@ class Recorder:
         self.flush_error: Optional[BaseException] = None
 
     # MetricSink -------------------------------------------------------------------------
-    def step_losses(self, points: list[tuple[int, int, float]]) -> None:
+    def step_metrics(self, name: str, points: list[tuple[int, int, float]]) -> None:
+        """Per-step values (step, epoch, value), stored as "step/<name>"."""
         now = time.time()
-        rows = [dict(run_id=self.run_id, name=f"{queries.STEP_PREFIX}train_loss", step=step, epoch=epoch,
+        rows = [dict(run_id=self.run_id, name=f"{queries.STEP_PREFIX}{name}", step=step, epoch=epoch,
                      wall_time=now, value=value) for step, epoch, value in points]
         with self._lock:
             self._metrics.extend(rows)

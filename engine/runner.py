@@ -18,7 +18,7 @@ from db import queries
 from db.models import QUEUED, RUNNING
 from db.session import make_sessionmaker, resolve_db_url
 from engine import environment
-from engine.data import load
+from engine.data import load_spec
 from engine.launch import reap
 from engine.monitor import Monitor, Nvml
 from engine.recorder import Recorder
@@ -113,7 +113,7 @@ def execute(run_id: int, db_url: Optional[str] = None) -> int:
     summary: dict = {}
     try:
         spec = RunSpec.from_dict(spec_dict)
-        data = load(spec.dataset, spec.seed, spec.noise)
+        data = load_spec(spec)
         summary.update(data.info)
         from engine.backends import get_backend  # imports exactly one framework
 

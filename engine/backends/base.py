@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from engine.spec import RunSpec
+
 
 class Backend(ABC):
-    """One framework: builds a model from canonical weights, trains a step, evaluates."""
+    """One framework: builds a model from canonical weights, trains a step, evaluates, predicts."""
 
     name: str
 
@@ -17,13 +19,20 @@ class Backend(ABC):
         """Resolve 'auto' | 'cpu' | 'cuda:N' to a device this framework sees, or raise naming it."""
 
     @abstractmethod
-    def build(self, model: str, task: str, weights: dict[str, np.ndarray], input_shape: tuple[int, ...],
-              num_outputs: int, optimizer: str, lr: float, seed: int) -> int:
-        """Create model, loss and optimizer from canonical weights; return the parameter count."""
+    def build(self, spec: RunSpec, task: str, weights: Optional[dict[str, np.ndarray]],
+              input_shape: tuple[int, ...], num_outputs: int) -> int:
+        """Create model, loss and optimizer in the spec's mode and precision; return the trainable parameter count.
+
+        weights=None keeps the framework's own initialisers (the spec's same_init=False).
+        """
+
+    @abstractmethod
+    def settings(self) -> dict[str, Any]:
+        """What the run really uses: mode, compute_dtype, loss_scaling, tf32, layout, deterministic."""
 
     @abstractmethod
     def to_device(self, x: np.ndarray, y: np.ndarray) -> tuple[Any, Any]:
-        """Move one epoch of (already ordered) inputs and targets onto the device."""
+        """Move (already ordered) inputs and targets onto the device, in the run's layout."""
 
     @abstractmethod
     def train_step(self, x: Any, y: Any) -> Any:
@@ -36,6 +45,10 @@ class Backend(ABC):
     @abstractmethod
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, float]:
         """Test metrics in inference mode: test_loss plus test_accuracy or phi_estimate."""
+
+    @abstractmethod
+    def predict(self, x: Any) -> Any:
+        """One forward pass in inference mode and the run's execution mode, on device inputs."""
 
     @abstractmethod
     def synchronize(self) -> None:

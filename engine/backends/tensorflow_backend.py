@@ -1,4 +1,4 @@
-"""TensorFlow backend: the train step runs as a tf.function; the mirror image of torch_backend.py."""
+"""TensorFlow backend: eager, tf.function or XLA; the mirror image of torch_backend.py."""
 from __future__ import annotations
 
 import os
@@ -10,46 +10,9 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from engine.backends import tensorflow_models
 from engine.backends.base import Backend
-
-
-class _PowerLaw(keras.Model):
-    def __init__(self) -> None:
-        super().__init__(name="powerlaw")
-        self.phi = self.add_weight(shape=(), initializer="ones", name="phi")
-
-    def call(self, x):
-        return tf.pow(x, self.phi)
-
-
-def _make_model(model: str, input_shape: tuple[int, ...], num_outputs: int) -> keras.Model:
-    layers = keras.layers
-    if model == "mlp":
-        return keras.Sequential([
-            keras.Input(input_shape), layers.Flatten(),
-            layers.Dense(128, activation="relu"), layers.Dense(num_outputs),
-        ])
-    if model == "cnn":
-        return keras.Sequential([
-            keras.Input(input_shape),
-            layers.Conv2D(32, 3, padding="same", activation="relu"),
-            layers.Conv2D(64, 3, padding="same", activation="relu"),
-            layers.MaxPooling2D(2), layers.Flatten(),
-            layers.Dense(128, activation="relu"), layers.Dense(num_outputs),
-        ])
-    if model == "powerlaw":
-        module = _PowerLaw()
-        module.build((None,) + tuple(input_shape))
-        return module
-    raise ValueError(f"unknown model {model!r}")
-
-
-def _load_canonical(module: keras.Model, model: str, weights: dict[str, np.ndarray]) -> None:
-    """Canonical weights are Keras's own layout: assign them in order."""
-    if model == "powerlaw":
-        module.phi.assign(weights["phi"])
-        return
-    module.set_weights([weights[name] for name in weights])
+from engine.catalog import DATASETS, MODELS
 
 
 class TensorFlowBackend(Backend):
@@ -75,20 +38,29 @@ class TensorFlowBackend(Backend):
             self._index = None
         self.device = device
 
-    def build(self, model, task, weights, input_shape, num_outputs, optimizer, lr, seed) -> int:
-        keras.utils.set_random_seed(seed)
+    def build(self, spec, task, weights, input_shape, num_outputs) -> int:
+        self._configure(spec)
+        keras.utils.set_random_seed(spec.seed)
         self.task = task
-        self.model_name = model
+        self.model_name = spec.model
+        self._images = len(input_shape) == 3
         with tf.device(self._tf_device):
-            self.module = _make_model(model, input_shape, num_outputs)
-            _load_canonical(self.module, model, weights)
-            if optimizer == "sgd":
-                self.optimizer = keras.optimizers.SGD(learning_rate=lr)
-            elif optimizer == "momentum":
-                self.optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=0.9)
+            self.module = tensorflow_models.build_model(
+                spec.model, input_shape, num_outputs,
+                data_format=self._layout if self._layout != "n/a" else "channels_last",
+            )
+            if weights is not None:
+                tensorflow_models.load_canonical(self.module, spec.model, weights)
+            if spec.optimizer == "sgd":
+                optimizer = keras.optimizers.SGD(learning_rate=spec.lr)
+            elif spec.optimizer == "momentum":
+                optimizer = keras.optimizers.SGD(learning_rate=spec.lr, momentum=0.9)
             else:
                 # Keras's default epsilon is 1e-7, PyTorch's 1e-8: pin it so both run the same Adam.
-                self.optimizer = keras.optimizers.Adam(learning_rate=lr, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+                optimizer = keras.optimizers.Adam(learning_rate=spec.lr, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+            if self._loss_scaling:
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            self.optimizer = optimizer
             self.optimizer.build(self.module.trainable_variables)
         if task == "classification":
             self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -96,22 +68,71 @@ class TensorFlowBackend(Backend):
         else:
             self.loss_fn = keras.losses.MeanSquaredError()
             label_spec = tf.TensorSpec([None, num_outputs], tf.float32)
-        input_spec = tf.TensorSpec([None, *input_shape], tf.float32)
-        # A fixed signature with a free batch dimension: the last, smaller batch does not retrace.
-        self._step = tf.function(self._train_step, input_signature=[input_spec, label_spec])
-        self._predict = tf.function(lambda x: self.module(x, training=False), input_signature=[input_spec])
-        return int(sum(np.prod(v.shape) for v in self.module.trainable_variables))
+        shape = list(input_shape)
+        if self._layout == "channels_first":
+            shape = [shape[2], shape[0], shape[1]]
+        input_dtype = tf.int64 if DATASETS[spec.dataset].modality == "sequence" else tf.float32
+        input_spec = tf.TensorSpec([None, *shape], input_dtype)
+        # A fixed signature with a free batch dimension: a smaller batch does not retrace (XLA still
+        # compiles once per concrete shape, which the loop's warm-up absorbs).
+        if spec.mode == "eager":
+            self._step, self._predict = self._train_step, self._forward
+        else:
+            jit = spec.mode == "xla"
+            self._step = tf.function(self._train_step, input_signature=[input_spec, label_spec], jit_compile=jit)
+            self._predict = tf.function(self._forward, input_signature=[input_spec], jit_compile=jit)
+        return tensorflow_models.trainable_parameter_count(self.module)
+
+    def _configure(self, spec) -> None:
+        """Set TF32, determinism and the mixed-precision policy before any model exists."""
+        self._mode = spec.mode
+        self._tf32 = spec.tf32
+        tf.config.experimental.enable_tensor_float_32_execution(spec.tf32)
+        self._deterministic = spec.deterministic
+        if spec.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        self._layout = spec.layout if MODELS[spec.model].conv else "n/a"
+        if self._layout == "channels_first" and self._index is None and spec.mode != "xla":
+            raise ValueError(
+                "layout='channels_first': TensorFlow runs NCHW convolutions only on a GPU and this run is on "
+                "the CPU; choose channels_last (the default) or mode xla"
+            )
+        if spec.precision == "fp32":
+            policy = "float32"
+        elif self._index is None or _compute_capability(self._index) >= (8, 0):
+            policy = "mixed_bfloat16"
+        else:  # pre-Ampere GPUs: float16, with loss scaling against underflow
+            policy = "mixed_float16"
+        keras.mixed_precision.set_global_policy(policy)
+        self._compute_dtype = keras.mixed_precision.global_policy().compute_dtype
+        self._loss_scaling = policy == "mixed_float16"
+
+    def settings(self):
+        return {
+            "mode": self._mode,
+            "compute_dtype": self._compute_dtype,
+            "loss_scaling": self._loss_scaling,
+            "tf32": self._tf32 if self._index is not None else False,
+            "layout": self._layout,
+            "deterministic": self._deterministic,
+        }
 
     def to_device(self, x, y):
+        if self._images and self._layout == "channels_first":
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         with tf.device(self._tf_device):
             return tf.constant(x), tf.constant(y)
 
     def _train_step(self, x, y):
         with tf.GradientTape() as tape:
-            loss = self.loss_fn(y, self.module(x, training=True))
+            loss = self.loss_fn(y, tf.cast(self.module(x, training=True), tf.float32))
+            scaled = self.optimizer.scale_loss(loss) if self._loss_scaling else loss
         variables = self.module.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         return loss
+
+    def _forward(self, x):
+        return self.module(x, training=False)
 
     def train_step(self, x, y):
         with tf.device(self._tf_device):
@@ -124,7 +145,7 @@ class TensorFlowBackend(Backend):
         x_all, y_all = self.to_device(x, y)
         loss_sum, correct = 0.0, 0
         for start in range(0, len(x), batch_size):
-            out = self._predict(x_all[start:start + batch_size])
+            out = tf.cast(self.predict(x_all[start:start + batch_size]), tf.float32)
             target = y_all[start:start + batch_size]
             loss_sum += float(self.loss_fn(target, out)) * int(target.shape[0])
             if self.task == "classification":
@@ -135,6 +156,10 @@ class TensorFlowBackend(Backend):
         else:
             metrics["phi_estimate"] = float(self.module.phi.numpy())
         return metrics
+
+    def predict(self, x):
+        with tf.device(self._tf_device):
+            return self._predict(x)
 
     def synchronize(self) -> None:
         # Eager TF ops return when done on CPU; on GPU, pulling a value to the host waits for
@@ -171,3 +196,8 @@ class TensorFlowBackend(Backend):
     @property
     def gpu_index(self):
         return self._index
+
+
+def _compute_capability(index: int) -> tuple[int, int]:
+    details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[index])
+    return tuple(details.get("compute_capability", (0, 0)))

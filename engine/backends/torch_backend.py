@@ -1,63 +1,17 @@
-"""PyTorch backend: eager mode, the mirror image of tensorflow_backend.py."""
+"""PyTorch backend: eager or torch.compile, the mirror image of tensorflow_backend.py."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+import os
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
+from engine.backends import torch_models
 from engine.backends.base import Backend
-
-
-class _PowerLaw(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.phi = nn.Parameter(torch.tensor(1.0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.pow(x, self.phi)
-
-
-class _NHWCFlatten(nn.Module):
-    """Flatten NCHW activations in NHWC order, so dense kernels match TensorFlow's layout."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(0, 2, 3, 1).flatten(1)
-
-
-def _make_model(model: str, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
-    if model == "mlp":
-        return nn.Sequential(
-            nn.Flatten(), nn.Linear(int(np.prod(input_shape)), 128), nn.ReLU(), nn.Linear(128, num_outputs)
-        )
-    if model == "cnn":
-        height, width, channels = input_shape
-        return nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding="same"), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding="same"), nn.ReLU(),
-            nn.MaxPool2d(2), _NHWCFlatten(),
-            nn.Linear((height // 2) * (width // 2) * 64, 128), nn.ReLU(),
-            nn.Linear(128, num_outputs),
-        )
-    if model == "powerlaw":
-        return _PowerLaw()
-    raise ValueError(f"unknown model {model!r}")
-
-
-def _load_canonical(module: nn.Module, model: str, weights: dict[str, np.ndarray]) -> None:
-    """Copy canonical (Keras-layout) weights in: dense (in,out) -> (out,in), conv HWIO -> OIHW."""
-    if model == "powerlaw":
-        module.phi.data.copy_(torch.from_numpy(weights["phi"]))
-        return
-    layers = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    names = [n.split("/")[0] for n in weights if n.endswith("/kernel")]
-    for layer, name in zip(layers, names, strict=True):
-        kernel = weights[f"{name}/kernel"]
-        kernel = kernel.T if kernel.ndim == 2 else kernel.transpose(3, 2, 0, 1)
-        layer.weight.data.copy_(torch.from_numpy(np.ascontiguousarray(kernel)))
-        layer.bias.data.copy_(torch.from_numpy(weights[f"{name}/bias"]))
+from engine.catalog import MODELS
 
 
 class TorchBackend(Backend):
@@ -74,38 +28,91 @@ class TorchBackend(Backend):
                 )
         self.device = torch.device(device)
 
-    def build(self, model, task, weights, input_shape, num_outputs, optimizer, lr, seed) -> int:
-        torch.manual_seed(seed)
+    def build(self, spec, task, weights, input_shape, num_outputs) -> int:
+        self._configure(spec)
+        torch.manual_seed(spec.seed)
         self.task = task
-        self.model_name = model
-        self.module = _make_model(model, input_shape, num_outputs)
-        _load_canonical(self.module, model, weights)
+        self.model_name = spec.model
+        self.module = torch_models.build_model(spec.model, input_shape, num_outputs)
+        if weights is not None:
+            torch_models.load_canonical(self.module, spec.model, weights)
         self.module.to(self.device)
-        params = self.module.parameters()
-        if optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=lr)
-        elif optimizer == "momentum":
-            self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9)
+        # Image models see logical NCHW; channels_last only changes the memory order (NHWC strides).
+        self._images = len(input_shape) == 3
+        self._memory_format = torch.channels_last if self._layout == "channels_last" else torch.contiguous_format
+        if self._images:
+            self.module.to(memory_format=self._memory_format)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        if spec.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=spec.lr)
+        elif spec.optimizer == "momentum":
+            self.optimizer = torch.optim.SGD(params, lr=spec.lr, momentum=0.9)
         else:
-            self.optimizer = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+            self.optimizer = torch.optim.Adam(params, lr=spec.lr, betas=(0.9, 0.999), eps=1e-8)
         self.loss_fn = F.cross_entropy if task == "classification" else F.mse_loss
-        # Conv layers take NCHW; data arrives NHWC and is transposed once per epoch.
-        self._nchw = model == "cnn"
-        return sum(p.numel() for p in self.module.parameters())
+        # torch.compile wraps the model (the idiomatic use); it compiles on the first call of each
+        # mode (train, eval) and input shape, which the loop times apart as warm-up.
+        self._forward = torch.compile(self.module) if spec.mode == "compiled" else self.module
+        self._scaler = torch.amp.GradScaler(self.device.type) if self._dtype == torch.float16 else None
+        return torch_models.trainable_parameter_count(self.module)
+
+    def _configure(self, spec) -> None:
+        """Set TF32, determinism and the mixed-precision dtype before any model exists."""
+        self._mode = spec.mode
+        self._tf32 = spec.tf32
+        torch.backends.cuda.matmul.allow_tf32 = spec.tf32
+        torch.backends.cudnn.allow_tf32 = spec.tf32
+        self._deterministic = spec.deterministic
+        if spec.deterministic:
+            # cuBLAS needs a fixed workspace for deterministic matmuls (PyTorch's reproducibility notes).
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        self._layout = spec.layout if MODELS[spec.model].conv else "n/a"
+        if spec.precision == "fp32":
+            self._dtype = torch.float32
+        elif self.device.type == "cpu" or torch.cuda.is_bf16_supported():
+            self._dtype = torch.bfloat16
+        else:  # pre-Ampere GPUs: float16, with loss scaling against underflow
+            self._dtype = torch.float16
+
+    def _autocast(self):
+        if self._dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._dtype)
+
+    def settings(self):
+        return {
+            "mode": self._mode,
+            "compute_dtype": str(self._dtype).replace("torch.", ""),
+            "loss_scaling": self._scaler is not None,
+            "tf32": self._tf32 if self.device.type == "cuda" else False,
+            "layout": self._layout,
+            "deterministic": self._deterministic,
+        }
 
     def to_device(self, x, y):
         x_tensor = torch.from_numpy(np.ascontiguousarray(x))
-        if self._nchw:
-            x_tensor = x_tensor.permute(0, 3, 1, 2).contiguous()
-        return x_tensor.to(self.device), torch.from_numpy(np.ascontiguousarray(y)).to(self.device)
+        if self._images:
+            # NHWC arrays viewed as NCHW already have channels_last strides; .to() keeps or changes them.
+            x_tensor = x_tensor.permute(0, 3, 1, 2).to(self.device, memory_format=self._memory_format)
+        else:
+            x_tensor = x_tensor.to(self.device)
+        return x_tensor, torch.from_numpy(np.ascontiguousarray(y)).to(self.device)
 
     def train_step(self, x, y):
         if not self.module.training:  # evaluate() leaves eval mode; train() walks every submodule
             self.module.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.module(x), y)
-        loss.backward()
-        self.optimizer.step()
+        with self._autocast():
+            loss = self.loss_fn(self._forward(x).float(), y)
+        if self._scaler is not None:
+            self._scaler.scale(loss).backward()
+            self._scaler.step(self.optimizer)
+            self._scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
         return loss.detach()
 
     def losses_to_floats(self, losses: Sequence[Any]) -> list[float]:
@@ -113,11 +120,10 @@ class TorchBackend(Backend):
 
     @torch.no_grad()
     def evaluate(self, x, y, batch_size):
-        self.module.eval()
         x_all, y_all = self.to_device(x, y)
         loss_sum, correct = 0.0, 0
         for start in range(0, len(x), batch_size):
-            out = self.module(x_all[start:start + batch_size])
+            out = self.predict(x_all[start:start + batch_size]).float()
             target = y_all[start:start + batch_size]
             loss_sum += float(self.loss_fn(out, target, reduction="sum"))
             if self.task == "classification":
@@ -129,6 +135,13 @@ class TorchBackend(Backend):
         else:
             metrics["phi_estimate"] = float(self.module.phi)
         return metrics
+
+    @torch.no_grad()
+    def predict(self, x):
+        if self.module.training:
+            self.module.eval()
+        with self._autocast():
+            return self._forward(x)
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":

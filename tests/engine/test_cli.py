@@ -7,7 +7,7 @@ from db import queries
 from db.session import make_sessionmaker
 from tests.conftest import run_cli
 
-TINY = ["--epochs", "1", "--max-steps-per-epoch", "3"]
+TINY = ["--epochs", "1", "--max-steps-per-epoch", "3", "--warmup-steps", "1", "--inference-iters", "2"]
 
 
 def last_json(stdout: str):
@@ -42,15 +42,26 @@ def test_db_defaults_to_arena_db_url(arena_db):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--framework", "mxnet", "--model", "mlp", "--dataset", "digits"], "framework='mxnet'"),
+    (["--framework", "mxnet", "--model", "mlp", "--dataset", "digits"], "frameworks='mxnet'"),
     (["--framework", "torch", "--model", "mlp", "--dataset", "digits", "--lr", "-0.1"], "lr=-0.1: must be > 0"),
     (["--framework", "torch", "--model", "mlp", "--dataset", "digits", "--epochs", "0"], "epochs=0"),
     (["--framework", "torch", "--model", "mlp", "--dataset", "digits", "--batch-size", "5000"], "batch_size=5000"),
     (["--framework", "torch", "--model", "cnn", "--dataset", "powerlaw"], "dataset='powerlaw'"),
     (["--framework", "torch", "--model", "mlp", "--dataset", "digits", "--device", "cuda:0"], "device='cuda:0'"),
+    (["--framework", "torch", "--model", "mlp", "--dataset", "digits", "--mode", "xla"],
+     "modes=['xla']: none is a torch mode"),
+    (["--framework", "both", "--model", "mlp", "--dataset", "digits", "--seeds", "0-x"], "seeds='0-x'"),
+    (["--framework", "torch", "--model", "mlp", "--dataset", "digits", "--seed", "1", "--seeds", "0-4"],
+     "give --seed or --seeds, not both"),
+    (["--framework", "torch", "--model", "resnet", "--dataset", "synthetic_images", "--synthetic-shape", "32x32"],
+     "synthetic_shape='32x32'"),
+    (["--framework", "torch", "--model", "lstm", "--dataset", "synthetic_text", "--precision", "fp16"],
+     "precisions='fp16'"),
+    (["--framework", "torch", "--model", "mnist_cnn", "--dataset", "mnist"],
+     "dataset='mnist': mnist: missing train-images-idx3-ubyte.gz"),
 ])
-def test_bad_input_exits_2_names_the_value_and_stores_nothing(arena_db, args, message):
-    result = run_cli("run", *args, "--db", arena_db, "--json")
+def test_bad_input_exits_2_names_the_value_and_stores_nothing(arena_db, args, message, tmp_path):
+    result = run_cli("run", *args, "--db", arena_db, "--json", env={"ARENA_DATA_DIR": str(tmp_path / "no-data")})
     assert result.returncode == 2
     assert message in result.stderr
     with make_sessionmaker(arena_db).begin() as s:
@@ -79,6 +90,10 @@ def test_models_reports_measured_parameter_counts():
     assert counts[("mlp", "digits")] == {"torch": 9610, "tensorflow": 9610}
     assert counts[("cnn", "digits")] == {"torch": 151306, "tensorflow": 151306}
     assert counts[("powerlaw", "powerlaw")] == {"torch": 1, "tensorflow": 1}
+    assert counts[("mnist_cnn", "mnist")] == {"torch": 1_199_882, "tensorflow": 1_199_882}
+    assert counts[("resnet", "cifar10")] == {"torch": 269_722, "tensorflow": 269_722}
+    for (model, dataset), per_framework in counts.items():
+        assert per_framework["torch"] == per_framework["tensorflow"], (model, dataset)
 
 
 @pytest.mark.parametrize("framework", ["torch", "tensorflow"])

@@ -53,17 +53,23 @@ def test_tiny_run_finishes_with_metrics_samples_and_environment(pair, index):
     assert run.status == FINISHED, run.error
     assert run.framework == FRAMEWORKS[index] and run.epoch == 2 and run.step == 20
     assert run.summary["param_count"] == 9610 and run.summary["first_step_s"] > 0
+    # Equal defaults, recorded as what the run really used.
+    assert run.summary["mode"] == {"torch": "eager", "tensorflow": "graph"}[run.framework]
+    assert (run.summary["compute_dtype"], run.summary["tf32"], run.summary["same_init"]) == ("float32", False, True)
+    assert run.summary["warmup_steps"] == 10 and run.summary["steady_steps"] == 10
     env = run.environment
     for key in ("python_version", "framework_version", "hostname", "cpu_model", "device", "device_name", "nvml"):
         assert env.get(key), key
     assert env["framework"] == run.framework and env["device"] == "cpu"
     with sessions.begin() as s:
         steps = queries.metric_frame(s, [run.id], ["step/train_loss"])
+        times = queries.metric_frame(s, [run.id], ["step/step_time_ms"])
         final = queries.final_metrics(s, [run.id])[run.id]
         rss = queries.sample_frame(s, [run.id], "host", "rss")
         cpu = queries.sample_frame(s, [run.id], "host", "cpu_percent")
     assert steps["step"].tolist() == list(range(1, 21))
     assert all(math.isfinite(v) and v > 0 for v in steps["value"])
+    assert times["step"].tolist() == list(range(1, 21)) and (times["value"] > 0).all()
     assert set(final) >= {"train_loss", "test_loss", "test_accuracy", "samples_per_s", "epoch_time_s"}
     assert all(math.isfinite(v) for v in final.values())
     assert 0.0 <= final["test_accuracy"] <= 1.0 and final["samples_per_s"] > 0
