@@ -7,16 +7,22 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from db.models import Run
-from pages import common
+from pages import common, run_settings
 
 HEIGHT_PX = 330
+TOP_MARGIN_PX = 60  # title and a one-row legend
+LEGEND_ROW_PX = 22
+LEGEND_ENTRIES_PER_ROW = 4  # what fits beside each other in a half-width chart
 MIB = 1024 * 1024
 
 
-def _figure(title: str, x_title: str, y_title: str, log_y: bool = False) -> go.Figure:
+def base_figure(title: str, x_title: str, y_title: str, log_y: bool = False) -> go.Figure:
+    """An empty figure in the page's common layout: title left, legend on top."""
     fig = go.Figure()
     fig.update_layout(
-        title=dict(text=title, x=0, xanchor="left"), height=HEIGHT_PX, margin=dict(l=10, r=10, t=60, b=10),
+        # The title is pinned to the top so a legend of many runs, growing upwards, never covers it.
+        title=dict(text=title, x=0, xanchor="left", y=1, yref="container", yanchor="top", pad=dict(t=12)),
+        height=HEIGHT_PX, margin=dict(l=10, r=10, t=TOP_MARGIN_PX, b=10),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
         hovermode="x unified", xaxis_title=x_title, yaxis_title=y_title,
     )
@@ -25,7 +31,7 @@ def _figure(title: str, x_title: str, y_title: str, log_y: bool = False) -> go.F
     return fig
 
 
-def _line(fig: go.Figure, run: Run, style: dict, x, y, markers: bool, overlap: bool = True, **extra) -> None:
+def add_run_line(fig: go.Figure, run: Run, style: dict, x, y, markers: bool, overlap: bool = True, **extra) -> None:
     """One run's curve; overlap=False where curves rarely coincide (timings, gauges): uniform width."""
     if not overlap:
         style = {**style, "width": 2.0, "size": 7}
@@ -35,11 +41,20 @@ def _line(fig: go.Figure, run: Run, style: dict, x, y, markers: bool, overlap: b
         line=dict(color=style["color"], dash=style["dash"], width=style["width"]),
         marker=dict(symbol=style["symbol"], size=style["size"], color=style["color"]), **extra,
     ))
+    fit_legend(fig)
+
+
+def fit_legend(fig: go.Figure) -> None:
+    """Grow the top margin by a row for every few legend entries, so the legend does not cover the plot."""
+    entries = sum(1 for trace in fig.data if trace.showlegend is not False)
+    rows = max(1, -(-entries // LEGEND_ENTRIES_PER_ROW))
+    extra_px = LEGEND_ROW_PX * (rows - 1)
+    fig.update_layout(margin=dict(t=TOP_MARGIN_PX + extra_px), height=HEIGHT_PX + extra_px)
 
 
 def loss_vs_step(steps: pd.DataFrame, runs: Sequence[Run], log_y: bool, smoothing: float) -> go.Figure:
     """Per-step training loss; with smoothing, an EMA on top of the faint raw curve."""
-    fig = _figure("Training loss per step", "optimizer step", "train loss", log_y)
+    fig = base_figure("Training loss per step", "optimizer step", "train loss", log_y)
     styles = common.trace_styles(runs)
     for run in runs:
         points = steps[steps["run_id"] == run.id].sort_values("step")
@@ -54,20 +69,20 @@ def loss_vs_step(steps: pd.DataFrame, runs: Sequence[Run], log_y: bool, smoothin
             values = points["value"].ewm(alpha=1.0 - smoothing).mean()
         else:
             values = points["value"]
-        _line(fig, run, style, points["step"], values, markers=False)
+        add_run_line(fig, run, style, points["step"], values, markers=False)
     return fig
 
 
 def per_epoch(epochs: pd.DataFrame, runs: Sequence[Run], name: str, title: str, y_title: str,
               percent: bool = False, overlap: bool = True) -> go.Figure:
     """One per-epoch metric against the epoch number."""
-    fig = _figure(title, "epoch", y_title)
+    fig = base_figure(title, "epoch", y_title)
     styles = common.trace_styles(runs)
     for run in runs:
         points = epochs[(epochs["run_id"] == run.id) & (epochs["name"] == name)].sort_values("epoch")
         if not points.empty:
-            _line(fig, run, styles[run.id], points["epoch"], points["value"] * (100 if percent else 1), markers=True,
-                  overlap=overlap)
+            add_run_line(fig, run, styles[run.id], points["epoch"], points["value"] * (100 if percent else 1),
+                         markers=True, overlap=overlap)
     fig.update_xaxes(dtick=1 if epochs["epoch"].max() <= 20 else None)
     return fig
 
@@ -85,14 +100,15 @@ def phi_vs_epoch(epochs: pd.DataFrame, runs: Sequence[Run]) -> go.Figure:
 
 def throughput_bars(epochs: pd.DataFrame, runs: Sequence[Run]) -> go.Figure:
     """Median training throughput over epochs per run; the error bar spans the slowest to fastest epoch."""
-    fig = _figure("Throughput (median, bar = min–max epoch)", "", "samples / s")
+    fig = base_figure("Throughput (median, bar = min–max epoch)", "", "samples / s")
     names, medians, lows, highs, colours = [], [], [], [], []
+    labels = run_settings.distinguishing_labels(runs, separator="<br>")
     for run in runs:
         values = epochs[(epochs["run_id"] == run.id) & (epochs["name"] == "samples_per_s")]["value"]
         if values.empty:
             continue
         med = float(values.median())
-        names.append(common.trace_name(run))
+        names.append(labels[run.id])
         medians.append(med)
         lows.append(med - float(values.min()))
         highs.append(float(values.max()) - med)
@@ -107,24 +123,10 @@ def throughput_bars(epochs: pd.DataFrame, runs: Sequence[Run]) -> go.Figure:
     return fig
 
 
-def first_step_bars(runs: Sequence[Run]) -> go.Figure:
-    """The first optimizer step (tracing / warm-up), kept out of the throughput numbers."""
-    fig = _figure("First step (tracing, warm-up): not in throughput", "", "seconds")
-    shown = [run for run in runs if (run.summary or {}).get("first_step_s") is not None]
-    fig.add_trace(go.Bar(
-        x=[common.trace_name(run) for run in shown], y=[run.summary["first_step_s"] for run in shown],
-        marker_color=[common.framework_color(run.framework) for run in shown],
-        text=[common.format_duration(run.summary["first_step_s"]) for run in shown], textposition="outside",
-        hovertemplate="%{x}: %{y:.3f} s<extra></extra>", showlegend=False,
-    ))
-    fig.update_layout(hovermode="closest")
-    return fig
-
-
 def samples_vs_time(samples: pd.DataFrame, runs: Sequence[Run], name: str, title: str, y_title: str,
                     scale: float = 1.0, source: Optional[str] = None) -> go.Figure:
     """A sampled gauge against seconds since the run started."""
-    fig = _figure(title, "seconds since run start", y_title)
+    fig = base_figure(title, "seconds since run start", y_title)
     styles = common.trace_styles(runs)
     for run in runs:
         points = samples[(samples["run_id"] == run.id) & (samples["name"] == name)]
@@ -133,8 +135,8 @@ def samples_vs_time(samples: pd.DataFrame, runs: Sequence[Run], name: str, title
         if points.empty:
             continue
         start = common.unix_time(run.started_at) or float(points["time"].min())
-        _line(fig, run, styles[run.id], points["time"] - start, points["value"] / scale, markers=False,
-              overlap=False)
+        add_run_line(fig, run, styles[run.id], points["time"] - start, points["value"] / scale, markers=False,
+                     overlap=False)
     return fig
 
 

@@ -16,7 +16,7 @@ from db import queries
 from db.models import ACTIVE_STATUSES, FAILED, FINISHED, QUEUED, RUNNING, Run
 from db.session import make_sessionmaker
 from engine import devices
-from engine.catalog import DATASETS, framework_label
+from engine.catalog import FRAMEWORKS, default_mode, framework_label
 from engine.launch import default_url_for
 from engine.loop import steps_per_epoch
 from engine.spec import RunSpec, SpecError
@@ -147,8 +147,10 @@ def trace_name(run: Run) -> str:
 
 
 def run_label(run: Run) -> str:
-    """Picker label: "#3 PyTorch mlp/digits (finished)"."""
-    return f"{trace_name(run)} {run.model}/{run.dataset} ({run.status})"
+    """Picker label: "#3 PyTorch mlp/digits · eager fp32 · seed 0 (finished)"."""
+    seed = (run.spec or {}).get("seed")
+    return (f"{trace_name(run)} {run.model}/{run.dataset} · {run_mode(run)} {run_precision(run)}"
+            + (f" · seed {seed}" if seed is not None else "") + f" ({run.status})")
 
 
 def trace_styles(runs: Sequence[Run]) -> dict[int, dict]:
@@ -196,7 +198,20 @@ def total_steps(run: Run) -> Optional[int]:
         spec = RunSpec.from_dict(run.spec)
     except (SpecError, TypeError):
         return None
-    return steps_per_epoch(spec, DATASETS[spec.dataset].train_size) * run.total_epochs
+    return steps_per_epoch(spec, spec.train_size()) * run.total_epochs
+
+
+def run_mode(run: Run) -> str:
+    """Execution mode id ("eager", "graph" ...); runs stored before modes existed ran in the default one."""
+    mode = (run.summary or {}).get("mode") or (run.spec or {}).get("mode")
+    if mode:
+        return mode
+    return default_mode(run.framework) if run.framework in FRAMEWORKS else "—"
+
+
+def run_precision(run: Run) -> str:
+    """"fp32" or "mixed"; runs stored before precisions existed trained in fp32."""
+    return (run.spec or {}).get("precision") or "fp32"
 
 
 def progress_fraction(run: Run) -> float:

@@ -9,9 +9,11 @@ from db import queries
 from db.models import Run
 from engine.catalog import FRAMEWORKS, framework_label
 from engine.launch import reap
-from pages import charts, common, comparison
+from pages import charts, common, comparison, speed_charts, summary
+from pages import run_settings as rs
 
 SELECT_KEY = "compare_runs"
+MANY_RUNS = 4  # beyond this many runs, bar and box charts take the full width
 
 
 def default_selection(runs: Sequence[Run]) -> list[int]:
@@ -35,6 +37,7 @@ def comparison_view(run_ids: list[int], live: bool) -> None:
         metrics = common.epoch_metrics(s, run_ids)
         epochs = queries.metric_frame(s, run_ids, common.EPOCH_METRICS)
         steps = queries.metric_frame(s, run_ids, ["step/train_loss"])
+        step_times = queries.metric_frame(s, run_ids, [speed_charts.STEP_TIME_METRIC])
         samples = queries.sample_frame(s, run_ids)
     if live and not any(common.is_active(run) for run in runs):
         st.rerun()  # the last active run ended: redraw once, without the refresh timer
@@ -69,13 +72,8 @@ def comparison_view(run_ids: list[int], live: bool) -> None:
     right.plotly_chart(charts.per_epoch(epochs, runs, "train_loss", "Training loss per epoch (mean over steps)",
                                         "train loss"), key="chart_train_loss")
 
-    st.subheader("Speed")
-    throughput_headline(runs, metrics)
-    left, middle, right = st.columns(3)
-    left.plotly_chart(charts.throughput_bars(epochs, runs), key="chart_throughput")
-    middle.plotly_chart(charts.per_epoch(epochs, runs, "epoch_time_s", "Epoch time (epoch 1 holds the first step)",
-                                         "seconds", overlap=False), key="chart_epoch_time")
-    right.plotly_chart(charts.first_step_bars(runs), key="chart_first_step")
+    speed(runs, metrics, epochs, step_times)
+    inference(runs)
 
     st.subheader("Memory and CPU")
     if samples.empty:
@@ -89,9 +87,53 @@ def comparison_view(run_ids: list[int], live: bool) -> None:
         gpu_charts(samples, runs)
 
     st.subheader("Summary")
-    st.table(comparison.summary_table(runs, metrics))
+    st.table(summary.summary_table(runs, metrics))
     with st.expander("Environment of each run (rows that differ are shaded)", icon=":material/computer:"):
-        st.table(comparison.highlight_differences(comparison.environment_table(runs)))
+        st.table(summary.highlight_differences(summary.environment_table(runs)))
+
+
+def speed(runs: Sequence[Run], metrics: dict[int, dict[str, list[float]]], epochs, step_times) -> None:
+    """Throughput, epoch time, start-up cost, and the distribution of per-step times after warm-up."""
+    st.subheader("Speed")
+    throughput_headline(runs, metrics)
+    # Side by side for a pair; a matrix of many runs needs the whole width per chart to stay legible.
+    left, middle, right = st.columns(3) if len(runs) <= MANY_RUNS else (st.container(),) * 3
+    left.plotly_chart(charts.throughput_bars(epochs, runs), key="chart_throughput")
+    middle.plotly_chart(charts.per_epoch(epochs, runs, "epoch_time_s", "Epoch time (epoch 1 holds the warm-up)",
+                                         "seconds", overlap=False), key="chart_epoch_time")
+    right.plotly_chart(speed_charts.warmup_bars(runs), key="chart_warmup")
+    timed = [run for run in runs if (step_times["run_id"] == run.id).any()]
+    if not timed:
+        st.caption("No per-step times recorded for these runs yet (runs trained before Arena timed every step "
+                   "have none).")
+        return
+    warmups = sorted({int(rs.warmup_steps(run) or 0) for run in timed})
+    excluded = (f"the first {warmups[0]} warm-up steps" if len(warmups) == 1
+                else "each run's warm-up steps (" + ", ".join(
+                    f"#{run.id}: {int(rs.warmup_steps(run) or 0)}" for run in timed) + ")")
+    st.caption(f"Every optimizer step is timed with the device synchronised. The distribution leaves out {excluded}: "
+               "compilation, tf.function tracing and allocator warm-up, shaded in the per-step chart and counted "
+               "in *start-up* above. Step-time percentiles are in the summary below.")
+    too_short = [run for run in timed if speed_charts.steady_step_times(step_times, run).empty]
+    if too_short:
+        st.caption(", ".join(f"#{run.id}" for run in too_short) + " took no steps after warm-up: nothing to show in "
+                   "the distribution. Train more steps, or lower the warm-up steps on Launch.")
+    left, right = st.columns(2) if len(runs) <= MANY_RUNS else (st.container(),) * 2
+    left.plotly_chart(speed_charts.step_time_box(step_times, runs), key="chart_step_time_box")
+    right.plotly_chart(speed_charts.step_time_per_step(step_times, runs), key="chart_step_time")
+
+
+def inference(runs: Sequence[Run]) -> None:
+    """Forward-pass latency after training, at batch 1 and at the training batch size."""
+    if not speed_charts.has_inference(runs):
+        return
+    st.subheader("Inference")
+    st.caption("After training, each run times forward passes (no gradients) with the device synchronised, "
+               "at batch 1 and at its training batch size. Bar: median (p50); whisker: p95. Throughput and "
+               "compile time are in the summary below.")
+    left, right = st.columns(2) if len(runs) <= MANY_RUNS else (st.container(),) * 2
+    left.plotly_chart(speed_charts.inference_latency(runs, "bs1"), key="chart_inference_bs1")
+    right.plotly_chart(speed_charts.inference_latency(runs, "bsN"), key="chart_inference_bsN")
 
 
 def throughput_headline(runs: Sequence[Run], metrics: dict[int, dict[str, list[float]]]) -> None:

@@ -1,115 +1,207 @@
-"""Launch: pick a model and settings, queue one run or an identical PyTorch/TensorFlow pair."""
+"""Launch: pick a model and settings, queue one run or a matrix (frameworks x modes x precisions x seeds)."""
 from __future__ import annotations
 
 import streamlit as st
 
-from engine.catalog import DATASETS, FRAMEWORKS, MODELS, OPTIMIZERS, framework_label
+from db import queries
+from engine.catalog import (
+    DATASETS, FRAMEWORKS, LAYOUTS, MODE_LABELS, MODELS, MODES, OPTIMIZERS, PRECISIONS, SYNTHETIC_DEFAULT_SIZE,
+    default_mode, framework_label,
+)
 from engine.devices import check_available
-from engine.launch import launch
+from engine.launch import queue_runs, start_runner
 from engine.spec import RunSpec, SpecError
 from pages import common
+from pages.launch_plan import PRECISION_LABELS, build_matrix, describe_matrix, data_files_note, run_names, \
+    spec_error_message
 
 BOTH = "both"
 FRAMEWORK_CHOICES = (*FRAMEWORKS, BOTH)
 OPTIMIZER_LABELS = {"sgd": "SGD", "momentum": "SGD + momentum 0.9", "adam": "Adam"}
-FIELD_LABELS = {
-    "framework": "Framework", "model": "Model", "dataset": "Dataset", "epochs": "Epochs",
-    "batch_size": "Batch size", "lr": "Learning rate", "optimizer": "Optimizer", "seed": "Seed",
-    "device": "Device", "max_steps_per_epoch": "Max steps per epoch", "noise": "Noise",
-}
+LAUNCHED_GROUP_KEY = "launched_group_tag"
+CONV_MODELS = ", ".join(name for name, info in MODELS.items() if info.conv)
 
 
 def framework_choice_label(choice: str) -> str:
     return "Both (identical settings)" if choice == BOTH else framework_label(choice)
 
 
-def spec_error_message(exc: SpecError) -> str:
-    """Say which field is wrong, its value, why, and what to do; the form keeps the input."""
-    label = FIELD_LABELS.get(exc.field, exc.field)
-    reason = str(exc).split(": ", 1)[-1]
-    return (f"**{label}** = `{exc.value}` can't be used: {reason}. "
-            f"Change {label.lower()} and submit again. Nothing was queued.")
-
-
-def build_specs(frameworks: list[str], model: str, dataset: str, settings: dict) -> list[RunSpec]:
-    """Validated specs, one per framework with the same settings; raises SpecError."""
-    specs = [RunSpec.with_model_defaults(fw, model, dataset, **settings) for fw in frameworks]
-    check_available(specs[0].device)
-    return specs
+def launch_matrix(specs: list[RunSpec]) -> tuple[list[int], str | None]:
+    """Queue the specs as one group and start a detached runner for each; (run ids, group tag)."""
+    sessions = common.sessions()
+    run_ids = queue_runs(sessions, specs)
+    for run_id in run_ids:
+        start_runner(sessions, run_id, common.db_url())
+    with sessions.begin() as s:
+        return run_ids, queries.get_run(s, run_ids[0]).group_tag
 
 
 common.ensure_router()
 st.title("Launch")
 st.caption("Train the same experiment in PyTorch and TensorFlow and compare them run for run. "
-           "Runs train in their own processes: you can leave this page while they run.")
+           "Runs train in their own processes, one after the other: you can leave this page while they run.")
 
 choice = st.radio("Framework", FRAMEWORK_CHOICES, index=len(FRAMEWORK_CHOICES) - 1,
                   format_func=framework_choice_label, horizontal=True, key="framework")
+frameworks = list(FRAMEWORKS) if choice == BOTH else [choice]
 if choice == BOTH:
-    st.caption(":material/balance: **Both** queues a PyTorch run and a TensorFlow run that hold everything "
-               "else equal: the same data split and sample order, the same initial weights generated from "
-               "the seed, and the same optimizer settings (including Adam's epsilon of 1e-8). They train one "
-               "after the other, never sharing the machine, so their speed numbers compare too.")
+    st.caption(":material/balance: **Both** runs every setting below in PyTorch and in TensorFlow and holds "
+               "everything else equal: the same data split and sample order, the same initial weights generated "
+               "from the seed, the same optimizer settings (including Adam's epsilon of 1e-8), precision, TF32 and "
+               "layout, and the same warm-up steps left out of the timing. The runs train one after the other, "
+               "never sharing the machine, so their speed numbers compare too.")
 
 left, right = st.columns(2)
 model = left.selectbox("Model", list(MODELS), key="model",
                        format_func=lambda name: f"{name} — {MODELS[name].description}")
 dataset = right.selectbox("Dataset", MODELS[model].datasets, key="dataset",
                           format_func=lambda name: f"{name} — {DATASETS[name].description}")
-defaults = MODELS[model].defaults
-train_size = DATASETS[dataset].train_size
+info, defaults = DATASETS[dataset], MODELS[model].defaults
+files = data_files_note(dataset)
+if files is not None:
+    present, note = files
+    (right.caption if present else right.warning)(note, **({} if present else {"icon": ":material/download:"}))
+synthetic = info.kind == "synthetic"
+classification = info.task == "classification"
 
-# Widget keys include the model and dataset, so switching either pre-fills that model's defaults.
+# Keys of model-dependent widgets include the model and dataset: switching either pre-fills its defaults.
 prefix = f"{model}.{dataset}"
-with st.form("launch_form"):
-    st.markdown(f"**Settings** · defaults for {model} reach the quality bar on {dataset}")
-    c1, c2, c3 = st.columns(3)
-    epochs = c1.number_input("Epochs", min_value=1, max_value=1000, value=defaults["epochs"], step=1,
-                             key=f"{prefix}.epochs")
-    batch_size = c2.number_input("Batch size", min_value=1, value=defaults["batch_size"], step=1,
-                                 key=f"{prefix}.batch_size",
-                                 help=f"At most {train_size:,}: the {dataset} training set.")
-    lr = c3.number_input("Learning rate", min_value=0.0, value=float(defaults["lr"]), step=1e-4, format="%g",
-                         key=f"{prefix}.lr", help="Must be > 0. Type small values directly, e.g. 0.0001.")
-    c1, c2, c3 = st.columns(3)
-    optimizer = c1.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(defaults["optimizer"]),
-                             format_func=OPTIMIZER_LABELS.get, key=f"{prefix}.optimizer")
-    seed = c2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key=f"{prefix}.seed",
-                           help="Fixes the data split, the sample order and the initial weights.")
-    device = c3.selectbox("Device", common.device_choices(), key=f"{prefix}.device",
-                          help="auto: a GPU when the framework finds one, otherwise the CPU.")
-    c1, c2, _ = st.columns(3)
-    max_steps = c1.number_input("Max steps per epoch", min_value=0, value=0, step=1, key=f"{prefix}.max_steps",
-                                help="0 trains on the whole training set each epoch; a cap makes quick looks.")
-    noise = 0.0
-    if DATASETS[dataset].task == "regression":
-        noise = c2.number_input("Noise", min_value=0.0, value=0.0, step=0.01, format="%g", key=f"{prefix}.noise",
-                                help="Standard deviation of Gaussian noise added to the targets.")
-    frameworks = list(FRAMEWORKS) if choice == BOTH else [choice]
-    submitted = st.form_submit_button("Queue 2 runs" if choice == BOTH else "Queue run", type="primary")
+settings: dict = {"model": model, "dataset": dataset}
 
-if submitted:
-    settings = dict(epochs=int(epochs), batch_size=int(batch_size), lr=float(lr), optimizer=optimizer,
-                    seed=int(seed), device=device, max_steps_per_epoch=int(max_steps) or None, noise=float(noise))
-    try:
-        specs = build_specs(frameworks, model, dataset, settings)
-    except SpecError as exc:
-        st.error(spec_error_message(exc), icon=":material/error:")
+with st.container(border=True):
+    st.markdown(f"**Training** · starting from {model}'s recommended settings")
+    c1, c2, c3 = st.columns(3)
+    settings["epochs"] = c1.number_input("Epochs", min_value=1, max_value=1000, value=defaults["epochs"], step=1,
+                                         key=f"{prefix}.epochs")
+    size_hint = "the synthetic training set size below" if synthetic else f"{info.train_size:,}: the training set"
+    settings["batch_size"] = c2.number_input("Batch size", min_value=1, value=defaults["batch_size"], step=1,
+                                             key=f"{prefix}.batch_size", help=f"At most {size_hint}.")
+    settings["lr"] = c3.number_input("Learning rate", min_value=0.0, value=float(defaults["lr"]), step=1e-4,
+                                     format="%g", key=f"{prefix}.lr",
+                                     help="Must be > 0. Type small values directly, e.g. 0.0001.")
+    c1, c2, c3 = st.columns(3)
+    settings["optimizer"] = c1.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(defaults["optimizer"]),
+                                         format_func=OPTIMIZER_LABELS.get, key=f"{prefix}.optimizer")
+    seeds_text = c2.text_input("Seeds", value="0", key="seeds",
+                               help="One seed (0), a range (0-4) or a list (0, 3, 7): one run per seed and setting. "
+                                    "A seed fixes the data split, the sample order and the initial weights.")
+    settings["device"] = c3.selectbox("Device", common.device_choices(), key="device",
+                                      help="auto: a GPU when the framework finds one, otherwise the CPU.")
+    c1, c2, _ = st.columns(3)
+    settings["max_steps_per_epoch"] = int(c1.number_input(
+        "Max steps per epoch", min_value=0, value=0, step=1, key=f"{prefix}.max_steps",
+        help="0 trains on the whole training set each epoch; a cap makes quick looks.")) or None
+    if not classification:
+        settings["noise"] = c2.number_input("Noise", min_value=0.0, value=0.0, step=0.01, format="%g",
+                                            key=f"{prefix}.noise",
+                                            help="Standard deviation of Gaussian noise added to the targets.")
+
+with st.container(border=True):
+    st.markdown("**Execution** · pick several modes or precisions to queue every combination")
+    modes = {}
+    columns = st.columns(len(frameworks) + 1)
+    for column, framework in zip(columns, frameworks):
+        modes[framework] = column.multiselect(
+            f"{framework_label(framework)} mode", MODES[framework], default=[default_mode(framework)],
+            format_func=MODE_LABELS.get, key=f"modes.{framework}",
+            help=f"Default: {MODE_LABELS[default_mode(framework)]}, the framework's usual way to run a training step.")
+    precisions = columns[-1].multiselect(
+        "Precision", PRECISIONS, default=["fp32"], format_func=PRECISION_LABELS.get, key="precisions",
+        help="mixed: bfloat16 compute on a CPU; float16 with loss scaling (or bfloat16) on a GPU. "
+             "The compute dtype each run used is in its summary.")
+    c1, c2, c3, c4 = st.columns(4)
+    conv = MODELS[model].conv
+    layout = c1.selectbox(
+        "Layout", LAYOUTS, key="layout", disabled=not conv,
+        help="Memory layout of images and activations. TensorFlow on a CPU runs convolutions channels_last only.")
+    settings["layout"] = layout if conv else LAYOUTS[0]  # stored as the default where it does not apply
+    c1.caption("TensorFlow on a CPU runs channels_last only." if conv
+               else f"Applies to convolutional models only ({CONV_MODELS}).")
+    settings["tf32"] = c2.toggle("TF32", value=False, key="tf32",
+                                 help="TF32 matmuls and convolutions on Ampere or newer NVIDIA GPUs. Off in both "
+                                      "by default: TensorFlow would turn it on where PyTorch's matmuls leave it off.")
+    c2.caption("Only matters on Ampere+ GPUs.")
+    settings["deterministic"] = c3.toggle("Deterministic", value=False, key="deterministic",
+                                          help="PyTorch deterministic algorithms / TensorFlow op determinism: "
+                                               "repeatable results, usually slower.")
+    settings["same_init"] = c4.toggle("Same initial weights", value=True, key="same_init",
+                                      help="One set of weights drawn from the seed and loaded into both frameworks. "
+                                           "Off: each framework's own initialisers.")
+
+with st.container(border=True):
+    st.markdown("**Measurement**")
+    c1, c2, c3 = st.columns(3)
+    settings["warmup_steps"] = int(c1.number_input(
+        "Warm-up steps", min_value=0, max_value=100_000, value=10, step=1, key="warmup_steps",
+        help="The first steps (compilation, tracing, allocator warm-up) are timed apart and left out of "
+             "throughput and step-time percentiles."))
+    settings["inference_iters"] = int(c2.number_input(
+        "Inference iterations", min_value=0, max_value=100_000, value=30, step=1, key="inference_iters",
+        help="Timed forward passes at batch 1 and at the training batch size after training; 0 skips them."))
+    if classification:
+        settings["target_accuracy"] = c3.number_input(
+            "Target accuracy", min_value=0.01, max_value=1.0, value=float(defaults.get("target_accuracy", 0.9)),
+            step=0.01, format="%.2f", key=f"{prefix}.target_accuracy",
+            help="Time to target: wall time until the test accuracy first reaches this fraction (checked "
+                 "after every epoch).")
     else:
-        try:
-            run_ids = launch(common.sessions(), specs, common.db_url())
-        except OSError as exc:
-            st.error(f"Could not start a runner process: {exc}. Check that this machine can start Python "
-                     "processes, then submit again.", icon=":material/error:")
-        else:
-            st.session_state[common.LAUNCHED_KEY] = run_ids
+        c3.caption("Time to target needs a classification dataset.")
+
+if synthetic:
+    with st.container(border=True):
+        st.markdown("**Synthetic data** · generated from the seed, learnable")
+        c1, c2, c3 = st.columns(3)
+        sequence = info.modality == "sequence"
+        settings["synthetic_shape"] = c1.text_input(
+            "Input shape", value=MODELS[model].synthetic_shape or "", key=f"{prefix}.synthetic_shape",
+            help="Sequence length, e.g. 32." if sequence else "Height x width x channels, e.g. 32x32x3.")
+        settings["synthetic_classes"] = int(c2.number_input("Classes", min_value=2, max_value=1000, value=10, step=1,
+                                                            key=f"{prefix}.synthetic_classes"))
+        settings["synthetic_size"] = int(c3.number_input(
+            "Training samples", min_value=8, max_value=10_000_000, value=SYNTHETIC_DEFAULT_SIZE, step=256,
+            key=f"{prefix}.synthetic_size", help="The test split holds a quarter as many."))
+
+# The preview validates on every change; submitting validates again and only then queues.
+try:
+    specs, problem = build_matrix(settings, modes, precisions, seeds_text), None
+except SpecError as exc:
+    specs, problem = [], exc
+count = len(specs)
+label = "Queue runs" if problem else ("Queue run" if count == 1 else f"Queue {count} runs")
+preview = st.empty()
+submitted = st.button(label, type="primary", key="queue")
+
+if problem is None:
+    preview.info(f"This will queue **{count} run{'s' if count > 1 else ''}**"
+                 + (" as one group" if count > 1 else "") + f": {describe_matrix(specs)}.",
+                 icon=":material/playlist_add_check:")
+if submitted and problem is None:
+    try:
+        check_available(specs[0].device)
+    except SpecError as exc:
+        problem = exc
+if problem is not None:
+    message = spec_error_message(problem, submitted=submitted)
+    (preview.error if submitted else preview.warning)(message, icon=":material/error:")
+elif submitted:
+    try:
+        run_ids, group_tag = launch_matrix(specs)
+    except OSError as exc:
+        preview.error(f"Could not start a runner process: {exc}. Check that this machine can start Python "
+                      "processes, then submit again.", icon=":material/error:")
+    else:
+        st.session_state[common.LAUNCHED_KEY] = run_ids
+        st.session_state[LAUNCHED_GROUP_KEY] = group_tag
 
 launched = st.session_state.get(common.LAUNCHED_KEY)
 if launched:
     ids = common.format_run_ids(launched)
-    names = " and ".join(f"#{i}" for i in launched)
-    st.success(f"Queued run{'s' if len(launched) > 1 else ''} {names}. "
-               "They train in the background; follow them live.", icon=":material/check_circle:")
+    group = st.session_state.get(LAUNCHED_GROUP_KEY)
+    what = f"{len(launched)} runs {run_names(launched)} as group `{group}`" if len(launched) > 1 else \
+        f"run {run_names(launched)}"
+    order = "one after the other" if len(launched) > 1 else "in its own process"
+    st.success(f"Queued {what}. They train in the background, {order}; follow them live.",
+               icon=":material/check_circle:")
     c1, c2, _ = st.columns([1, 1, 3])
     with c1:
         st.page_link(common.RUNS_PAGE, label="Follow on Runs", icon=":material/table_rows:",

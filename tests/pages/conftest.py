@@ -25,6 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 APP_PATH = REPO_ROOT / "app.py"
 RENDER_TIMEOUT_S = 30  # the first render in a process imports plotly, pandas and SQLAlchemy
 CLI_TIMEOUT_S = 180
+# 2 epochs of 10 steps: more than the default 10 warm-up steps, so the runs have steady-state step times.
+STEPS_PER_EPOCH = 10
 FAILED_ERROR = (
     "Traceback (most recent call last):\n"
     '  File "engine/loop.py", line 80, in train\n'
@@ -54,7 +56,7 @@ def trained_runs(tmp_path_factory) -> StoredRuns:
     for framework in ("torch", "tensorflow"):
         result = subprocess.run(
             [sys.executable, "-m", "engine", "run", "--framework", framework, "--model", "mlp", "--dataset", "digits",
-             "--epochs", "2", "--max-steps-per-epoch", "5", "--db", url, "--json"],
+             "--epochs", "2", "--max-steps-per-epoch", str(STEPS_PER_EPOCH), "--db", url, "--json"],
             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
         )
         assert result.returncode == 0, f"the {framework} run failed:\n{result.stderr}"

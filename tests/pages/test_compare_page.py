@@ -1,8 +1,11 @@
 """Compare page: empty state, charts in framework colours, and the "what was compared" verdict."""
 from __future__ import annotations
 
+import base64
 import json
 from datetime import datetime, timedelta
+
+import numpy as np
 
 from db import queries
 from db.session import make_sessionmaker
@@ -14,6 +17,20 @@ def chart_specs(at) -> dict[str, dict]:
     """Plotly figures on the page by chart key suffix ("chart_loss_step" ...)."""
     charts = at.get("plotly_chart")
     return {chart.proto.id.rsplit("-", 1)[-1]: json.loads(chart.proto.spec) for chart in charts}
+
+
+def array(values) -> list:
+    """A plotly JSON array: a plain list, or numpy data encoded as {"dtype", "bdata"}."""
+    if isinstance(values, dict):
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]).tolist()
+    return list(values)
+
+
+def stored(url: str, run_id: int):
+    with make_sessionmaker(url).begin() as s:
+        run = queries.get_run(s, run_id)
+        s.expunge(run)
+        return run
 
 
 def text_of(at) -> str:
@@ -36,7 +53,8 @@ def test_a_fair_pair_gets_every_chart_in_its_framework_colour(runs_db, open_page
     assert at.multiselect[0].value == ids
     specs = chart_specs(at)
     assert {"chart_loss_step", "chart_accuracy", "chart_test_loss", "chart_train_loss", "chart_throughput",
-            "chart_epoch_time", "chart_first_step", "chart_rss", "chart_cpu"} <= set(specs)
+            "chart_epoch_time", "chart_warmup", "chart_step_time_box", "chart_step_time", "chart_inference_bs1",
+            "chart_inference_bsN", "chart_rss", "chart_cpu"} <= set(specs)
     loss_traces = [t for t in specs["chart_loss_step"]["data"] if t.get("showlegend") is not False]
     colours = {trace["name"].split()[-1]: trace["line"]["color"] for trace in loss_traces}
     assert colours == {"PyTorch": FRAMEWORK_COLORS["torch"], "TensorFlow": FRAMEWORK_COLORS["tensorflow"]}
@@ -51,19 +69,19 @@ def test_what_was_compared_says_only_the_framework_differs(runs_db, open_page):
     assert "What was compared" in text
     assert "Identical in all: model `mlp`, dataset `digits`, epochs `2`" in text
     assert "Equal settings: only the framework differs." in text
-    assert "first step" in text and "same initial weights" in text and "1e-8" in text
+    assert "first step" in text and "warm-up steps" in text and "same initial weights" in text and "1e-8" in text
     assert "as many samples per second as" in text
     assert not at.warning
     summary = at.table[0].value
     assert list(summary.columns) == sorted(summary.columns, key=lambda name: int(name.split()[0][1:]))
     assert {"test accuracy", "throughput (median)", "first step (excluded)", "parameters",
-            "framework version", "device"} <= set(summary.index)
+            "framework version", "device", "mode", "precision (compute dtype)"} <= set(summary.index)
     assert set(summary.loc["parameters"]) == {"9,610"}
 
 
 def test_runs_with_different_settings_are_flagged_as_unequal(runs_db, open_page):
     sessions = make_sessionmaker(runs_db.url)
-    spec = RunSpec.with_model_defaults("tensorflow", "mlp", "digits", epochs=2, max_steps_per_epoch=5, seed=3)
+    spec = RunSpec.with_model_defaults("tensorflow", "mlp", "digits", epochs=2, max_steps_per_epoch=10, seed=3)
     with sessions.begin() as s:
         other = queries.create_run(s, spec.to_dict()).id
         queries.fail_run(s, other, "RuntimeError: never trained")
@@ -105,3 +123,102 @@ def test_without_a_selection_the_newest_runs_are_compared(runs_db, open_page):
 
     assert len(at.multiselect[0].value) == 2
     assert at.query_params["runs"] == ",".join(str(i) for i in at.multiselect[0].value)
+
+
+def test_step_times_are_drawn_per_run_after_the_warm_up_steps(runs_db, open_page):
+    ids = sorted([runs_db.torch_id, runs_db.tensorflow_id])
+    at = open_page(COMPARE_PAGE, runs=f"{ids[0]},{ids[1]}")
+
+    boxes = chart_specs(at)["chart_step_time_box"]["data"]
+    assert [box["type"] for box in boxes] == ["box", "box"]
+    for box, run_id in zip(boxes, ids):
+        run = stored(runs_db.url, run_id)
+        assert box["name"].startswith(f"#{run_id} ")
+        assert box["line"]["color"] == FRAMEWORK_COLORS[run.framework]
+        # 2 epochs x 10 steps, the first 10 (warm-up) left out: the box holds the steady-state steps only.
+        assert run.summary["warmup_steps"] == 10
+        assert len(array(box["y"])) == 2 * 10 - 10
+    assert "leaves out the first 10 warm-up steps" in text_of(at)
+    per_step = chart_specs(at)["chart_step_time"]
+    assert per_step["layout"]["yaxis"]["type"] == "log"
+    assert per_step["layout"]["shapes"][0]["x1"] == 10.5  # the warm-up steps, shaded
+    startup = [trace for trace in chart_specs(at)["chart_warmup"]["data"] if trace.get("showlegend") is False]
+    assert [trace["name"] for trace in startup] == ["first step", "compile", "all warm-up steps"]
+    for trace in startup:  # one bar per run in its framework colour
+        assert [name.split()[0] for name in trace["x"]] == [f"#{i}" for i in ids]
+        # Outlined in the framework colour; the fill is that colour in one shade per quantity.
+        assert trace["marker"]["line"]["color"] == [FRAMEWORK_COLORS[stored(runs_db.url, i).framework] for i in ids]
+
+
+def test_inference_latency_is_charted_at_batch_1_and_the_training_batch_size(runs_db, open_page):
+    ids = sorted([runs_db.torch_id, runs_db.tensorflow_id])
+    at = open_page(COMPARE_PAGE, runs=f"{ids[0]},{ids[1]}")
+
+    specs = chart_specs(at)
+    for key, label in (("chart_inference_bs1", "batch 1"), ("chart_inference_bsN", "batch 32")):
+        (bars,) = specs[key]["data"]
+        assert [name.split("<br>")[-1] for name in bars["x"]] == [label, label]
+        assert bars["marker"]["color"] == [FRAMEWORK_COLORS["torch" if i == runs_db.torch_id else "tensorflow"]
+                                           for i in ids]
+        assert all(value > 0 for value in array(bars["y"]))
+    assert any("at batch 1 and at its training batch size" in c.value for c in at.caption)
+
+
+def test_summary_shows_how_each_run_ran_and_its_speed_in_detail(runs_db, open_page):
+    at = open_page(COMPARE_PAGE, runs=f"{runs_db.torch_id},{runs_db.tensorflow_id}")
+
+    summary = at.table[0].value
+    assert {"mode", "precision (compute dtype)", "layout", "TF32", "deterministic", "same initial weights",
+            "compile time (first step − median step)", "first step (excluded)", "steady samples/s",
+            "step time p50", "step time p95", "step time p99", "time to target", "inference batch 1 p50",
+            "inference batch 1 p95", "inference batch N p50", "inference batch N p95",
+            "inference batch N samples/s"} <= set(summary.index)
+    by_framework = {name.split()[-1]: summary[name] for name in summary.columns}
+    assert by_framework["PyTorch"]["mode"] == "eager"
+    assert by_framework["TensorFlow"]["mode"] == "tf.function (graph)"
+    assert set(summary.loc["precision (compute dtype)"]) == {"fp32"}
+    assert set(summary.loc["TF32"]) == {"off"} and set(summary.loc["same initial weights"]) == {"yes"}
+    assert set(summary.loc["layout"]) == {"n/a"}  # an MLP has no convolutions
+    assert all(text.endswith(" ms") for text in summary.loc["step time p95"])
+    # Two epochs of ten steps do not reach mlp's 95 % target.
+    assert set(summary.loc["time to target"]) == {"95.0 % not reached"}
+
+
+def test_what_was_held_equal_is_said_in_words(runs_db, open_page):
+    at = open_page(COMPARE_PAGE, runs=f"{runs_db.torch_id},{runs_db.tensorflow_id}")
+
+    text = text_of(at)
+    assert ("**Held equal:** the same data split and sample order, the same initial weights, the same optimizer "
+            "(Adam, learning rate 0.001), warm-up 10 steps excluded from timing, fp32, TF32 off, default "
+            "(non-deterministic) kernels, the same device (cpu).") in text
+    assert "**Execution mode, each framework's own:** PyTorch eager · TensorFlow tf.function (graph)." in text
+
+
+def test_a_seed_matrix_is_matched_across_frameworks_not_unequal(runs_db, open_page):
+    sessions = make_sessionmaker(runs_db.url)
+    ids = []
+    with sessions.begin() as s:
+        for framework in ("torch", "tensorflow"):
+            for seed in (0, 1):
+                spec = RunSpec.with_model_defaults(framework, "mlp", "digits", epochs=2, seed=seed)
+                run = queries.create_run(s, spec.to_dict(), "matrix01")
+                queries.fail_run(s, run.id, "RuntimeError: never trained")
+                ids.append(run.id)
+    at = open_page(COMPARE_PAGE, runs=",".join(map(str, ids)))
+
+    assert "**seed** differs" in text_of(at)
+    assert not [w for w in at.warning if "Not an equal comparison" in w.value]
+    assert any("Matched across frameworks" in s.value and "seed" in s.value for s in at.success)
+
+
+def test_a_precision_difference_between_frameworks_is_flagged(runs_db, open_page):
+    sessions = make_sessionmaker(runs_db.url)
+    spec = RunSpec.with_model_defaults("tensorflow", "mlp", "digits", epochs=2, max_steps_per_epoch=10,
+                                       precision="mixed")
+    with sessions.begin() as s:
+        other = queries.create_run(s, spec.to_dict()).id
+        queries.fail_run(s, other, "RuntimeError: never trained")
+    at = open_page(COMPARE_PAGE, runs=f"{runs_db.torch_id},{other}")
+
+    assert "**precision** differs" in text_of(at)
+    assert "precision" in next(w.value for w in at.warning if "Not an equal comparison" in w.value)

@@ -28,6 +28,9 @@ def test_table_lists_every_run_with_progress_and_results(runs_db, open_page):
     assert list(finished["status"]) == ["✓ finished", "✓ finished"]
     assert set(finished["framework"]) == {"PyTorch", "TensorFlow"}
     assert list(finished["epochs"]) == ["2/2", "2/2"]
+    modes = dict(zip(finished["framework"], finished["mode"]))
+    assert modes == {"PyTorch": "eager", "TensorFlow": "graph"}
+    assert list(finished["precision"]) == ["fp32", "fp32"]
     assert list(finished["progress"]) == [100.0, 100.0]
     assert all(text.endswith("accuracy") for text in finished["result"])
     assert (finished["throughput"] > 0).all()
