@@ -73,7 +73,8 @@ def test_tiny_run_finishes_with_metrics_samples_and_environment(pair, index):
     assert set(final) >= {"train_loss", "test_loss", "test_accuracy", "samples_per_s", "epoch_time_s"}
     assert all(math.isfinite(v) for v in final.values())
     assert 0.0 <= final["test_accuracy"] <= 1.0 and final["samples_per_s"] > 0
-    assert len(rss) >= 5 and len(cpu) == len(rss)
+    # A TensorFlow mlp trains these 20 steps in well under a second: a few samples, at the rate below.
+    assert len(rss) >= 3 and len(cpu) == len(rss)
     span = rss["time"].iloc[-1] - rss["time"].iloc[0]
     assert (len(rss) - 1) / span >= 5.0  # host memory sampled at >= 5 Hz
     assert rss["value"].min() > 50 * 1024**2  # a framework process holds well over 50 MiB
