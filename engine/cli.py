@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence
 from db import queries
 from db.models import FINISHED
 from db.session import make_sessionmaker
-from engine import datafiles, devices
+from engine import PROJECT_ROOT, child_env, datafiles, devices
 from engine.catalog import DATASETS, FRAMEWORKS, LAYOUTS, MODELS, MODES, OPTIMIZERS, PRECISIONS, framework_label
 from engine.launch import default_url_for, queue_runs, reap, start_runner
 from engine.matrix import expand, parse_seeds
@@ -129,8 +129,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         specs = build_specs(args)
         devices.check_runnable(specs)
-        if DATASETS[specs[0].dataset].kind == "file" and datafiles.missing(specs[0].dataset):
-            raise SpecError("dataset", specs[0].dataset, datafiles.missing_message(specs[0].dataset))
+        absent = DATASETS[specs[0].dataset].kind == "file" and datafiles.missing_message(specs[0].dataset)
+        if absent:
+            raise SpecError("dataset", specs[0].dataset, absent)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -240,7 +241,7 @@ def _param_counts(framework: str) -> dict[str, int]:
     """Build every model in a child process of that framework and count its parameters."""
     result = subprocess.run(
         [sys.executable, "-m", "engine.backends.count", framework],
-        capture_output=True, text=True, check=False,
+        cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, check=False,
     )
     if result.returncode != 0:
         raise SystemExit(f"counting {framework} parameters failed:\n{result.stderr}")

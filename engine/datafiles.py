@@ -182,7 +182,7 @@ def missing(name: str) -> list[str]:
     """Files a file dataset needs that are not in its directory (presence only: quick enough for a form)."""
     directory = data_dir() / name
     if name == "cifar10":
-        return [f for f in (*CIFAR_TRAIN, CIFAR_TEST) if not (directory / f).is_file()]
+        return _missing_cifar(directory)
     found, absent = _locate_mnist(directory)
     if verification_enabled():  # the published MD5s are of the .gz files: a plain file cannot be checked
         absent += [f"{base}.gz (only the uncompressed {path.name} is there, which cannot be verified; "
@@ -309,13 +309,16 @@ def read_cifar_batch(data: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
     return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), _checked_labels(labels, "cifar10", path)
 
 
+def _missing_cifar(directory: Path) -> list[str]:
+    return [f for f in (*CIFAR_TRAIN, CIFAR_TEST) if not (directory / f).is_file()]
+
+
 def _read_cifar(directory: Path, verify: bool, content: _Content):
-    files = CIFAR_TRAIN + (CIFAR_TEST,)
-    missing = [f for f in files if not (directory / f).is_file()]
-    if missing:
-        raise _missing_error("cifar10", directory, missing)
+    missing_files = _missing_cifar(directory)
+    if missing_files:
+        raise _missing_error("cifar10", directory, missing_files)
     parts = []
-    for relative in files:
+    for relative in (*CIFAR_TRAIN, CIFAR_TEST):
         path = directory / relative
         data = _verified_bytes("cifar10", path, OFFICIAL_MD5["cifar10"][relative], verify)
         content.add(relative, data)

@@ -21,10 +21,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from db.models import ACTIVE_STATUSES
 from db.session import arena_home
+from engine import PROJECT_ROOT, child_env
 from engine.loop import steps_per_epoch
 from engine.spec import RunSpec
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RUNNER_MODULE = "engine.runner"
 
 
@@ -58,9 +58,7 @@ def start_runner(sessions: sessionmaker[Session], run_id: int, db_url: str, deta
     log_dir = arena_home() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"run-{run_id}.log"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env = child_env()
     with open(log_path, "ab") as log:
         try:
             process = subprocess.Popen(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from typing import Optional
 
 import numpy as np
 
+from engine import PROJECT_ROOT, child_env
 from engine.catalog import DATASETS, FRAMEWORKS, MODELS, SYNTHETIC_TEXT_VOCAB
 from engine.spec import RunSpec
 from engine.weights import initial_weights, input_kind
@@ -33,7 +33,6 @@ from engine.weights import initial_weights, input_kind
 TOLERANCE = 1e-5
 # Datasets whose shape is known without reading files; the default is the model's first of these.
 _FILELESS = ("digits", "powerlaw", "synthetic_images", "synthetic_text")
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKER_TIMEOUT_S = 300
 
 
@@ -145,7 +144,7 @@ def _compare(job: dict, results: dict[str, dict[str, np.ndarray]]) -> dict:
 
 def _run_workers(jobs: list[dict]) -> list[dict[str, dict[str, np.ndarray]]]:
     """Both workers at once, data through .npz files (no pickle); fail loudly with a worker's stderr."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     with tempfile.TemporaryDirectory(prefix="arena-parity-") as tmp:
         directory = Path(tmp)
         for index, job in enumerate(jobs):
@@ -155,7 +154,7 @@ def _run_workers(jobs: list[dict]) -> list[dict[str, dict[str, np.ndarray]]]:
         procs = {
             fw: subprocess.Popen(
                 [sys.executable, "-m", "engine.backends.parity_worker", fw, tmp],
-                cwd=_REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )
             for fw in FRAMEWORKS
         }
