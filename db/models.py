@@ -7,11 +7,13 @@ from typing import Any, Optional
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-# Run lifecycle: queued -> running -> finished | failed. "active" statuses are the ones a
-# reaper must watch so nothing stays "running" after its process is gone.
-QUEUED, RUNNING, FINISHED, FAILED = "queued", "running", "finished", "failed"
-STATUSES = (QUEUED, RUNNING, FINISHED, FAILED)
+# Run lifecycle: queued -> running -> finished | failed | diverged. "active" statuses are the
+# ones a reaper must watch so nothing stays "running" after its process is gone.
+QUEUED, RUNNING, FINISHED, FAILED, DIVERGED = "queued", "running", "finished", "failed", "diverged"
+STATUSES = (QUEUED, RUNNING, FINISHED, FAILED, DIVERGED)
 ACTIVE_STATUSES = (QUEUED, RUNNING)
+# Why a run failed, when Arena can tell (Run.reason): results worth comparing, not just errors.
+OUT_OF_MEMORY, NON_FINITE_LOSS, ERROR = "out_of_memory", "non_finite_loss", "error"
 
 
 class Base(DeclarativeBase):
@@ -43,6 +45,10 @@ class Run(Base):
     pid: Mapped[Optional[int]] = mapped_column(Integer)
     heartbeat_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
     log_path: Mapped[Optional[str]] = mapped_column(Text)
+    # Where the scheduler placed the run ("cpu", "cuda:1"; physical GPU index) once it started it.
+    placed_device: Mapped[Optional[str]] = mapped_column(String(32))
+    # Why a failed/diverged run ended: out_of_memory, non_finite_loss, error (None while active or finished).
+    reason: Mapped[Optional[str]] = mapped_column(String(32))
 
     metrics: Mapped[list["MetricPoint"]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True
@@ -89,3 +95,20 @@ class SystemSample(Base):
     run: Mapped[Run] = relationship(back_populates="samples")
 
     __table_args__ = (Index("ix_system_samples_run_source_name_time", "run_id", "source", "name", "time"),)
+
+
+class SchedulerLease(Base):
+    """The one row that says which scheduler acts on this database, until its lease expires.
+
+    A scheduler renews its lease every tick; a crashed one simply stops renewing, and another
+    takes over once expires_at has passed. No lock outlives its holder.
+    """
+
+    __tablename__ = "scheduler_lease"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))  # a random id per scheduler instance
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    acquired_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from db.models import (
     ACTIVE_STATUSES,
+    ERROR,
     FAILED,
     FINISHED,
     QUEUED,
@@ -122,9 +123,10 @@ def finish_run(s: Session, run_id: int, summary: dict[str, Any]) -> None:
     )
 
 
-def fail_run(s: Session, run_id: int, error: str, summary: Optional[dict[str, Any]] = None) -> None:
-    """Mark a run failed, keeping everything it recorded; the error should say why."""
-    values: dict[str, Any] = {"status": FAILED, "finished_at": utcnow(), "error": error}
+def fail_run(s: Session, run_id: int, error: str, summary: Optional[dict[str, Any]] = None,
+             reason: str = ERROR, status: str = FAILED) -> None:
+    """Mark an active run failed (or diverged), keeping everything it recorded; the error says why."""
+    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error, "reason": reason}
     if summary is not None:
         values["summary"] = summary
     s.execute(update(Run).where(Run.id == run_id, Run.status.in_(ACTIVE_STATUSES)).values(**values))

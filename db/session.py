@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -59,6 +59,29 @@ def _create_schema(engine: Engine) -> None:
         if "already exists" not in str(exc):
             raise
         Base.metadata.create_all(engine)  # the other process won the race; check the rest
+    _add_missing_columns(engine)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add nullable columns that newer Arena versions introduced to an older database, in place.
+
+    Only additive, nullable columns: enough for the upgrades so far without losing a row.
+    """
+    inspector = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present or not column.nullable:
+                continue
+            kind = column.type.compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as connection:
+                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+            except OperationalError as exc:
+                if "duplicate column" not in str(exc).lower():
+                    raise  # another process added it at the same moment otherwise
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -13,6 +13,8 @@ from engine.catalog import (
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda:\d+)$")
 _IMAGE_SHAPE_PATTERN = re.compile(r"^(\d+)x(\d+)x(\d+)$")
 _SEQUENCE_SHAPE_PATTERN = re.compile(r"^(\d+)$")
+MAX_SAMPLE_HZ = 100.0  # beyond it sampling costs the training loop more than it tells
+DIVERGENCE_ACTIONS = ("stop", "continue")
 MAX_SYNTHETIC_VALUES = 2_000_000_000  # samples x values per sample: beyond it the arrays do not fit in memory
 
 
@@ -61,6 +63,13 @@ class RunSpec:
     synthetic_shape: Optional[str] = None
     synthetic_classes: int = 10
     synthetic_size: Optional[int] = None  # training samples; None = catalog default
+    # Memory/utilisation samples per second taken in the runner (NVML, allocator, host); 0 = off.
+    sample_hz: float = 10.0
+    # TensorFlow only: grow GPU memory as needed (on, comparable with PyTorch's caching allocator)
+    # or reserve nearly the whole GPU at start (off, TensorFlow's own default).
+    tf_memory_growth: bool = True
+    # A NaN or infinite loss ends the run as "diverged" ("stop") or is noted and training goes on ("continue").
+    on_divergence: str = "stop"
 
     def __post_init__(self) -> None:
         _check_choice("framework", self.framework, FRAMEWORKS)
@@ -95,7 +104,7 @@ class RunSpec:
             raise SpecError("mode", self.mode, f"{self.framework} runs in {', '.join(MODES[self.framework])}")
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("layout", self.layout, LAYOUTS)
-        for name in ("tf32", "deterministic", "same_init"):
+        for name in ("tf32", "deterministic", "same_init", "tf_memory_growth"):
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(name, getattr(self, name), "expected true or false")
         _check_int("warmup_steps", self.warmup_steps, low=0, high=100_000)
@@ -109,6 +118,10 @@ class RunSpec:
             if self.target_accuracy > 1:
                 raise SpecError("target_accuracy", self.target_accuracy, "must be a fraction in (0, 1]")
         _check_int("inference_iters", self.inference_iters, low=0, high=100_000)
+        _check_float("sample_hz", self.sample_hz, positive=False)
+        if self.sample_hz > MAX_SAMPLE_HZ:
+            raise SpecError("sample_hz", self.sample_hz, f"must be <= {MAX_SAMPLE_HZ:g} (0 turns sampling off)")
+        _check_choice("on_divergence", self.on_divergence, DIVERGENCE_ACTIONS)
 
     def _check_synthetic(self) -> None:
         _check_int("synthetic_classes", self.synthetic_classes, low=2, high=1000)
