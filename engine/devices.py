@@ -1,8 +1,10 @@
 """Device checks at the boundary (form, CLI) without importing a framework: NVML tells what GPUs exist."""
 from __future__ import annotations
 
-from engine.monitor import Nvml
+from engine.nvml import GpuInfo, Nvml, describe_error, inventory
 from engine.spec import SpecError
+
+GIB = 1024**3
 
 
 def gpu_count() -> tuple[int, str]:
@@ -12,6 +14,8 @@ def gpu_count() -> tuple[int, str]:
         return 0, status
     try:
         return nvml.device_count(), status
+    except Exception as exc:  # a driver that answers nvmlInit but not the count: no usable GPU
+        return 0, f"NVML could not count GPUs: {describe_error(exc)}"
     finally:
         nvml.shutdown()
 
@@ -20,6 +24,21 @@ def device_choices() -> list[str]:
     """Devices a user can pick on this machine: auto, cpu and one cuda:N per GPU."""
     count, _ = gpu_count()
     return ["auto", "cpu"] + [f"cuda:{i}" for i in range(count)]
+
+
+def device_labels() -> dict[str, str]:
+    """What a device select shows for each choice: "cuda:0 — NVIDIA A100 (79.2 GiB free)"."""
+    found = inventory()
+    labels = {"auto": "auto — a free GPU, else the CPU", "cpu": f"cpu — {found.cpu_name}"}
+    for gpu in found.gpus:
+        labels[f"cuda:{gpu.index}"] = gpu_label(gpu)
+    return labels
+
+
+def gpu_label(gpu: GpuInfo) -> str:
+    """One GPU as a select option: index, model and free memory (omitted when NVML could not read it)."""
+    free = "" if gpu.memory_free_bytes is None else f" ({gpu.memory_free_bytes / GIB:.1f} GiB free)"
+    return f"cuda:{gpu.index} — {gpu.name or 'unknown GPU'}{free}"
 
 
 def check_available(device: str) -> None:

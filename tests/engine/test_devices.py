@@ -1,0 +1,65 @@
+"""engine/devices.py: device choices, labels and boundary checks follow what NVML reports."""
+from __future__ import annotations
+
+import pytest
+
+from engine import devices
+from engine.spec import RunSpec, SpecError
+from tests.fakes import GIB, fake_gpu, fake_state, hide_nvml, install_fake_nvml
+
+
+@pytest.fixture
+def two_gpus(monkeypatch, tmp_path):
+    gpus = [fake_gpu(0, memory_used_bytes=GIB * 4 // 5),
+            fake_gpu(1, name="NVIDIA Tesla T4", memory_total_bytes=15 * GIB)]
+    return install_fake_nvml(monkeypatch, tmp_path, fake_state(gpus))
+
+
+def test_choices_and_checks_with_two_gpus(two_gpus):
+    assert devices.gpu_count() == (2, "ok")
+    assert devices.device_choices() == ["auto", "cpu", "cuda:0", "cuda:1"]
+    devices.check_available("cuda:1")
+    with pytest.raises(SpecError, match=r"device='cuda:2': 2 GPU\(s\) found; use 'auto' or 'cpu'"):
+        devices.check_available("cuda:2")
+
+
+def test_labels_name_the_gpu_and_its_free_memory(two_gpus):
+    labels = devices.device_labels()
+
+    assert list(labels) == ["auto", "cpu", "cuda:0", "cuda:1"]
+    assert labels["cuda:0"] == "cuda:0 — NVIDIA A100-SXM4-80GB (79.2 GiB free)"
+    assert labels["cuda:1"] == "cuda:1 — NVIDIA Tesla T4 (11.0 GiB free)"
+    assert labels["cpu"].startswith("cpu — ")
+
+
+def test_a_gpu_whose_memory_cannot_be_read_is_labelled_without_it(monkeypatch, tmp_path):
+    install_fake_nvml(monkeypatch, tmp_path, fake_state([fake_gpu(0, fail={"nvmlDeviceGetMemoryInfo": "GpuIsLost"})]))
+
+    assert devices.device_labels()["cuda:0"] == "cuda:0 — NVIDIA A100-SXM4-80GB"
+
+
+def test_without_nvml_only_auto_and_cpu_and_cuda_is_refused_with_why(monkeypatch):
+    hide_nvml(monkeypatch)
+
+    assert devices.device_choices() == ["auto", "cpu"]
+    assert list(devices.device_labels()) == ["auto", "cpu"]
+    with pytest.raises(SpecError, match=r"device='cuda:0': no GPU found \(pynvml not importable"):
+        devices.check_available("cuda:0")
+
+
+def test_a_driver_that_cannot_count_means_no_gpu(monkeypatch, tmp_path):
+    install_fake_nvml(monkeypatch, tmp_path, fake_state([fake_gpu(0)], fail={"nvmlDeviceGetCount": "Unknown"}))
+
+    count, status = devices.gpu_count()
+
+    assert count == 0 and status == "NVML could not count GPUs: Unknown Error (NVMLError_Unknown)"
+
+
+def test_nchw_tensorflow_needs_a_gpu(monkeypatch, tmp_path):
+    spec = RunSpec.with_model_defaults("tensorflow", "cnn", "digits", layout="channels_first", device="auto")
+    hide_nvml(monkeypatch)
+    with pytest.raises(SpecError, match="TensorFlow runs NCHW convolutions only on a GPU"):
+        devices.check_runnable([spec])
+
+    install_fake_nvml(monkeypatch, tmp_path, fake_state([fake_gpu(0)]))
+    devices.check_runnable([spec])  # auto lands on the GPU
