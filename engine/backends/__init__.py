@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import importlib
+from typing import Optional
 
-from engine.backends.base import Backend
+from engine.backends.base import Backend, exception_chain
 
 _REGISTRY = {
     "torch": ("engine.backends.torch_backend", "TorchBackend"),
@@ -11,10 +12,29 @@ _REGISTRY = {
 }
 
 
-def get_backend(framework: str, device: str) -> Backend:
-    """Import the framework's backend and create it on a device; unknown names fail loudly."""
+def get_backend(framework: str, device: str, tf_memory_growth: bool = True) -> Backend:
+    """Import the framework's backend and create it on a device; unknown names fail loudly.
+
+    tf_memory_growth (TensorFlow only, RunSpec.tf_memory_growth): grow GPU memory on demand
+    rather than reserve nearly all of it when TensorFlow first touches the GPU.
+    """
     if framework not in _REGISTRY:
         raise ValueError(f"framework={framework!r}: expected one of {', '.join(_REGISTRY)}")
     module_name, class_name = _REGISTRY[framework]
     backend_class = getattr(importlib.import_module(module_name), class_name)
+    if framework == "tensorflow":
+        return backend_class(device, memory_growth=tf_memory_growth)
     return backend_class(device)
+
+
+def is_out_of_memory(exc: BaseException, framework: Optional[str] = None) -> bool:
+    """Whether exc means an allocation failed, by the rules of the framework's backend module.
+
+    framework=None (no backend was created): only MemoryError counts. Names a framework whose
+    backend this process already imported; importing one just to classify would load it.
+    """
+    if framework is None:
+        return any(isinstance(link, MemoryError) for link in exception_chain(exc))
+    if framework not in _REGISTRY:
+        raise ValueError(f"framework={framework!r}: expected one of {', '.join(_REGISTRY)}")
+    return importlib.import_module(_REGISTRY[framework][0]).is_out_of_memory(exc)

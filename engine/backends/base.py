@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -56,7 +56,15 @@ class Backend(ABC):
 
     @abstractmethod
     def memory_stats(self) -> list[tuple[str, float, str]]:
-        """Framework allocator gauges as (name, value, unit); empty where the device has none."""
+        """Framework allocator gauges as (name, value, unit); empty on the CPU, where neither framework keeps any."""
+
+    @abstractmethod
+    def reset_peak_memory(self) -> None:
+        """Restart the allocator's peak counters from the current use; a no-op on the CPU."""
+
+    @abstractmethod
+    def peak_memory(self) -> dict[str, float]:
+        """Allocator peaks in bytes since the last reset, e.g. {"allocated": ...}; {} on the CPU."""
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:
@@ -66,3 +74,13 @@ class Backend(ABC):
     @abstractmethod
     def gpu_index(self) -> int | None:
         """CUDA ordinal of the device in use, or None on the CPU."""
+
+
+def exception_chain(exc: BaseException, limit: int = 8) -> Iterator[BaseException]:
+    """exc and the exceptions it was raised from, nearest first (as a traceback shows them)."""
+    seen: set[int] = set()
+    link: Optional[BaseException] = exc
+    while link is not None and id(link) not in seen and len(seen) < limit:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ if link.__cause__ is not None or link.__suppress_context__ else link.__context__

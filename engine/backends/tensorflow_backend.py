@@ -11,18 +11,29 @@ import tensorflow as tf
 import keras
 
 from engine.backends import tensorflow_models
-from engine.backends.base import Backend
+from engine.backends.base import Backend, exception_chain
 from engine.catalog import DATASETS, MODELS
+
+
+# TensorFlow raises tf.errors.ResourceExhaustedError when an allocation fails, on the CPU as on a
+# GPU (TF 2.21, tf.zeros([2**40]) on Linux: "OOM when allocating tensor with shape[1099511627776]
+# and type float on /job:localhost/replica:0/task:0/device:CPU:0 by allocator cpu [Op:Fill]").
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether exc (or an exception it was raised from) is an allocation failure."""
+    return any(isinstance(link, (tf.errors.ResourceExhaustedError, MemoryError)) for link in exception_chain(exc))
 
 
 class TensorFlowBackend(Backend):
     name = "tensorflow"
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, memory_growth: bool = True) -> None:
         gpus = tf.config.list_physical_devices("GPU")
         for gpu in gpus:
-            # TensorFlow grabs all GPU memory by default; grow on demand like PyTorch's allocator.
-            tf.config.experimental.set_memory_growth(gpu, True)
+            # TensorFlow reserves nearly all GPU memory when it first initialises a GPU; growth on
+            # demand (the default here) behaves like PyTorch's caching allocator. It can only be set
+            # before that first use, which is why the backend sets it as it starts.
+            tf.config.experimental.set_memory_growth(gpu, memory_growth)
+        self._memory_growth = memory_growth
         if device == "auto":
             device = "cuda:0" if gpus else "cpu"
         if device.startswith("cuda"):
@@ -115,6 +126,7 @@ class TensorFlowBackend(Backend):
             "tf32": self._tf32 if self._index is not None else False,
             "layout": self._layout,
             "deterministic": self._deterministic,
+            "tf_memory_growth": self._memory_growth,
         }
 
     def to_device(self, x, y):
@@ -169,6 +181,11 @@ class TensorFlowBackend(Backend):
                 tf.constant(0.0).numpy()
 
     def memory_stats(self):
+        """GPU allocator gauges; [] on the CPU.
+
+        TensorFlow keeps no CPU allocator statistics: get_memory_info("CPU:0") raises ValueError
+        "Allocator stats not available for device 'CPU:0'" (TF 2.21). The host RSS covers it.
+        """
         if self._index is None:
             return []
         info = tf.config.experimental.get_memory_info(f"GPU:{self._index}")
@@ -176,6 +193,15 @@ class TensorFlowBackend(Backend):
             ("allocated", float(info["current"]), "bytes"),
             ("peak_allocated", float(info["peak"]), "bytes"),
         ]
+
+    def reset_peak_memory(self) -> None:
+        if self._index is not None:
+            tf.config.experimental.reset_memory_stats(f"GPU:{self._index}")  # peak := current use
+
+    def peak_memory(self) -> dict[str, float]:
+        if self._index is None:
+            return {}
+        return {"allocated": float(tf.config.experimental.get_memory_info(f"GPU:{self._index}")["peak"])}
 
     def describe(self):
         build = tf.sysconfig.get_build_info()

@@ -3,15 +3,34 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from engine.backends import torch_models
-from engine.backends.base import Backend
+from engine.backends.base import Backend, exception_chain
 from engine.catalog import MODELS
+
+
+# What PyTorch raises when an allocation fails, besides torch.OutOfMemoryError (the CUDA caching
+# allocator's; torch.cuda.OutOfMemoryError is the same class). The CPU allocator raises a plain
+# RuntimeError (torch 2.13, torch.empty(2**50) on Linux): "[enforce fail at alloc_cpu.cpp:127]
+# err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate 4503599627370496
+# bytes. Error code 12 (Cannot allocate memory)". A CUDA call outside the caching allocator
+# (cuBLAS workspace, a kernel launch) reports cudaErrorMemoryAllocation as "CUDA error: out of memory".
+_OOM_MESSAGES = ("DefaultCPUAllocator: can't allocate memory", "CUDA error: out of memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether exc (or an exception it was raised from, e.g. inside torch.compile) is an allocation failure."""
+    for link in exception_chain(exc):
+        if isinstance(link, (torch.OutOfMemoryError, MemoryError)):
+            return True
+        if isinstance(link, RuntimeError) and any(m in str(link) for m in _OOM_MESSAGES):
+            return True
+    return False
 
 
 class TorchBackend(Backend):
@@ -148,6 +167,11 @@ class TorchBackend(Backend):
             torch.cuda.synchronize(self.device)
 
     def memory_stats(self):
+        """CUDA caching-allocator gauges; [] on the CPU.
+
+        PyTorch's CPU allocator keeps no statistics (torch.cuda.memory_stats("cpu") returns an
+        empty dict on a CPU build, torch.accelerator has no CPU device): the host RSS covers it.
+        """
         if self.device.type != "cuda":
             return []
         return [
@@ -155,6 +179,17 @@ class TorchBackend(Backend):
             ("reserved", float(torch.cuda.memory_reserved(self.device)), "bytes"),
             ("peak_allocated", float(torch.cuda.max_memory_allocated(self.device)), "bytes"),
         ]
+
+    def reset_peak_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_memory(self) -> dict[str, float]:
+        if self.device.type != "cuda":
+            return {}
+        stats = torch.cuda.memory_stats(self.device)  # one call for both peaks
+        return {"allocated": float(stats.get("allocated_bytes.all.peak", 0)),
+                "reserved": float(stats.get("reserved_bytes.all.peak", 0))}
 
     def describe(self):
         info: dict[str, Any] = {

@@ -1,113 +1,178 @@
-"""Monitor: real host sampling; GPU paths through a fake pynvml injected here, in tests only."""
+"""Monitor, HostPeak and EpochMeter on this machine's real host counters; no framework imported.
+
+The backends' own memory methods, with real PyTorch and TensorFlow, are in test_backend_memory.py.
+"""
 import os
 import sys
+import threading
 import time
-import types
-from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
-from engine import devices
-from engine.monitor import Monitor, Nvml
+from engine.monitor import DEFAULT_SAMPLE_HZ, MAX_ERRORS, EpochMeter, HostPeak, Monitor
 
-GIB = 1024**3
-
-
-class NVMLError(Exception):
-    pass
+MIB = 1024**2
 
 
-def fake_pynvml(gpus=2, pid=None, fail_init=False):
-    """A stand-in for nvidia-ml-py's pynvml with the calls Arena makes."""
-    module = types.ModuleType("pynvml")
-    module.NVMLError = NVMLError
-    calls = {"init": 0, "shutdown": 0}
-
-    def nvmlInit():
-        calls["init"] += 1
-        if fail_init:
-            raise NVMLError("Driver Not Loaded")
-
-    module.nvmlInit = nvmlInit
-    module.nvmlShutdown = lambda: calls.__setitem__("shutdown", calls["shutdown"] + 1)
-    module.nvmlDeviceGetCount = lambda: gpus
-    module.nvmlDeviceGetHandleByIndex = lambda i: f"handle{i}"
-    module.nvmlDeviceGetName = lambda h: b"NVIDIA Fake A100" if h == "handle0" else "NVIDIA Fake T4"
-    module.nvmlSystemGetDriverVersion = lambda: "580.1"
-    module.nvmlDeviceGetMemoryInfo = lambda h: SimpleNamespace(total=40 * GIB, used=3 * GIB, free=37 * GIB)
-    module.nvmlDeviceGetUtilizationRates = lambda h: SimpleNamespace(gpu=87, memory=40)
-    module.nvmlDeviceGetComputeRunningProcesses = lambda h: [
-        SimpleNamespace(pid=12345, usedGpuMemory=GIB),
-        SimpleNamespace(pid=pid or os.getpid(), usedGpuMemory=2 * GIB),
-    ]
-    module.calls = calls
-    return module
-
-
-def test_without_nvml_the_gpu_path_is_off_with_a_reason():
-    # This machine has no NVIDIA driver: the real pynvml import works, nvmlInit fails.
-    nvml, status = Nvml.load()
-    if nvml is not None:
-        pytest.skip("a real NVIDIA driver is present on this machine")
-    assert "NVML" in status or "pynvml" in status
-    assert devices.device_choices() == ["auto", "cpu"]
-
-
-def test_fake_nvml_is_described_and_sampled(monkeypatch):
-    module = fake_pynvml()
-    monkeypatch.setitem(sys.modules, "pynvml", module)
-    nvml, status = Nvml.load()
-    assert status == "ok"
-    described = nvml.describe()
-    assert described["driver_version"] == "580.1"
-    assert [g["name"] for g in described["gpus"]] == ["NVIDIA Fake A100", "NVIDIA Fake T4"]
-    readings = dict((name, (value, unit)) for name, value, unit in nvml.read(0, os.getpid()))
-    assert readings["gpu_memory_used"] == (3 * GIB, "bytes")
-    assert readings["process_gpu_memory"] == (2 * GIB, "bytes")  # this process, not pid 12345
-    assert readings["gpu_utilization"] == (87.0, "%")
-
-
-def test_failed_nvml_init_falls_back(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(fail_init=True))
-    nvml, status = Nvml.load()
-    assert nvml is None and "Driver Not Loaded" in status
-
-
-def test_device_choices_and_check_follow_nvml(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(gpus=2))
-    assert devices.device_choices() == ["auto", "cpu", "cuda:0", "cuda:1"]
-    devices.check_available("cuda:1")
-    with pytest.raises(ValueError, match=r"device='cuda:2': 2 GPU\(s\) found"):
-        devices.check_available("cuda:2")
-
-
-def test_monitor_samples_host_framework_and_gpu_at_over_5_hz(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml())
-    nvml, _ = Nvml.load()
+def run_monitor(probes=(), seconds=1.0, **kwargs):
     batches = []
-    probe = lambda: [("allocated", 1024.0, "bytes")]  # noqa: E731 - a framework allocator gauge
-    monitor = Monitor(batches.append, os.getpid(), "torch", probe, nvml, gpu_index=0, interval_s=0.1).start()
-    time.sleep(1.05)
+    monitor = Monitor(batches.append, os.getpid(), probes, **kwargs).start()
+    time.sleep(seconds)
     monitor.stop()
-    readings = [r for batch in batches for r in batch]
+    return monitor, [reading for batch in batches for reading in batch]
+
+
+def test_default_rate_is_10_hz_with_host_and_probe_readings():
+    probe = ("torch", lambda: [("allocated", 1024, "bytes")])
+    monitor, readings = run_monitor([probe], seconds=1.05)
+    assert monitor.interval_s == pytest.approx(1 / DEFAULT_SAMPLE_HZ) and DEFAULT_SAMPLE_HZ == 10.0
     rss = [r for r in readings if r[1:3] == ("host", "rss")]
-    assert len(rss) >= 5
-    span = rss[-1][0] - rss[0][0]
-    assert (len(rss) - 1) / span >= 5.0
-    assert all(r[3] > 10 * 1024**2 and r[4] == "bytes" for r in rss)  # a Python process uses > 10 MiB
-    sources = {(r[1], r[2]) for r in readings}
-    assert {("host", "cpu_percent"), ("torch", "allocated"), ("nvml", "gpu_memory_used"),
-            ("nvml", "process_gpu_memory"), ("nvml", "gpu_utilization")} <= sources
-    assert monitor.errors == []
+    # 11 samples in 1.05 s at 10 Hz (one at start); lenient: a loaded 2-core machine delays a few.
+    assert 7 <= len(rss) <= 13
+    rate = (len(rss) - 1) / (rss[-1][0] - rss[0][0])
+    assert 7.0 <= rate <= 13.0
+    assert all(r[3] > 10 * MIB and r[4] == "bytes" for r in rss)  # a Python process uses > 10 MiB
+    sources = {(r[1], r[2], r[4]) for r in readings}
+    assert {("host", "cpu_percent", "%"), ("torch", "allocated", "bytes")} <= sources
+    assert all(isinstance(r[3], float) for r in readings)
+    assert monitor.errors == [] and monitor.error_count == 0
 
 
-def test_a_failing_gauge_does_not_stop_sampling():
+def test_the_rate_follows_interval_s():
+    _, readings = run_monitor(seconds=1.0, interval_s=0.04)  # 25 Hz
+    rss = [r for r in readings if r[2] == "rss"]
+    rate = (len(rss) - 1) / (rss[-1][0] - rss[0][0])
+    assert 17.0 <= rate <= 30.0
+
+
+def test_a_probe_that_raises_once_does_not_stop_the_others_or_itself():
+    calls = {"n": 0}
+
+    def flaky():
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("allocator exploded")
+        return [("allocated", 2.0, "bytes")]
+
+    steady = ("nvml", lambda: [("gpu_utilization", 50, "%")])
+    monitor, readings = run_monitor([("tensorflow", flaky), steady], seconds=0.5, interval_s=0.05)
+    assert monitor.errors == ["tensorflow: RuntimeError: allocator exploded"] and monitor.error_count == 1
+    counts = {name: sum(r[2] == name for r in readings) for name in ("rss", "allocated", "gpu_utilization")}
+    assert counts["rss"] >= 5
+    assert counts["gpu_utilization"] == counts["rss"]  # the other probe was read every time
+    assert counts["allocated"] == counts["rss"] - 1  # the flaky one was asked again and answered
+
+
+def test_a_probe_that_always_fails_keeps_only_the_first_messages():
     def broken():
-        raise RuntimeError("allocator exploded")
+        raise OSError("gone")
 
-    batches = []
-    monitor = Monitor(batches.append, os.getpid(), "tensorflow", broken, interval_s=0.05).start()
-    time.sleep(0.3)
+    monitor, readings = run_monitor([("nvml", broken)], seconds=0.5, interval_s=0.02)
+    assert monitor.error_count > MAX_ERRORS
+    assert monitor.errors == ["nvml: OSError: gone"] * MAX_ERRORS
+    assert any(r[2] == "rss" for r in readings)
+
+
+def test_a_failing_sink_is_reported_and_sampling_goes_on():
+    calls = []
+
+    def sink(batch):
+        calls.append(batch)
+        if len(calls) == 1:
+            raise ValueError("database locked")
+
+    monitor = Monitor(sink, os.getpid(), interval_s=0.05).start()
+    time.sleep(0.4)
     monitor.stop()
-    assert any(r[2] == "rss" for batch in batches for r in batch)
-    assert monitor.errors and "allocator exploded" in monitor.errors[0]
+    assert len(calls) >= 4 and monitor.errors == ["sample: ValueError: database locked"]
+
+
+def test_stop_returns_promptly_and_the_thread_ends():
+    monitor = Monitor(lambda batch: None, os.getpid(), interval_s=10.0).start()
+    started = time.monotonic()
+    monitor.stop()
+    assert time.monotonic() - started < 1.0
+    assert not any(t.name == "monitor" and t.is_alive() for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("interval_s", [0, -0.1])
+def test_interval_must_be_positive(interval_s):
+    with pytest.raises(ValueError, match=rf"interval_s={interval_s!r}: must be > 0"):
+        Monitor(lambda batch: None, os.getpid(), interval_s=interval_s)
+
+
+def test_host_peak_reset_really_resets():
+    host = HostPeak()
+    if not sys.platform.startswith("linux"):
+        assert host.exact is False
+        pytest.skip("the exact (resettable) peak needs Linux's /proc/self/clear_refs")
+    assert host.exact is True
+    host.reset()
+    before = host.peak_bytes()
+    block = np.ones(200 * MIB // 8)  # ones, not zeros: the pages must really be touched
+    with_block = host.peak_bytes()
+    del block
+    host.reset()
+    after_reset = host.peak_bytes()
+    assert with_block - before > 150 * MIB
+    assert with_block - after_reset > 150 * MIB  # the 200 MB block is gone from the new interval's peak
+    assert after_reset > 10 * MIB
+
+
+def test_host_peak_fallback_is_the_process_peak_and_says_so(monkeypatch):
+    monkeypatch.setattr("engine.monitor._clear_refs_works", lambda: False)
+    host = HostPeak()
+    assert host.exact is False
+    first = host.peak_bytes()
+    host.reset()  # a no-op: ru_maxrss never goes down
+    assert host.peak_bytes() >= first > 10 * MIB
+
+
+class StandInBackend:
+    """Only what EpochMeter asks of a backend: a GPU-like allocator with resettable peaks."""
+
+    name = "torch"
+
+    def __init__(self):
+        self.resets = 0
+        self.peaks = {"allocated": 100.0, "reserved": 200.0}
+
+    def reset_peak_memory(self):
+        self.resets += 1
+
+    def peak_memory(self):
+        return dict(self.peaks)
+
+
+def test_epoch_meter_reports_peaks_per_epoch_and_their_max_over_the_run():
+    backend, counter = StandInBackend(), iter([1000.0, 1050.0, 1100.0, 1140.0])
+    meter = EpochMeter(backend, HostPeak(), energy_j=lambda: next(counter))
+    meter.start()
+    assert backend.resets == 1
+    assert meter.train_done(samples=500) == {"energy_j": 50.0, "samples_per_j": 10.0}
+    first = meter.end()
+    assert set(first) == {"peak_bytes/torch_allocated", "peak_bytes/torch_reserved", "peak_bytes/host_rss"}
+    assert first["peak_bytes/torch_allocated"] == 100.0 and first["peak_bytes/host_rss"] > 10 * MIB
+
+    backend.peaks = {"allocated": 300.0, "reserved": 150.0}
+    meter.start()
+    assert meter.train_done(samples=80) == {"energy_j": 40.0, "samples_per_j": 2.0}
+    second = meter.end()
+    assert second["peak_bytes/torch_allocated"] == 300.0
+    peaks = meter.run_peaks()
+    assert peaks["torch_allocated"] == 300.0 and peaks["torch_reserved"] == 200.0  # max over epochs
+    assert peaks["host_rss"] == max(first["peak_bytes/host_rss"], second["peak_bytes/host_rss"])
+
+
+def test_epoch_meter_without_an_energy_counter_reports_no_energy():
+    for energy in (None, lambda: None):  # no NVML; NVML on a GPU without an energy counter
+        meter = EpochMeter(StandInBackend(), HostPeak(), energy)
+        meter.start()
+        assert meter.train_done(samples=100) == {}
+
+
+def test_epoch_meter_with_zero_energy_gives_no_samples_per_joule():
+    meter = EpochMeter(StandInBackend(), HostPeak(), lambda: 5.0)  # the counter did not move
+    meter.start()
+    assert meter.train_done(samples=100) == {"energy_j": 0.0}
