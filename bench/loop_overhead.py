@@ -95,7 +95,7 @@ class _EpochTimes:
     def __init__(self) -> None:
         self.epoch_time_s: list[float] = []
 
-    def step_metrics(self, name: str, points: list[tuple[int, int, float]]) -> None:
+    def step_metrics(self, name: str, points: list[tuple[int, int, float, float]]) -> None:
         pass
 
     def epoch_metrics(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
@@ -120,8 +120,8 @@ def _engine_run(framework: str, model: str, mode: str, epochs: int, data, sessio
     from db import queries
     from engine.backends import get_backend
     from engine.loop import train
-    from engine.monitor import Monitor, Nvml
     from engine.recorder import Recorder
+    from engine.runner import start_instruments
 
     spec = _engine_spec(framework, model, mode, epochs)
     backend = get_backend(framework, spec.device)
@@ -135,15 +135,12 @@ def _engine_run(framework: str, model: str, mode: str, epochs: int, data, sessio
         run_id = queries.create_run(s, spec.to_dict(), group_tag="bench-loop-overhead").id
         queries.claim_run(s, run_id, os.getpid(), socket.gethostname())
     recorder = Recorder(sessions, run_id).start()
-    nvml, _ = Nvml.load()
-    monitor = Monitor(recorder.samples, os.getpid(), framework, backend.memory_stats, nvml, backend.gpu_index).start()
+    instruments = start_instruments(spec, backend, recorder, os.getpid())
     try:
-        summary = train(spec, backend, data, recorder)
+        summary = train(spec, backend, data, recorder, instruments.meter)
     finally:
-        monitor.stop()
+        instruments.stop({})
         recorder.close()
-        if nvml:
-            nvml.shutdown()
     if recorder.flush_error is not None:
         raise RuntimeError(f"recorder failed to flush during the run: {recorder.flush_error!r}")
     _check_engine_work(summary, spec, samples_per_epoch)

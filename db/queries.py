@@ -5,19 +5,20 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import pandas as pd
-from sqlalchemy import and_, delete, func, insert, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import case, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import (
     ACTIVE_STATUSES,
     ERROR,
+    OUT_OF_MEMORY,
     FAILED,
     FINISHED,
     QUEUED,
     RUNNING,
     MetricPoint,
     Run,
+    SchedulerLease,
     SystemSample,
 )
 
@@ -79,34 +80,99 @@ def set_launch_info(s: Session, run_id: int, pid: int, hostname: str, log_path: 
     )
 
 
-def claim_run(s: Session, run_id: int, pid: int, hostname: str, max_parallel: Optional[int] = None) -> bool:
-    """Move a queued run to running for this process; False if it was not queued or it is not its turn.
-
-    With max_parallel, only while this host runs fewer runs than that and no older run waits here.
-    One UPDATE decides, so concurrent runners cannot both take the last slot (SQLite serialises
-    writers; other databases evaluate the subqueries in the same statement).
-    """
-    conditions = [Run.id == run_id, Run.status == QUEUED]
-    if max_parallel is not None:
-        other = aliased(Run)
-        running_here = (
-            select(func.count()).select_from(other)
-            .where(other.status == RUNNING, other.hostname == hostname).scalar_subquery()
-        )
-        older_waiting = (
-            select(func.count()).select_from(other)
-            .where(other.status == QUEUED, other.hostname == hostname, other.id < run_id, other.pid.is_not(None))
-            .scalar_subquery()
-        )
-        conditions += [running_here < max_parallel, older_waiting == 0]
+def claim_run(s: Session, run_id: int, pid: int, hostname: str) -> bool:
+    """Move a queued run to running for this process; False if it was not queued (someone else has it)."""
     now = utcnow()
     result = s.execute(
         update(Run)
-        .where(and_(*conditions))
+        .where(Run.id == run_id, Run.status == QUEUED)
         .values(status=RUNNING, started_at=now, heartbeat_at=now, pid=pid, hostname=hostname)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
+
+
+def unplaced_queue(s: Session) -> list[Run]:
+    """Queued runs no scheduler has placed yet, oldest first (the queue's order)."""
+    return list(s.scalars(select(Run).where(Run.status == QUEUED, Run.placed_device.is_(None)).order_by(Run.id)))
+
+
+def placed_active_runs(s: Session, hostname: str) -> list[Run]:
+    """Runs placed on a device of this host that still hold it (placed and waiting to start, or running)."""
+    return list(s.scalars(select(Run).where(
+        Run.status.in_(ACTIVE_STATUSES), Run.placed_device.is_not(None), Run.hostname == hostname)))
+
+
+def place_run(s: Session, run_id: int, device: str, hostname: str) -> bool:
+    """Give a queued, unplaced run a device on this host; False if someone else moved it first."""
+    result = s.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == QUEUED, Run.placed_device.is_(None))
+        .values(placed_device=device, hostname=hostname, heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def unplace_unstarted(s: Session, older_than: timedelta) -> list[int]:
+    """Put placed runs that never got a process back in the queue (their scheduler died in between)."""
+    cutoff = utcnow() - older_than
+    stale = list(s.scalars(select(Run.id).where(
+        Run.status == QUEUED, Run.placed_device.is_not(None), Run.pid.is_(None), Run.heartbeat_at < cutoff)))
+    if stale:
+        s.execute(update(Run).where(Run.id.in_(stale), Run.pid.is_(None))
+                  .values(placed_device=None, hostname=None).execution_options(synchronize_session=False))
+    return stale
+
+
+def cancel_waiting(s: Session, run_id: int) -> bool:
+    """Fail a queued run that has no process yet (stopped before it started); False otherwise."""
+    result = s.execute(
+        update(Run).where(Run.id == run_id, Run.status == QUEUED, Run.pid.is_(None))
+        .values(status=FAILED, finished_at=utcnow(), reason=ERROR, error="stopped before it started")
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def acquire_lease(s: Session, name: str, holder: str, hostname: str, pid: int, ttl: timedelta) -> bool:
+    """Take or renew the named lease for holder; False while another holder's lease is unexpired.
+
+    One conditional UPDATE (or the INSERT of the first row) decides, so two schedulers racing for
+    an expired lease cannot both win.
+    """
+    now = utcnow()
+    result = s.execute(
+        update(SchedulerLease)
+        .where(SchedulerLease.name == name, (SchedulerLease.holder == holder) | (SchedulerLease.expires_at < now))
+        .values(holder=holder, hostname=hostname, pid=pid, expires_at=now + ttl,
+                acquired_at=case((SchedulerLease.holder == holder, SchedulerLease.acquired_at), else_=now))
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1:
+        return True
+    # No row yet: the first INSERT wins, a racing one does nothing (both dialects Arena supports).
+    dialect = s.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    inserted = s.execute(
+        dialect_insert(SchedulerLease)
+        .values(name=name, holder=holder, hostname=hostname, pid=pid, acquired_at=now, expires_at=now + ttl)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    return inserted.rowcount == 1
+
+
+def release_lease(s: Session, name: str, holder: str) -> None:
+    """Give the lease up at once (only if holder still has it)."""
+    s.execute(delete(SchedulerLease).where(SchedulerLease.name == name, SchedulerLease.holder == holder))
+
+
+def lease(s: Session, name: str) -> Optional[SchedulerLease]:
+    """The lease row, expired or not (None when no scheduler ever ran)."""
+    return s.get(SchedulerLease, name)
 
 
 def update_run(s: Session, run_id: int, **values: Any) -> None:
@@ -221,9 +287,19 @@ def reap_orphans(
             if now - last < stale_after:
                 continue
             why = f"no heartbeat from runner on {run.hostname} since {last:%Y-%m-%d %H:%M:%S} UTC"
-        fail_run(s, run.id, why + _log_tail(run.log_path))
+        tail = _log_tail(run.log_path)
+        fail_run(s, run.id, why + tail, reason=OUT_OF_MEMORY if _says_out_of_memory(tail) else ERROR)
         reaped.append(run.id)
     return reaped
+
+
+# What a runner that died of memory exhaustion leaves in its log: TensorFlow's C++ runtime aborts
+# with std::bad_alloc rather than raising; the kernel's OOM killer leaves nothing but a SIGKILL.
+_OUT_OF_MEMORY_MARKS = ("std::bad_alloc", "OOM when allocating", "out of memory", "Cannot allocate memory")
+
+
+def _says_out_of_memory(log_tail: str) -> bool:
+    return any(mark in log_tail for mark in _OUT_OF_MEMORY_MARKS)
 
 
 def _log_tail(log_path: Optional[str], lines: int = 20) -> str:

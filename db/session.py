@@ -53,12 +53,14 @@ def make_engine(url: Optional[str] = None) -> Engine:
 
 def _create_schema(engine: Engine) -> None:
     """Create missing tables; tolerate another process creating them at the same moment."""
-    try:
-        Base.metadata.create_all(engine)
-    except OperationalError as exc:
-        if "already exists" not in str(exc):
-            raise
-        Base.metadata.create_all(engine)  # the other process won the race; check the rest
+    for attempt in range(len(Base.metadata.tables) + 1):
+        try:
+            Base.metadata.create_all(engine)
+            break
+        except OperationalError as exc:
+            # Another process created a table between our check and our CREATE; check again.
+            if "already exists" not in str(exc) or attempt == len(Base.metadata.tables):
+                raise
     _add_missing_columns(engine)
 
 

@@ -1,19 +1,21 @@
-"""`python -m engine {run,runs,models,parity,download}`: Arena from the command line, through the same runner path."""
+"""`python -m engine {run,runs,models,scheduler,parity,download}`: Arena from the command line, through the same runner path."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from typing import Any, Optional, Sequence
 
 from db import queries
-from db.models import FINISHED
+from db.models import ACTIVE_STATUSES, FINISHED
 from db.session import make_sessionmaker
 from engine import PROJECT_ROOT, child_env, datafiles, devices
 from engine.catalog import DATASETS, FRAMEWORKS, LAYOUTS, MODELS, MODES, OPTIMIZERS, PRECISIONS, framework_label
-from engine.launch import default_url_for, queue_runs, reap, start_runner
+from engine.launch import default_url_for, queue_runs, reap, stop_run
+from engine.scheduler import LEASE_NAME, cpu_slots, ensure_running, runs_per_gpu, scheduling_enabled
 from engine.matrix import expand, parse_seeds
 from engine.spec import RunSpec, SpecError
 
@@ -26,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run", help="train a run, or a matrix of runs as one group, and wait (exit 0 when all finished)",
-        description="Several frameworks, modes, precisions or seeds queue every combination as one group; "
-                    "the runs take turns on this machine (ARENA_MAX_PARALLEL_RUNS).")
+        description="Several frameworks, modes, precisions or seeds queue every combination as one group. "
+                    "The database's scheduler (this command's, or a dashboard's if one is open) places each "
+                    "run on a free GPU or the CPU (ARENA_RUNS_PER_GPU, ARENA_CPU_SLOTS); Ctrl-C stops them.")
     all_modes = sorted({m for modes in MODES.values() for m in modes})
     run.add_argument("--framework", required=True, nargs="+",
                      help=f"one or more of {', '.join(FRAMEWORKS)}, or 'both'")
@@ -52,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--warmup-steps", type=int, help="steps excluded from throughput and step times (default 10)")
     run.add_argument("--target-accuracy", type=float, help="time the first epoch reaching this test accuracy (0: off)")
     run.add_argument("--inference-iters", type=int, help="timed passes per batch size after training (0 skips)")
-    run.add_argument("--device", help="auto | cpu | cuda:N (default auto)")
+    run.add_argument("--device", help="auto (a free GPU, else the CPU) | cpu | cuda:N to pin one GPU (default auto)")
+    run.add_argument("--sample-hz", type=float, help="memory/utilisation samples per second (default 10; 0 = off)")
+    run.add_argument("--tf-memory-growth", choices=("on", "off"),
+                     help="TensorFlow: grow GPU memory as needed (on, default) or reserve nearly all of it (off)")
+    run.add_argument("--on-divergence", choices=("stop", "continue"),
+                     help="a NaN/inf loss ends the run as diverged (stop, default) or is noted and training goes on")
     run.add_argument("--max-steps-per-epoch", type=int)
     run.add_argument("--noise", type=float, help="powerlaw: std of Gaussian noise on targets")
     run.add_argument("--synthetic-shape", help="synthetic datasets: '32x32x3' (images) or '64' (sequence length)")
@@ -66,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="models and datasets, with parameter counts per framework")
     _common(models)
+
+    scheduler = sub.add_parser(
+        "scheduler", help="place queued runs on this machine's devices until stopped (no dashboard needed)",
+        description="Holds the database's scheduler lease while it runs (one scheduler per database); "
+                    "runs it started go on after it stops, and the next scheduler picks the queue up.")
+    scheduler.add_argument("--interval", type=float, default=1.0, help="seconds between passes (default 1)")
+    _common(scheduler)
 
     # Their own parsers live with their code; listed here so `--help` shows them.
     for name, text in (("parity", "same weights, one batch, both frameworks: max |difference| of outputs and "
@@ -105,6 +120,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return cmd_run(args)
     if args.command == "runs":
         return cmd_runs(args)
+    if args.command == "scheduler":
+        return cmd_scheduler(args)
     return cmd_models(args)
 
 
@@ -120,7 +137,9 @@ def build_specs(args: argparse.Namespace) -> list[RunSpec]:
         noise=args.noise, tf32=args.tf32, layout=args.layout, deterministic=args.deterministic,
         same_init=not args.framework_init, warmup_steps=args.warmup_steps, target_accuracy=args.target_accuracy,
         inference_iters=args.inference_iters, synthetic_shape=args.synthetic_shape,
-        synthetic_classes=args.synthetic_classes, synthetic_size=args.synthetic_size,
+        synthetic_classes=args.synthetic_classes, synthetic_size=args.synthetic_size, sample_hz=args.sample_hz,
+        tf_memory_growth=None if args.tf_memory_growth is None else args.tf_memory_growth == "on",
+        on_divergence=args.on_divergence,
     )
     return expand(base, frameworks, args.mode, args.precision or ["fp32"], seeds)
 
@@ -129,10 +148,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         specs = build_specs(args)
         devices.check_runnable(specs)
+        runs_per_gpu(), cpu_slots(), scheduling_enabled()  # bad scheduler settings are reported before queuing
         absent = DATASETS[specs[0].dataset].kind == "file" and datafiles.missing_message(specs[0].dataset)
         if absent:
             raise SpecError("dataset", specs[0].dataset, absent)
-    except SpecError as exc:
+    except (SpecError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     url = default_url_for(args.db)
@@ -141,13 +161,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     for run_id, spec in zip(run_ids, specs):
         print(f"run {run_id}: {framework_label(spec.framework)} {spec.mode} {spec.precision} {spec.model} on "
               f"{spec.dataset}, seed {spec.seed}, {spec.epochs} epochs (db {url})", file=sys.stderr)
-    processes = {run_id: start_runner(sessions, run_id, url, detach=False) for run_id in run_ids}
+    scheduler = ensure_running(sessions, url)
+    if scheduler is not None:
+        scheduler.wake()
+    else:
+        print("  ARENA_SCHEDULER=off: another process's scheduler (a dashboard, `python -m engine scheduler`) "
+              "must place these runs", file=sys.stderr, flush=True)
     try:
-        _follow(sessions, processes)
+        _follow(sessions, run_ids, scheduler)
     except KeyboardInterrupt:
-        pass  # the runners got the same Ctrl-C and record their runs as failed
-    for process in processes.values():
-        process.wait()
+        print("stopping the runs (Ctrl-C) ...", file=sys.stderr, flush=True)
+        for run_id in run_ids:
+            stop_run(sessions, run_id)
+        _wait_until_ended(sessions, run_ids, timeout_s=60)
+    finally:
+        if scheduler is not None:
+            scheduler.stop()  # the lease goes at once; a dashboard's scheduler takes the queue over
     reap(sessions)  # a runner killed before reporting still ends as failed, not running
     with sessions.begin() as s:
         runs = [queries.get_run(s, run_id) for run_id in run_ids]
@@ -164,25 +193,76 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if all(run.status == FINISHED for run in runs) else 1
 
 
-def _follow(sessions, processes: dict[int, subprocess.Popen]) -> None:
-    """Print progress lines to stderr until every runner exits."""
+def _follow(sessions, run_ids: list[int], scheduler) -> None:
+    """Print progress lines to stderr until every run has ended."""
     last: dict[int, tuple] = {}
-    while any(p.poll() is None for p in processes.values()):
+    said_who_schedules, said_error = False, None
+    while True:
         time.sleep(POLL_INTERVAL_S)
         with sessions.begin() as s:
-            for run_id in processes:
-                run = queries.get_run(s, run_id)
-                state = (run.status, run.epoch, run.step)
+            runs = [queries.get_run(s, run_id) for run_id in run_ids]
+            if not said_who_schedules and not (scheduler and scheduler.holds_lease):
+                holder = queries.lease(s, LEASE_NAME)
+                if holder is not None and holder.expires_at > queries.utcnow():
+                    print(f"  the scheduler of process {holder.pid} on {holder.hostname} places these runs",
+                          file=sys.stderr, flush=True)
+                    said_who_schedules = True
+            if scheduler and scheduler.last_error and scheduler.last_error != said_error:
+                said_error = scheduler.last_error
+                print(f"  scheduler: {said_error}", file=sys.stderr, flush=True)
+            for run in runs:
+                run_id = run.id
+                state = (run.status, run.epoch, run.step, run.placed_device)
                 if state == last.get(run_id):
                     continue
                 metrics = queries.final_metrics(s, [run_id])[run_id]
                 shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("train_loss", "test_accuracy", "phi_estimate")
                                   if k in metrics)
-                prefix = f"  run {run_id} " if len(processes) > 1 else "  "
-                print(f"{prefix}[{run.status}] epoch {run.epoch}/{run.total_epochs}  step {run.step}"
+                prefix = f"  run {run_id} " if len(run_ids) > 1 else "  "
+                where = f" on {run.placed_device}" if run.placed_device else ""
+                print(f"{prefix}[{run.status}{where}] epoch {run.epoch}/{run.total_epochs}  step {run.step}"
                       + (f"/{run.total_steps}" if run.total_steps else "")
                       + (f"  {shown}" if shown else ""), file=sys.stderr, flush=True)
                 last[run_id] = state
+        if all(run.status not in ACTIVE_STATUSES for run in runs):
+            return
+
+
+def _wait_until_ended(sessions, run_ids: list[int], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with sessions.begin() as s:
+            if all(queries.get_run(s, run_id).status not in ACTIVE_STATUSES for run_id in run_ids):
+                return
+        reap(sessions)
+        time.sleep(POLL_INTERVAL_S)
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    """Place queued runs until SIGTERM or Ctrl-C, then give the lease up."""
+    import signal
+
+    from engine.scheduler import Scheduler
+
+    url = default_url_for(args.db)
+    scheduler = Scheduler(make_sessionmaker(url), url, interval_s=args.interval)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it as Ctrl-C does
+    print(f"arena scheduler on {url} (pid {os.getpid()}); Ctrl-C stops it, runs go on", file=sys.stderr, flush=True)
+    was_holding = None
+    try:
+        while True:
+            for placement in scheduler.tick():
+                print(f"run {placement.run_id} -> {placement.device}", file=sys.stderr, flush=True)
+            if scheduler.holds_lease != was_holding:
+                print("holding the lease: placing runs" if scheduler.holds_lease
+                      else "another scheduler holds the lease: waiting", file=sys.stderr, flush=True)
+                was_holding = scheduler.holds_lease
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        scheduler.stop()
+    return 0
 
 
 def _run_record(run, metrics: dict[str, float]) -> dict[str, Any]:
@@ -192,6 +272,7 @@ def _run_record(run, metrics: dict[str, float]) -> dict[str, Any]:
         "seed": run.spec.get("seed"), "group_tag": run.group_tag, "summary": run.summary or {}, "epochs": f"{run.epoch}/{run.total_epochs}",
         "created_at": run.created_at.isoformat(timespec="seconds") + "Z", "metrics": metrics,
         "error": (run.error or "").strip().splitlines()[-1] if run.error else None,
+        "reason": run.reason, "device": run.placed_device,
     }
 
 

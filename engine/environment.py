@@ -25,7 +25,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def capture(framework_info: dict[str, Any], nvml_info: Optional[dict[str, Any]], nvml_status: str) -> dict[str, Any]:
+def capture(framework_info: dict[str, Any], inventory: Optional[Any], nvml_status: str) -> dict[str, Any]:
     """Python, OS, host, CPU, memory, framework/CUDA versions, device and GPUs."""
     env: dict[str, Any] = {
         "python_version": platform.python_version(),
@@ -39,9 +39,11 @@ def capture(framework_info: dict[str, Any], nvml_info: Optional[dict[str, Any]],
         "nvml": nvml_status,
     }
     env.update(framework_info)
-    if nvml_info:
-        env["gpu_driver_version"] = nvml_info.get("driver_version")
-        env["gpus"] = nvml_info.get("gpus")
+    if inventory is not None:  # engine.nvml.Inventory: the machine's GPUs when the run started
+        env["gpu_driver_version"] = inventory.driver_version
+        env["cuda_driver_version"] = inventory.cuda_version
+        env["gpus"] = [{"index": g.index, "uuid": g.uuid, "name": g.name, "memory_total_bytes": g.memory_total_bytes,
+                        "pci_bus_id": g.pci_bus_id} for g in inventory.gpus]
     if "device_name" not in env:
         env["device_name"] = f"CPU: {env['cpu_model']}" if env.get("device") == "cpu" else env.get("device")
     return env

@@ -1,7 +1,8 @@
 """Queue runs and start their runner processes; find runs whose runner died.
 
-Used by the dashboard and the CLI alike, so both go through the same path:
-queue a row -> start `python -m engine.runner RUN_ID --db URL` -> the runner claims the row.
+Used by the dashboard and the CLI alike, so both go through the same path: queue a row -> the
+scheduler (engine/scheduler.py) places it on a device and starts `python -m engine.runner RUN_ID
+--db URL` -> the runner claims the row.
 """
 from __future__ import annotations
 
@@ -49,22 +50,24 @@ def queue_runs(sessions: sessionmaker[Session], specs: Sequence[RunSpec], group_
         ]
 
 
-def start_runner(sessions: sessionmaker[Session], run_id: int, db_url: str, detach: bool = True) -> subprocess.Popen:
-    """Start the runner process for a queued run; its output goes to a per-run log file.
+def start_runner(sessions: sessionmaker[Session], run_id: int, db_url: str,
+                 extra_env: Optional[dict[str, str]] = None) -> subprocess.Popen:
+    """Start the runner process for a placed run; its output goes to a per-run log file.
 
-    detach=True puts it in its own session so it outlives the dashboard, a page reload or a
-    closed browser; the CLI starts it attached so Ctrl-C stops the run too.
+    The process gets its own session so it outlives whoever started it (dashboard, CLI), a page
+    reload or a closed browser; stop_run() stops it. extra_env carries the placement
+    (CUDA_VISIBLE_DEVICES and friends).
     """
     log_dir = arena_home() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"run-{run_id}.log"
-    env = child_env()
+    env = {**child_env(), **(extra_env or {})}
     with open(log_path, "ab") as log:
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", RUNNER_MODULE, str(run_id), "--db", absolute_db_url(db_url)],
                 cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=detach,
+                start_new_session=True,
             )
         except OSError as exc:
             with sessions.begin() as s:
@@ -80,10 +83,16 @@ _children: list[subprocess.Popen] = []
 
 
 def launch(sessions: sessionmaker[Session], specs: Sequence[RunSpec], db_url: str) -> list[int]:
-    """Queue specs and start one detached runner per run; return the run ids."""
+    """Queue specs and make sure this process's scheduler places them; return the run ids.
+
+    If another process (a dashboard, a CLI) holds the database's scheduler lease, that one starts them.
+    """
+    from engine.scheduler import ensure_running
+
     run_ids = queue_runs(sessions, specs)
-    for run_id in run_ids:
-        start_runner(sessions, run_id, db_url)
+    scheduler = ensure_running(sessions, db_url)
+    if scheduler is not None:
+        scheduler.wake()
     return run_ids
 
 
@@ -111,8 +120,10 @@ def reap(sessions: sessionmaker[Session]) -> list[int]:
 
 
 def stop_run(sessions: sessionmaker[Session], run_id: int) -> bool:
-    """Ask a run's runner to stop (SIGTERM); it records the stop as a failure and keeps its points."""
+    """Stop a run: a waiting one leaves the queue; a started one's runner gets SIGTERM and records the stop."""
     with sessions.begin() as s:
+        if queries.cancel_waiting(s, run_id):
+            return True
         run = queries.get_run(s, run_id)
         if run is None or run.status not in ACTIVE_STATUSES:
             return False

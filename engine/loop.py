@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import Protocol
+from typing import Optional, Protocol
 
 from engine import inference
 from engine.backends.base import Backend
@@ -17,8 +17,17 @@ DRAIN_INTERVAL_S = 0.25
 EVAL_BATCH_SIZE = 1024
 
 
+class Diverged(Exception):
+    """The loss (or a test metric) became NaN or infinite: the run ends as "diverged", a result."""
+
+    def __init__(self, step: int, name: str, value: float, lr: float) -> None:
+        self.step = step
+        super().__init__(f"{name} became {value} at step {step}: the run diverged (lower lr, now {lr}?)")
+
+
 class MetricSink(Protocol):
-    def step_metrics(self, name: str, points: list[tuple[int, int, float]]) -> None: ...
+    # points: (step, epoch, value, unix time the step ended)
+    def step_metrics(self, name: str, points: list[tuple[int, int, float, float]]) -> None: ...
     def epoch_metrics(self, epoch: int, step: int, metrics: dict[str, float]) -> None: ...
     def progress(self, epoch: int, step: int) -> None: ...
 
@@ -33,24 +42,42 @@ def steps_per_epoch(spec: RunSpec, train_size: int) -> int:
     return min(steps, spec.max_steps_per_epoch) if spec.max_steps_per_epoch else steps
 
 
+class EpochMeter(Protocol):
+    """Exact per-epoch peaks and energy (engine.monitor.EpochMeter)."""
+
+    def start(self) -> None: ...
+    def train_done(self, samples: int) -> dict[str, float]: ...
+    def end(self) -> dict[str, float]: ...
+    def run_peaks(self) -> dict[str, float]: ...
+
+
 class _StepBuffer:
-    """Per-step losses (device scalars) and step times waiting to go to the sink."""
+    """Per-step losses (device scalars), step times and step end times waiting to go to the sink."""
 
     def __init__(self) -> None:
         self.losses: list = []
         self.steps: list[int] = []
         self.times_ms: list[float] = []
+        self.ended_at: list[float] = []  # unix time each step ended: memory can be plotted against step
 
-    def drain(self, backend: Backend, sink: MetricSink, epoch: int) -> list[float]:
+    def drain(self, backend: Backend, sink: MetricSink, epoch: int) -> tuple[list[float], Optional[tuple[int, float]]]:
+        """Send buffered steps; return their losses and the first (step, loss) that is not finite."""
         losses = backend.losses_to_floats(self.losses)
-        sink.step_metrics("train_loss", [(s, epoch, v) for s, v in zip(self.steps, losses)])
-        sink.step_metrics("step_time_ms", [(s, epoch, v) for s, v in zip(self.steps, self.times_ms)])
-        self.losses, self.steps, self.times_ms = [], [], []
-        return losses
+        rows = list(zip(self.steps, losses, self.times_ms, self.ended_at))
+        sink.step_metrics("train_loss", [(s, epoch, loss, t) for s, loss, _, t in rows])
+        sink.step_metrics("step_time_ms", [(s, epoch, ms, t) for s, _, ms, t in rows])
+        self.losses, self.steps, self.times_ms, self.ended_at = [], [], [], []
+        bad = next(((step, loss) for step, loss, _, _ in rows if not math.isfinite(loss)), None)
+        return losses, bad
 
 
-def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink) -> dict:
-    """Train per the spec, streaming metrics to the sink; return the run summary."""
+def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, meter: Optional[EpochMeter] = None) -> dict:
+    """Train per the spec, streaming metrics to the sink; return the run summary.
+
+    A NaN/inf loss raises Diverged (spec.on_divergence "stop") or is noted in the summary as
+    diverged_at_step and training goes on ("continue"). The meter, when given, adds exact
+    per-epoch memory peaks and energy to the epoch metrics.
+    """
     input_shape = tuple(data.x_train.shape[1:])
     weights = initial_weights(spec.model, input_shape, data.num_outputs, spec.seed) if spec.same_init else None
     param_count = backend.build(spec, data.task, weights, input_shape, data.num_outputs)
@@ -64,10 +91,19 @@ def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink) -> d
     global_step = 0
     step_times: list[float] = []  # seconds, every step, device-synchronised
     steady_samples, steady_s, train_total_s = 0, 0.0, 0.0
+    energy_j, energy_samples = 0.0, 0
     target = spec.target_accuracy
+
+    def diverged(step: int, name: str, value: float) -> None:
+        if "diverged_at_step" not in summary:
+            summary.update(diverged_at_step=step, diverged_metric=name)
+        if spec.on_divergence == "stop":
+            raise Diverged(step, name, value, spec.lr)
 
     for epoch in range(1, spec.epochs + 1):
         order = epoch_order(n_train, spec.seed, epoch)
+        if meter is not None:
+            meter.start()
         backend.synchronize()
         start = time.perf_counter()
         x_epoch, y_epoch = backend.to_device(data.x_train[order], data.y_train[order])
@@ -80,7 +116,9 @@ def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink) -> d
             step_start = time.perf_counter()
             buffer.losses.append(backend.train_step(x_epoch[lo:hi], y_epoch[lo:hi]))
             backend.synchronize()  # per-step times must be device time, not launch time
-            step_s = time.perf_counter() - step_start
+            step_end = time.perf_counter()
+            step_s = step_end - step_start
+            buffer.ended_at.append(time.time())
             global_step += 1
             samples += hi - lo
             step_times.append(step_s)
@@ -90,15 +128,24 @@ def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink) -> d
                 # Warm-up (tracing, compiling, allocator growth) is shown but kept out of throughput.
                 warmup_s += step_s
                 warmup_samples += hi - lo
-            now = time.perf_counter()
-            if now - last_drain >= DRAIN_INTERVAL_S:
-                epoch_losses += buffer.drain(backend, sink, epoch)
+            if step_end - last_drain >= DRAIN_INTERVAL_S:
+                losses, bad = buffer.drain(backend, sink, epoch)
+                epoch_losses += losses
                 sink.progress(epoch - 1, global_step)
+                if bad:
+                    diverged(bad[0], "train_loss", bad[1])
                 last_drain = time.perf_counter()
         backend.synchronize()
         train_s = time.perf_counter() - start
         train_total_s += train_s
-        epoch_losses += buffer.drain(backend, sink, epoch)
+        losses, bad = buffer.drain(backend, sink, epoch)
+        epoch_losses += losses
+        energy = meter.train_done(samples) if meter is not None else {}
+        if "energy_j" in energy:
+            energy_j, energy_samples = energy_j + energy["energy_j"], energy_samples + samples
+        if bad:
+            sink.progress(epoch - 1, global_step)
+            diverged(bad[0], "train_loss", bad[1])
         timed_samples, timed_s = samples - warmup_samples, train_s - warmup_s
         steady_samples += timed_samples
         steady_s += timed_s if timed_samples else 0.0
@@ -108,20 +155,28 @@ def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink) -> d
         }
         if timed_samples and timed_s > 0:
             metrics["samples_per_s"] = timed_samples / timed_s
+        metrics.update(energy)
         metrics.update(backend.evaluate(data.x_test, data.y_test, EVAL_BATCH_SIZE))
+        if meter is not None:
+            metrics.update(meter.end())
         if "phi_true" in data.info:
             metrics["phi_true"] = data.info["phi_true"]  # the target, plotted beside the estimate
+        sink.epoch_metrics(epoch, global_step, metrics)
         for name, value in metrics.items():
             if not math.isfinite(value):
-                sink.epoch_metrics(epoch, global_step, metrics)
-                raise FloatingPointError(f"{name} became {value} in epoch {epoch}: lower lr (now {spec.lr})?")
-        sink.epoch_metrics(epoch, global_step, metrics)
+                sink.progress(epoch, global_step)
+                diverged(global_step, name, value)
+                break
         sink.progress(epoch, global_step)
         if target is not None and "time_to_target_s" not in summary and metrics.get("test_accuracy", 0) >= target:
             # Training time only (evaluation excluded), warm-up included: it is part of getting there.
             summary.update(time_to_target_s=train_total_s, epochs_to_target=epoch, steps_to_target=global_step)
 
     summary.update(_timing_summary(spec, step_times, steady_samples, steady_s))
+    if meter is not None:
+        summary["peak_bytes"] = meter.run_peaks()
+    if energy_samples:
+        summary.update(energy_j=energy_j, samples_per_j=energy_samples / energy_j if energy_j > 0 else None)
     summary["target_accuracy"] = target
     if target is not None:
         summary.setdefault("time_to_target_s", None)

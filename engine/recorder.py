@@ -34,11 +34,10 @@ class Recorder:
         self.flush_error: Optional[BaseException] = None
 
     # MetricSink -------------------------------------------------------------------------
-    def step_metrics(self, name: str, points: list[tuple[int, int, float]]) -> None:
-        """Per-step values (step, epoch, value), stored as "step/<name>"."""
-        now = time.time()
+    def step_metrics(self, name: str, points: list[tuple[int, int, float, float]]) -> None:
+        """Per-step values (step, epoch, value, unix time the step ended), stored as "step/<name>"."""
         rows = [dict(run_id=self.run_id, name=f"{queries.STEP_PREFIX}{name}", step=step, epoch=epoch,
-                     wall_time=now, value=value) for step, epoch, value in points]
+                     wall_time=ended_at, value=value) for step, epoch, value, ended_at in points]
         with self._lock:
             self._metrics.extend(rows)
 

@@ -1,7 +1,8 @@
 """`python -m engine.runner RUN_ID [--db URL]`: train one stored run in this process.
 
-One run, one process, one framework. The run goes queued -> running -> finished | failed; a
-failure (exception, SIGTERM, Ctrl-C) stores the traceback and keeps every point recorded so far.
+One run, one process, one framework. The run goes queued -> running -> finished | failed |
+diverged; a failure (exception, out of memory, SIGTERM, Ctrl-C) stores the traceback and a reason
+and keeps every point recorded so far. Normally the scheduler starts it, placed on a device.
 """
 from __future__ import annotations
 
@@ -10,17 +11,17 @@ import os
 import signal
 import socket
 import sys
-import time
 import traceback
+from dataclasses import dataclass
 from typing import Optional
 
 from db import queries
-from db.models import QUEUED, RUNNING
+from db.models import DIVERGED, FAILED, NON_FINITE_LOSS, OUT_OF_MEMORY, ERROR
 from db.session import make_sessionmaker, resolve_db_url
 from engine import environment
 from engine.data import load_spec
-from engine.launch import reap
-from engine.monitor import Monitor, Nvml
+from engine.monitor import EpochMeter, HostPeak, Monitor
+from engine.nvml import Nvml
 from engine.recorder import Recorder
 from engine.spec import RunSpec
 
@@ -33,83 +34,28 @@ def _on_sigterm(signum, _frame):
     raise Stopped(f"stopped by signal {signal.Signals(signum).name}")
 
 
-ENV_MAX_PARALLEL = "ARENA_MAX_PARALLEL_RUNS"
-WAIT_POLL_S = 0.5
-WAIT_HEARTBEAT_S = 5.0
-
-
-def max_parallel_runs() -> int:
-    """Runs one host trains at once (ARENA_MAX_PARALLEL_RUNS, default 1).
-
-    One at a time by default: runs that share the processor slow each other down, and a speed
-    comparison between them would measure the sharing.
-    """
-    raw = os.environ.get(ENV_MAX_PARALLEL, "1")
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{ENV_MAX_PARALLEL}={raw!r}: expected a whole number >= 1")
-    return value
-
-
-def wait_for_turn(sessions, run_id: int, pid: int, hostname: str, max_parallel: int) -> bool:
-    """Block until this host has a free slot and no older run waits; claim the run. False if it left the queue."""
-    announced = False
-    last_beat = 0.0
-    while True:
-        with sessions.begin() as s:
-            if queries.claim_run(s, run_id, pid, hostname, max_parallel):
-                return True
-            run = queries.get_run(s, run_id)
-            if run is None or run.status != QUEUED:
-                return False
-            if not announced:
-                busy = [r.id for r in queries.list_runs(s, statuses=[RUNNING]) if r.hostname == hostname]
-                print(f"run {run_id} waits for its turn: running here {busy}, at most {max_parallel} at once "
-                      f"({ENV_MAX_PARALLEL})", file=sys.stderr, flush=True)
-                announced = True
-        if time.monotonic() - last_beat >= WAIT_HEARTBEAT_S:
-            reap(sessions)  # a dead runner must not hold its slot (or its place in line) forever
-            with sessions.begin() as s:
-                queries.update_run(s, run_id, heartbeat_at=queries.utcnow())
-            last_beat = time.monotonic()
-        time.sleep(WAIT_POLL_S)
+# Set by the scheduler (engine/scheduler.py placement_env) for the process it starts.
+ENV_DEVICE = "ARENA_DEVICE"  # the device as this process sees it: "cpu" or "cuda:0"
+ENV_PLACED_DEVICE = "ARENA_PLACED_DEVICE"  # the machine's name for it: "cpu" or "cuda:<NVML index>"
+ENV_NVML_INDEX = "ARENA_NVML_INDEX"  # NVML ignores CUDA_VISIBLE_DEVICES: the physical index to watch
 
 
 def execute(run_id: int, db_url: Optional[str] = None) -> int:
-    """Wait for this host's turn, claim and train one queued run; return the exit code (0 = finished)."""
+    """Claim and train one queued run; return the exit code (0 = finished)."""
     sessions = make_sessionmaker(resolve_db_url(db_url))
     pid, hostname = os.getpid(), socket.gethostname()
-    try:
-        max_parallel = max_parallel_runs()
-    except ValueError as exc:
-        with sessions.begin() as s:
-            queries.fail_run(s, run_id, str(exc))
-        print(exc, file=sys.stderr)
-        return 2
     with sessions.begin() as s:
         run = queries.get_run(s, run_id)
-        if run is None or run.status != QUEUED:
-            state = "does not exist" if run is None else f"is {run.status}, not queued"
-            print(f"run {run_id} {state}; nothing to do", file=sys.stderr)
-            return 2
-        spec_dict = dict(run.spec)
-        # Say where it waits, so the reaper can tell a waiting runner from a dead one.
-        queries.update_run(s, run_id, pid=pid, hostname=hostname, heartbeat_at=queries.utcnow())
-    try:
-        if not wait_for_turn(sessions, run_id, pid, hostname, max_parallel):
-            print(f"run {run_id} left the queue before it started", file=sys.stderr)
-            return 2
-    except (Stopped, KeyboardInterrupt) as exc:
-        with sessions.begin() as s:
-            queries.fail_run(s, run_id, f"{exc or 'interrupted'} before it started")
-        return 1
+        claimed = run is not None and queries.claim_run(s, run_id, pid, hostname)
+        spec_dict = dict(run.spec) if run is not None else {}
+    if not claimed:
+        state = "does not exist" if run is None else f"is {run.status}, not queued"
+        print(f"run {run_id} {state}; nothing to do", file=sys.stderr)
+        return 2
 
     recorder = Recorder(sessions, run_id).start()
-    monitor: Optional[Monitor] = None
-    nvml: Optional[Nvml] = None
+    instruments: Optional[Instruments] = None
+    backend = None
     summary: dict = {}
     try:
         spec = RunSpec.from_dict(spec_dict)
@@ -117,42 +63,107 @@ def execute(run_id: int, db_url: Optional[str] = None) -> int:
         summary.update(data.info)
         from engine.backends import get_backend  # imports exactly one framework
 
-        backend = get_backend(spec.framework, spec.device)
-        nvml, nvml_status = Nvml.load()
-        nvml_info = nvml.describe() if nvml else None
-        env = environment.capture(backend.describe(), nvml_info, nvml_status)
+        backend = get_backend(spec.framework, os.environ.get(ENV_DEVICE) or spec.device,
+                              tf_memory_growth=spec.tf_memory_growth)
+        instruments = start_instruments(spec, backend, recorder, pid)
+        env = environment.capture(backend.describe(), instruments.nvml.snapshot() if instruments.nvml else None,
+                                  instruments.nvml_status)
+        env["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpu_index = instruments.gpu_index
+        placed = os.environ.get(ENV_PLACED_DEVICE) or (f"cuda:{gpu_index}" if gpu_index is not None else "cpu")
         with sessions.begin() as s:
-            queries.update_run(s, run_id, environment=env)
-        monitor = Monitor(recorder.samples, os.getpid(), spec.framework, backend.memory_stats,
-                          nvml, backend.gpu_index).start()
+            queries.update_run(s, run_id, environment=env, placed_device=placed)
 
-        from engine.loop import train
+        from engine.loop import Diverged, train
 
-        summary.update(train(spec, backend, data, recorder))
-        _stop(monitor, recorder, summary)
+        try:
+            summary.update(train(spec, backend, data, recorder, instruments.meter))
+        except Diverged as exc:
+            summary["diverged_at_step"] = exc.step
+            raise
+        _stop(instruments, recorder, summary)
         with sessions.begin() as s:
-            queries.finish_run(s, run_id, summary)
-        return 0
-    except BaseException as exc:  # noqa: BLE001 - every way out must leave the run failed, not running
+            if "diverged_at_step" in summary:  # on_divergence="continue": trained to the end, still diverged
+                queries.fail_run(s, run_id, f"the loss became non-finite at step {summary['diverged_at_step']}; "
+                                            f"training went on (on_divergence=continue)", summary,
+                                 reason=NON_FINITE_LOSS, status=DIVERGED)
+            else:
+                queries.finish_run(s, run_id, summary)
+        return 1 if "diverged_at_step" in summary else 0
+    except BaseException as exc:  # noqa: BLE001 - every way out must leave the run ended, not running
         error = "".join(traceback.format_exception(exc))
         try:
-            _stop(monitor, recorder, summary)
+            _stop(instruments, recorder, summary)
         except Exception as flush_exc:  # still mark the run failed, and say that points may be missing
             error += f"\n(could not write the last buffered points: {flush_exc})"
+        status, reason = _outcome(exc, backend)
         with sessions.begin() as s:
-            queries.fail_run(s, run_id, error, summary or None)
+            queries.fail_run(s, run_id, error, summary or None, reason=reason, status=status)
         print(error, file=sys.stderr)
         return 130 if isinstance(exc, KeyboardInterrupt) else 1
-    finally:
-        if nvml:
-            nvml.shutdown()
 
 
-def _stop(monitor: Optional[Monitor], recorder: Recorder, summary: dict) -> None:
-    if monitor is not None:
-        monitor.stop()
-        if monitor.errors:
-            summary["monitor_errors"] = monitor.errors
+@dataclass
+class Instruments:
+    """What watches a run: the 10 Hz monitor thread, the per-epoch meter and NVML when there is a GPU."""
+
+    meter: EpochMeter
+    monitor: Optional[Monitor]
+    nvml: Optional[Nvml]
+    nvml_status: str
+    gpu_index: Optional[int]  # NVML index of the run's GPU
+
+    def stop(self, summary: dict) -> None:
+        """Stop sampling; note any gauge that failed in the summary."""
+        if self.monitor is not None:
+            self.monitor.stop()
+        errors = (self.monitor.errors if self.monitor else []) + [
+            f"nvml {call}: {message}" for call, message in (self.nvml.call_errors.items() if self.nvml else [])]
+        if errors:
+            summary["monitor_errors"] = errors
+        if self.nvml is not None:
+            self.nvml.shutdown()
+
+
+def start_instruments(spec: RunSpec, backend, recorder: Recorder, pid: int) -> Instruments:
+    """Start sampling at spec.sample_hz (0 = off) the framework allocator, NVML and the host, into the recorder."""
+    nvml, nvml_status = Nvml.load()
+    gpu_index = _nvml_index(backend)
+    if gpu_index is None and nvml is not None:
+        nvml.shutdown()  # a CPU run has no GPU to watch
+        nvml = None
+    probes = [(spec.framework, backend.memory_stats)]
+    if nvml is not None:
+        probes.append(("nvml", lambda: nvml.gpu_readings(gpu_index, pid)))
+    monitor = None
+    if spec.sample_hz > 0:
+        monitor = Monitor(recorder.samples, pid, probes, interval_s=1.0 / spec.sample_hz).start()
+    energy = (lambda: nvml.energy_j(gpu_index)) if nvml is not None else None
+    return Instruments(EpochMeter(backend, HostPeak(), energy), monitor, nvml, nvml_status, gpu_index)
+
+
+def _nvml_index(backend) -> Optional[int]:
+    """The NVML index of the run's GPU: the scheduler says which; a directly started runner uses its CUDA ordinal."""
+    if backend.gpu_index is None:
+        return None
+    placed = os.environ.get(ENV_NVML_INDEX)
+    return int(placed) if placed else backend.gpu_index
+
+
+def _outcome(exc: BaseException, backend) -> tuple[str, str]:
+    """(status, reason) for a run that ended with exc."""
+    from engine.loop import Diverged
+    from engine.backends import is_out_of_memory
+
+    if isinstance(exc, Diverged):
+        return DIVERGED, NON_FINITE_LOSS
+    framework = backend.name if backend is not None else None
+    return FAILED, OUT_OF_MEMORY if is_out_of_memory(exc, framework) else ERROR
+
+
+def _stop(instruments: Optional[Instruments], recorder: Recorder, summary: dict) -> None:
+    if instruments is not None:
+        instruments.stop(summary)
     recorder.close()
 
 

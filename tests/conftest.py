@@ -27,3 +27,12 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+@pytest.fixture(autouse=True)
+def _stop_schedulers():
+    """A test that launched runs in-process leaves no scheduler thread (or lease) behind."""
+    yield
+    from engine import scheduler
+
+    scheduler.stop_all()

@@ -127,21 +127,3 @@ def test_concurrent_writer_and_reader_never_see_database_is_locked(arena_db):
     assert errors == [] and reads > 0
     with reader_sessions.begin() as s:
         assert len(queries.metric_frame(s, [run_id])) == 300
-
-
-def test_claim_with_a_slot_limit_keeps_one_run_per_host_in_order(arena_db):
-    sessions = make_sessionmaker(arena_db)
-    with sessions.begin() as s:
-        a, b, c = (queries.create_run(s, SPEC).id for _ in range(3))
-        for run_id, pid in ((a, 1), (b, 2), (c, 3)):
-            queries.set_launch_info(s, run_id, pid, "here", "")
-    with sessions.begin() as s:
-        assert not queries.claim_run(s, b, 2, "here", max_parallel=1)  # a is older and waiting
-        assert queries.claim_run(s, a, 1, "here", max_parallel=1)
-        assert not queries.claim_run(s, b, 2, "here", max_parallel=1)  # a holds the slot
-    with sessions.begin() as s:
-        assert not queries.claim_run(s, c, 3, "here", max_parallel=2)  # b is older
-        assert queries.claim_run(s, b, 2, "here", max_parallel=2)  # two slots
-        queries.finish_run(s, a, {})
-    with sessions.begin() as s:
-        assert queries.claim_run(s, c, 3, "here", max_parallel=2)

@@ -75,12 +75,13 @@ def test_runs_limit_must_be_a_positive_count(arena_db, limit):
     assert f"--limit: {limit!r} is not a whole number >= 1" in result.stderr
 
 
-def test_failed_run_exits_nonzero_with_status_failed(arena_db):
+def test_diverged_run_exits_nonzero_with_status_diverged(arena_db):
     result = run_cli("run", "--framework", "tensorflow", "--model", "mlp", "--dataset", "digits", "--optimizer",
                      "sgd", "--lr", "1e9", *TINY, "--json")
     assert result.returncode == 1
     record = last_json(result.stdout)
-    assert record["status"] == "failed" and "FloatingPointError" in record["error"]
+    assert (record["status"], record["reason"], record["device"]) == ("diverged", "non_finite_loss", "cpu")
+    assert "the run diverged" in record["error"] and record["summary"]["diverged_at_step"] >= 1
 
 
 def test_models_reports_measured_parameter_counts():

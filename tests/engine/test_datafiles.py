@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import datafiles
 from engine.data import load
-from engine.datafiles import IDX_FILES, NOT_VERIFIED, OFFICIAL_MD5, VERIFIED, DataFileError, data_dir
+from engine.datafiles import NOT_VERIFIED, OFFICIAL_MD5, VERIFIED, DataFileError, data_dir
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -4,11 +4,12 @@ import os
 import signal
 import time
 
+import numpy as np
 import psutil
 import pytest
 
 from db import queries
-from db.models import FAILED, FINISHED
+from db.models import DIVERGED, FAILED, FINISHED
 from db.session import make_sessionmaker
 from engine.launch import launch, reap, runner_alive, stop_run
 from engine.spec import RunSpec
@@ -30,6 +31,10 @@ def wait_for(sessions, run_id, condition, timeout=180.0):
 
 def done(run):
     return run.status in (FINISHED, FAILED)
+
+
+def ended(run):
+    return run.status not in ("queued", "running")
 
 
 @pytest.fixture(scope="module")
@@ -90,23 +95,40 @@ def test_same_initial_weights_and_data_give_the_same_first_loss(pair):
 
 
 def test_runs_on_one_host_take_turns_so_speed_is_not_shared(pair):
-    """Both runs were started at once; the second waited until the first had finished."""
+    """Both runs were queued at once; with one CPU slot the second was placed after the first had finished."""
     _, runs = pair
     first, second = sorted(runs, key=lambda r: r.started_at)
     assert second.started_at >= first.finished_at
+    assert [r.placed_device for r in runs] == ["cpu", "cpu"]
+    assert all(r.environment["cuda_visible_devices"] == "" for r in runs)
 
 
-def test_diverging_run_fails_with_traceback_and_keeps_its_points(arena_db):
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_diverging_run_ends_as_diverged_at_its_step_and_keeps_its_points(arena_db, framework):
     sessions = make_sessionmaker(arena_db)
-    spec = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=3, optimizer="sgd", lr=1e9,
+    spec = RunSpec(framework=framework, model="mlp", dataset="digits", epochs=3, optimizer="sgd", lr=1e9,
                    max_steps_per_epoch=5)
     (run_id,) = launch(sessions, [spec], arena_db)
-    run = wait_for(sessions, run_id, done)
-    assert run.status == FAILED
-    assert "FloatingPointError" in run.error and "Traceback" in run.error and "lower lr" in run.error
+    run = wait_for(sessions, run_id, ended)
+    assert (run.status, run.reason) == (DIVERGED, "non_finite_loss"), run.error
+    assert "Diverged" in run.error and "Traceback" in run.error and "lower lr" in run.error
     with sessions.begin() as s:
-        assert len(queries.metric_frame(s, [run_id], ["step/train_loss"])) == 5
-        assert "train_loss" in queries.final_metrics(s, [run_id])[run_id]
+        losses = queries.metric_frame(s, [run_id], ["step/train_loss"])
+    bad = ~np.isfinite(losses["value"].astype(float))  # SQLite keeps a NaN as NULL (NaN here), inf as inf
+    first_bad = int(losses[bad]["step"].min())
+    assert run.summary["diverged_at_step"] == first_bad and run.step >= first_bad
+    assert not bad[losses["step"] < first_bad].any()
+
+
+def test_continue_on_divergence_trains_to_the_end_and_still_says_diverged(arena_db):
+    sessions = make_sessionmaker(arena_db)
+    spec = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=2, optimizer="sgd", lr=1e9,
+                   max_steps_per_epoch=5, on_divergence="continue", inference_iters=0)
+    (run_id,) = launch(sessions, [spec], arena_db)
+    run = wait_for(sessions, run_id, ended)
+    assert (run.status, run.reason, run.epoch, run.step) == (DIVERGED, "non_finite_loss", 2, 10), run.error
+    assert "on_divergence=continue" in run.error and run.summary["diverged_at_step"] >= 1
+    assert "first_step_s" in run.summary and "peak_bytes" in run.summary  # the whole summary is kept
 
 
 def _running_with_points(sessions, run_id):
@@ -124,7 +146,7 @@ def test_a_waiting_run_can_be_stopped_before_it_starts(arena_db):
         assert queries.get_run(s, waiting).status == "queued"
     assert stop_run(sessions, waiting)
     run = wait_for(sessions, waiting, done, timeout=60)
-    assert run.status == FAILED and "before it started" in run.error
+    assert run.status == FAILED and run.error == "stopped before it started" and run.pid is None
     assert stop_run(sessions, first)
     wait_for(sessions, first, done, timeout=60)
 
@@ -137,7 +159,7 @@ def test_killed_runner_is_reaped_as_failed_and_keeps_points(arena_db):
     os.kill(run.pid, signal.SIGKILL)
     psutil.Process(run.pid).wait(timeout=30) if psutil.pid_exists(run.pid) else None
     assert not runner_alive(run.pid)
-    assert run_id in reap(sessions)
+    reap(sessions)  # (or the scheduler's next pass does it first)
     with sessions.begin() as s:
         run = queries.get_run(s, run_id)
         points = queries.metric_frame(s, [run_id], ["step/train_loss"])
