@@ -1,7 +1,7 @@
 """Plotly figures for the Compare page: one colour per framework, dash and marker per run."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -13,7 +13,6 @@ HEIGHT_PX = 330
 TOP_MARGIN_PX = 60  # title and a one-row legend
 LEGEND_ROW_PX = 22
 LEGEND_ENTRIES_PER_ROW = 4  # what fits beside each other in a half-width chart
-MIB = 1024 * 1024
 
 
 def base_figure(title: str, x_title: str, y_title: str, log_y: bool = False) -> go.Figure:
@@ -121,27 +120,3 @@ def throughput_bars(epochs: pd.DataFrame, runs: Sequence[Run]) -> go.Figure:
     ))
     fig.update_layout(hovermode="closest")
     return fig
-
-
-def samples_vs_time(samples: pd.DataFrame, runs: Sequence[Run], name: str, title: str, y_title: str,
-                    scale: float = 1.0, source: Optional[str] = None) -> go.Figure:
-    """A sampled gauge against seconds since the run started."""
-    fig = base_figure(title, "seconds since run start", y_title)
-    styles = common.trace_styles(runs)
-    for run in runs:
-        points = samples[(samples["run_id"] == run.id) & (samples["name"] == name)]
-        if source:
-            points = points[points["source"] == source]
-        if points.empty:
-            continue
-        start = common.unix_time(run.started_at) or float(points["time"].min())
-        add_run_line(fig, run, styles[run.id], points["time"] - start, points["value"] / scale, markers=False,
-                     overlap=False)
-    return fig
-
-
-def gpu_memory(samples: pd.DataFrame, runs: Sequence[Run]) -> go.Figure:
-    """GPU memory the run's process holds (NVML), in MiB."""
-    name = "process_gpu_memory" if (samples["name"] == "process_gpu_memory").any() else "gpu_memory_used"
-    what = "process" if name == "process_gpu_memory" else "whole GPU"
-    return samples_vs_time(samples, runs, name, f"GPU memory used ({what}, NVML)", "MiB", MIB, source="nvml")

@@ -13,9 +13,18 @@ import streamlit as st
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
-from db.models import ACTIVE_STATUSES, FAILED, FINISHED, QUEUED, RUNNING, Run
+from db.models import (
+    ACTIVE_STATUSES,
+    DIVERGED,
+    FAILED,
+    FINISHED,
+    NON_FINITE_LOSS,
+    OUT_OF_MEMORY,
+    QUEUED,
+    RUNNING,
+    Run,
+)
 from db.session import make_sessionmaker
-from engine import devices
 from engine.catalog import FRAMEWORKS, default_mode, framework_label
 from engine.launch import default_url_for
 from engine.loop import steps_per_epoch
@@ -33,8 +42,12 @@ DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "star")
 
 # Plain symbols, not emoji: table cells are drawn on a canvas, where emoji fonts are often missing.
-STATUS_BADGES = {QUEUED: "○ queued", RUNNING: "● running", FINISHED: "✓ finished", FAILED: "✗ failed"}
-STATUS_COLORS = {QUEUED: "#6B7280", RUNNING: "#B45309", FINISHED: "#15803D", FAILED: "#B91C1C"}
+STATUS_BADGES = {QUEUED: "○ queued", RUNNING: "● running", FINISHED: "✓ finished", FAILED: "✗ failed",
+                 DIVERGED: "△ diverged"}
+STATUS_COLORS = {QUEUED: "#6B7280", RUNNING: "#B45309", FINISHED: "#15803D", FAILED: "#B91C1C",
+                 DIVERGED: "#7C3AED"}
+# Why a run ended early, in words; a plain error adds nothing to "failed", so it has none.
+REASON_LABELS = {OUT_OF_MEMORY: "out of memory", NON_FINITE_LOSS: "loss not finite"}
 
 # Per-epoch metrics: loading only these skips the thousands of per-step losses a run records.
 EPOCH_METRICS = (
@@ -53,6 +66,7 @@ def router_pages() -> list:
         st.Page(LAUNCH_PAGE, title="Launch", icon=":material/rocket_launch:"),
         st.Page(RUNS_PAGE, title="Runs", icon=":material/table_rows:"),
         st.Page(COMPARE_PAGE, title="Compare", icon=":material/compare_arrows:"),
+        st.Page("pages/devices.py", title="Devices", icon=":material/memory:"),
     ]
 
 
@@ -89,12 +103,6 @@ def _sessionmaker_for(url: str) -> sessionmaker[Session]:
 def sessions() -> sessionmaker[Session]:
     """One sessionmaker (and engine) per process and database URL."""
     return _sessionmaker_for(db_url())
-
-
-@st.cache_resource(show_spinner=False, ttl=300)
-def device_choices() -> list[str]:
-    """Devices on this machine; asking NVML on every rerun is needless work."""
-    return devices.device_choices()
 
 
 def epoch_metrics(s: Session, run_ids: Sequence[int]) -> dict[int, dict[str, list[float]]]:
@@ -137,6 +145,26 @@ def status_badge(status: str) -> str:
     return STATUS_BADGES.get(status, status)
 
 
+def status_color(status: str) -> str:
+    return STATUS_COLORS.get(status, UNKNOWN_FRAMEWORK_COLOR)
+
+
+def status_words(run: Run) -> str:
+    """The status with why it ended early: "failed · out of memory", "diverged at step 12", "finished"."""
+    words = run.status
+    if run.status == DIVERGED and (run.summary or {}).get("diverged_at_step") is not None:
+        words += f" at step {run.summary['diverged_at_step']}"
+    reason = REASON_LABELS.get(run.reason or "")
+    if reason and not (run.status == DIVERGED and run.reason == NON_FINITE_LOSS):  # diverged says it already
+        words += f" · {reason}"
+    return words
+
+
+def status_text(run: Run) -> str:
+    """status_words behind the status's symbol: "✗ failed · out of memory"."""
+    return status_badge(run.status).replace(run.status, status_words(run), 1)
+
+
 def framework_color(framework: str) -> str:
     return FRAMEWORK_COLORS.get(framework, UNKNOWN_FRAMEWORK_COLOR)
 
@@ -150,7 +178,7 @@ def run_label(run: Run) -> str:
     """Picker label: "#3 PyTorch mlp/digits · eager fp32 · seed 0 (finished)"."""
     seed = (run.spec or {}).get("seed")
     return (f"{trace_name(run)} {run.model}/{run.dataset} · {run_mode(run)} {run_precision(run)}"
-            + (f" · seed {seed}" if seed is not None else "") + f" ({run.status})")
+            + (f" · seed {seed}" if seed is not None else "") + f" ({status_words(run)})")
 
 
 def trace_styles(runs: Sequence[Run]) -> dict[int, dict]:
@@ -171,6 +199,28 @@ def trace_styles(runs: Sequence[Run]) -> dict[int, dict]:
             "size": max(12 - 4 * index, 5),
         }
     return styles
+
+
+def device_text(run: Run, queued_ids: Sequence[int] = ()) -> str:
+    """Where a run ran or will run: "cuda:1"; a queued run waits: "waiting for cuda:0 (2nd in queue)".
+
+    queued_ids: the ids of every queued run, for the run's place in the queue (oldest first, as the
+    scheduler takes them). Runs stored before placement existed show the device their environment recorded.
+    """
+    if run.status == QUEUED:
+        if run.placed_device:
+            return f"starting on {run.placed_device}"
+        asked = (run.spec or {}).get("device") or "auto"
+        waiting = f"waiting for {'a free device' if asked == 'auto' else asked}"
+        queue = sorted(queued_ids)
+        return waiting + (f" ({ordinal(queue.index(run.id) + 1)} in queue)" if run.id in queue else "")
+    return run.placed_device or str((run.environment or {}).get("device") or "")
+
+
+def ordinal(n: int) -> str:
+    """1 -> "1st", 2 -> "2nd", 11 -> "11th", 23 -> "23rd"."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def unix_time(moment: Optional[datetime]) -> Optional[float]:

@@ -7,9 +7,9 @@ import streamlit as st
 
 from db import queries
 from db.models import Run
-from engine.catalog import FRAMEWORKS, framework_label
+from engine.catalog import framework_label
 from engine.launch import reap
-from pages import charts, common, comparison, speed_charts, summary
+from pages import charts, common, comparison, memory_charts, speed_charts, summary
 from pages import run_settings as rs
 
 SELECT_KEY = "compare_runs"
@@ -39,6 +39,7 @@ def comparison_view(run_ids: list[int], live: bool) -> None:
         steps = queries.metric_frame(s, run_ids, ["step/train_loss"])
         step_times = queries.metric_frame(s, run_ids, [speed_charts.STEP_TIME_METRIC])
         samples = queries.sample_frame(s, run_ids)
+        epoch_peaks = queries.metric_frame(s, run_ids, memory_charts.PEAK_METRICS)
     if live and not any(common.is_active(run) for run in runs):
         st.rerun()  # the last active run ended: redraw once, without the refresh timer
     active = [run for run in runs if common.is_active(run)]
@@ -75,16 +76,7 @@ def comparison_view(run_ids: list[int], live: bool) -> None:
     speed(runs, metrics, epochs, step_times)
     inference(runs)
 
-    st.subheader("Memory and CPU")
-    if samples.empty:
-        st.info("No system samples recorded for these runs.", icon=":material/info:")
-    else:
-        left, right = st.columns(2)
-        left.plotly_chart(charts.samples_vs_time(samples, runs, "rss", "Host memory (resident set)", "MiB",
-                                                 charts.MIB, source="host"), key="chart_rss")
-        right.plotly_chart(charts.samples_vs_time(samples, runs, "cpu_percent", "CPU use of the run's process",
-                                                  "% of one core", source="host"), key="chart_cpu")
-        gpu_charts(samples, runs)
+    memory_charts.section(samples, steps, epoch_peaks, runs)
 
     st.subheader("Summary")
     st.table(summary.summary_table(runs, metrics))
@@ -149,20 +141,6 @@ def throughput_headline(runs: Sequence[Run], metrics: dict[int, dict[str, list[f
                                                   key=lambda item: -item[1])
     st.markdown(f"**{framework_label(fast)}** trained **{fast_rate / slow_rate:.2f}×** as many samples per second "
                 f"as {framework_label(slow)} ({fast_rate:,.0f} vs {slow_rate:,.0f}, medians over epochs).")
-
-
-def gpu_charts(samples, runs: Sequence[Run]) -> None:
-    """GPU memory charts, only when NVML or a framework allocator reported any."""
-    left, right = st.columns(2)
-    if (samples["source"] == "nvml").any():
-        left.plotly_chart(charts.gpu_memory(samples[samples["source"] == "nvml"], runs), key="chart_gpu_memory")
-        if (samples["name"] == "gpu_utilization").any():
-            right.plotly_chart(charts.samples_vs_time(samples, runs, "gpu_utilization", "GPU utilisation (NVML)",
-                                                      "%", source="nvml"), key="chart_gpu_util")
-    allocator = samples[samples["source"].isin(FRAMEWORKS) & (samples["name"] == "allocated")]
-    if not allocator.empty:
-        st.plotly_chart(charts.samples_vs_time(allocator, runs, "allocated", "Allocated by the framework's GPU "
-                                               "allocator", "MiB", charts.MIB), key="chart_allocator")
 
 
 common.ensure_router()

@@ -219,7 +219,7 @@ def what_was_compared(runs: Sequence[Run]) -> None:
                        icon=":material/timer:")
         unfinished = [run for run in runs if run.status != FINISHED]
         if unfinished:
-            st.caption("Not finished: " + ", ".join(f"#{run.id} is {run.status} (epoch {run.epoch}/"
+            st.caption("Not finished: " + ", ".join(f"#{run.id} {common.status_words(run)} (epoch {run.epoch}/"
                                                    f"{run.total_epochs})" for run in unfinished)
                        + ". Their curves end where they stopped.")
         st.markdown(METHOD)
@@ -252,11 +252,17 @@ def _and(words: list[str]) -> str:
 
 
 def concurrent_training_s(runs: Sequence[Run]) -> float:
-    """Longest time two of the runs trained at once on the same machine (they shared its CPU/GPU)."""
+    """Longest time two of the runs trained at once on one device of one machine (they shared it).
+
+    Runs the scheduler placed on different GPUs did not share a device and are not counted.
+    """
     longest = 0.0
     for i, a in enumerate(runs):
         for b in runs[i + 1:]:
             if a.started_at is None or b.started_at is None or a.hostname != b.hostname:
+                continue
+            on_gpus = {a.placed_device, b.placed_device} - {None, "cpu"}
+            if len(on_gpus) == 2:
                 continue
             now = common.utc_now()
             overlap = (min(a.finished_at or now, b.finished_at or now) - max(a.started_at, b.started_at))

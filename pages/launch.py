@@ -8,8 +8,10 @@ from engine.catalog import (
     DATASETS, FRAMEWORKS, LAYOUTS, MODE_LABELS, MODELS, MODES, OPTIMIZERS, PRECISIONS, SYNTHETIC_DEFAULT_SIZE,
     default_mode, framework_label,
 )
+from engine import devices
 from engine.devices import check_available
-from engine.launch import queue_runs, start_runner
+from engine.launch import launch
+from engine.scheduler import cpu_slots, runs_per_gpu
 from engine.spec import RunSpec, SpecError
 from pages import common
 from pages.launch_plan import PRECISION_LABELS, build_matrix, describe_matrix, data_files_note, run_names, \
@@ -27,11 +29,9 @@ def framework_choice_label(choice: str) -> str:
 
 
 def launch_matrix(specs: list[RunSpec]) -> tuple[list[int], str | None]:
-    """Queue the specs as one group and start a detached runner for each; (run ids, group tag)."""
+    """Queue the specs as one group and wake the scheduler, which places them; (run ids, group tag)."""
     sessions = common.sessions()
-    run_ids = queue_runs(sessions, specs)
-    for run_id in run_ids:
-        start_runner(sessions, run_id, common.db_url())
+    run_ids = launch(sessions, specs, common.db_url())
     with sessions.begin() as s:
         return run_ids, queries.get_run(s, run_ids[0]).group_tag
 
@@ -85,8 +85,11 @@ with st.container(border=True):
     seeds_text = c2.text_input("Seeds", value="0", key="seeds",
                                help="One seed (0), a range (0-4) or a list (0, 3, 7): one run per seed and setting. "
                                     "A seed fixes the data split, the sample order and the initial weights.")
-    settings["device"] = c3.selectbox("Device", common.device_choices(), key="device",
-                                      help="auto: a GPU when the framework finds one, otherwise the CPU.")
+    device_labels = devices.device_labels()
+    settings["device"] = c3.selectbox("Device", list(device_labels), key="device", format_func=device_labels.get,
+                                      help="auto: the scheduler places the run on a free GPU (the CPU on a machine "
+                                           "without one). Pin a GPU or the CPU to wait for that device. "
+                                           "See Devices for what is busy.")
     c1, c2, _ = st.columns(3)
     settings["max_steps_per_epoch"] = int(c1.number_input(
         "Max steps per epoch", min_value=0, value=0, step=1, key=f"{prefix}.max_steps",
@@ -146,6 +149,21 @@ with st.container(border=True):
                  "after every epoch).")
     else:
         c3.caption("Time to target needs a classification dataset.")
+    c1, c2, c3 = st.columns(3)
+    settings["sample_hz"] = float(c1.number_input(
+        "Memory samples per second", min_value=0.0, max_value=100.0, value=10.0, step=1.0, format="%g",
+        key="sample_hz", help="How often the runner reads NVML, the framework allocator and the host (RSS, CPU). "
+                              "Exact per-epoch peaks come from the allocators' own counters either way; 0 turns "
+                              "the trace off."))
+    settings["tf_memory_growth"] = c2.toggle(
+        "TensorFlow memory growth", value=True, key="tf_memory_growth", disabled="tensorflow" not in frameworks,
+        help="On: TensorFlow takes GPU memory as it needs it, comparable with PyTorch's caching allocator. "
+             "Off: TensorFlow's own default, reserving nearly the whole GPU at start.")
+    c2.caption("GPU only; recorded on the run.")
+    settings["on_divergence"] = c3.radio(
+        "NaN or infinite loss", ("stop", "continue"), horizontal=True, key="on_divergence",
+        format_func={"stop": "Stop the run", "continue": "Note it, keep training"}.get,
+        help="Either way the run ends as diverged, with the step where the loss stopped being finite.")
 
 if synthetic:
     with st.container(border=True):
@@ -199,9 +217,12 @@ if launched:
     group = st.session_state.get(LAUNCHED_GROUP_KEY)
     what = f"{len(launched)} runs {run_names(launched)} as group `{group}`" if len(launched) > 1 else \
         f"run {run_names(launched)}"
-    order = "one after the other" if len(launched) > 1 else "in its own process"
-    st.success(f"Queued {what}. They train in the background, {order}; follow them live.",
-               icon=":material/check_circle:")
+    try:
+        capacity = f"{runs_per_gpu()} per GPU, {cpu_slots()} at a time on the CPU"
+    except ValueError as exc:
+        capacity = f"but the scheduler cannot place runs: {exc}"
+    st.success(f"Queued {what}. The scheduler places each on a free device ({capacity}); each trains in its "
+               "own process in the background. Follow them live.", icon=":material/check_circle:")
     c1, c2, _ = st.columns([1, 1, 3])
     with c1:
         st.page_link(common.RUNS_PAGE, label="Follow on Runs", icon=":material/table_rows:",

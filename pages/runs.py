@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from db import queries
-from db.models import FAILED, Run
+from db.models import DIVERGED, FAILED, QUEUED, Run
 from engine.catalog import framework_label
 from engine.launch import reap, stop_run
 from pages import common
@@ -19,15 +19,20 @@ CONFIRM_DELETE_KEY = "runs_confirm_delete"
 FAILURES_SHOWN = 5
 ROWS_SHOWN = 15  # rows in view before the table scrolls
 ROW_HEIGHT_PX = 35
+ENDED_EARLY = (FAILED, DIVERGED)  # statuses whose error is worth reading
 
 COLUMNS = {
     "id": st.column_config.NumberColumn("Run", format="#%d", width=60),
-    "status": st.column_config.TextColumn("Status", width=95),
+    "status": st.column_config.TextColumn("Status", width=150, help="Failed runs say why when Arena can tell "
+                                                                     "(out of memory); diverged: the loss became "
+                                                                     "NaN or infinite"),
     "framework": st.column_config.TextColumn("Framework", width=95),
     "experiment": st.column_config.TextColumn("Model / data", width=120),
     "mode": st.column_config.TextColumn("Mode", width=70, help="How the training step ran (eager, graph, "
                                                                 "compiled, xla)"),
     "precision": st.column_config.TextColumn("Precision", width=70),
+    "device": st.column_config.TextColumn("Device", width=120, help="Where the scheduler placed the run; a queued "
+                                                                    "run waits for the device it asked for"),
     "epochs": st.column_config.TextColumn("Epoch", width=65),
     "progress": st.column_config.ProgressColumn("Progress", min_value=0, max_value=100, format="%.0f%%",
                                                 color="green", width=110,
@@ -55,16 +60,18 @@ def result_text(metrics: dict[str, list[float]]) -> str:
 
 def runs_table(runs: Sequence[Run], metrics: dict[int, dict[str, list[float]]], now: datetime) -> pd.DataFrame:
     """One row per run, newest first, in display units."""
+    queued_ids = [run.id for run in runs if run.status == QUEUED]
     rows = []
     for run in runs:
         values = metrics.get(run.id, {})
         rows.append({
             "id": run.id,
-            "status": common.status_badge(run.status),
+            "status": common.status_text(run),
             "framework": framework_label(run.framework),
             "experiment": f"{run.model} / {run.dataset}",
             "mode": common.run_mode(run),
             "precision": common.run_precision(run),
+            "device": common.device_text(run, queued_ids),
             "epochs": f"{run.epoch}/{run.total_epochs}",
             "progress": 100 * common.progress_fraction(run),
             "eta": common.format_duration(common.eta_s(run, now)) if run.status == "running" else "",
@@ -73,7 +80,7 @@ def runs_table(runs: Sequence[Run], metrics: dict[int, dict[str, list[float]]], 
             "train_loss": common.last(values, "train_loss"),
             "throughput": _rounded(common.median(values, "samples_per_s")),
             "created": pd.Timestamp(run.created_at, tz="UTC"),
-            "error": common.error_summary(run.error) if run.status == FAILED else "",
+            "error": common.error_summary(run.error) if run.status in ENDED_EARLY else "",
         })
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
@@ -85,10 +92,15 @@ def _rounded(value):
 def styled(table: pd.DataFrame):
     """Framework in its chart colour (one colour per framework everywhere), status in its own."""
     framework_colours = {framework_label(fw): colour for fw, colour in common.FRAMEWORK_COLORS.items()}
-    status_colours = {common.status_badge(s): colour for s, colour in common.STATUS_COLORS.items()}
     return (table.style
             .map(lambda label: f"color: {framework_colours.get(label, '')}; font-weight: 600", subset=["framework"])
-            .map(lambda badge: f"color: {status_colours.get(badge, '')}", subset=["status"]))
+            .map(lambda text: f"color: {_status_colour(text)}", subset=["status"]))
+
+
+def _status_colour(text: str) -> str:
+    """The colour of a status cell ("✗ failed · out of memory" is a failed one)."""
+    words = text.split(" ")
+    return common.STATUS_COLORS.get(words[1] if len(words) > 1 else "", "")
 
 
 def selection_default(runs: Sequence[Run]) -> dict:
@@ -113,7 +125,7 @@ def actions(sessions, selected: list[Run]) -> None:
             stopped = stop_run(sessions, run.id)
             st.toast(f"Asked run #{run.id} to stop." if stopped else f"Run #{run.id} had already ended.")
     if done and row.button(f"Delete {len(done)}…", icon=":material/delete:",
-                           help="Only finished and failed runs can be deleted; stop active ones first."):
+                           help="Only runs that have ended can be deleted; stop active ones first."):
         st.session_state[CONFIRM_DELETE_KEY] = [run.id for run in done]
 
 
@@ -143,19 +155,24 @@ def confirm_delete(sessions) -> None:
 
 
 def failures(runs: Sequence[Run]) -> None:
-    """The latest failed runs: the error's last line in view, the whole traceback one click away."""
-    failed = [run for run in runs if run.status == FAILED]
+    """The latest failed and diverged runs: the error's last line in view, the whole traceback one click away."""
+    failed = [run for run in runs if run.status in ENDED_EARLY]
     if not failed:
         return
     st.subheader("Failures")
     for run in failed[:FAILURES_SHOWN]:
-        with st.expander(f":red[**#{run.id} {framework_label(run.framework)} {run.model}/{run.dataset}**] — "
-                         f"{common.escape_markdown(common.error_summary(run.error))}", icon=":material/error:"):
+        colour = "violet" if run.status == DIVERGED else "red"
+        words = common.status_words(run)
+        ended = "" if words == run.status else f"{words}: "  # "failed · out of memory: ", "diverged at step 12: "
+        with st.expander(f":{colour}[**#{run.id} {framework_label(run.framework)} {run.model}/{run.dataset}**] — "
+                         f"{common.escape_markdown(ended + common.error_summary(run.error))}",
+                         icon=":material/error:"):
             st.code(run.error or "no error text was recorded", language=None)
             if run.log_path:
                 st.caption(f"Runner log: `{run.log_path}`")
     if len(failed) > FAILURES_SHOWN:
-        st.caption(f"{len(failed) - FAILURES_SHOWN} older failed runs: their last error line is in the table.")
+        st.caption(f"{len(failed) - FAILURES_SHOWN} older failed or diverged runs: their last error line is in the "
+                   "table.")
 
 
 def panel(live: bool) -> None:

@@ -75,7 +75,7 @@ def _duration(seconds: Any) -> Optional[str]:
 
 # Row label -> reader(run, per-epoch metrics) -> text or None; rows no run has are dropped.
 ROWS: dict[str, Callable[[Run, Metrics], Optional[str]]] = {
-    "status": lambda run, v: common.status_badge(run.status),
+    "status": lambda run, v: common.status_text(run),
     # How it ran
     "mode": lambda run, v: rs.mode_text(run),
     "precision (compute dtype)": lambda run, v: rs.precision_text(run),

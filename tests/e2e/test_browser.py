@@ -95,7 +95,8 @@ def test_launch_a_run_watch_it_finish_and_compare_it(dashboard, page):
 
     base, db_url = dashboard
     page.goto(base)
-    expect(page.get_by_role("heading", name="Launch", exact=True)).to_be_visible()
+    # The first script run of a fresh server imports plotly, pandas and the engine: allow a cold start.
+    expect(page.get_by_role("heading", name="Launch", exact=True)).to_be_visible(timeout=30_000)
 
     # A tiny PyTorch run: 1 epoch of 5 steps.
     page.get_by_text("PyTorch", exact=True).click()

@@ -62,3 +62,41 @@ def test_runs_of_one_framework_keep_its_colour_and_vary_the_dash():
 def test_error_summary_is_the_last_non_empty_line():
     assert common.error_summary("Traceback\n  File x\nValueError: bad\n\n") == "ValueError: bad"
     assert common.error_summary(None) == ""
+
+
+@pytest.mark.parametrize("values, words, text", [
+    (dict(status="finished"), "finished", "✓ finished"),
+    (dict(status="failed", reason="error"), "failed", "✗ failed"),  # a plain error adds nothing to "failed"
+    (dict(status="failed", reason="out_of_memory"), "failed · out of memory", "✗ failed · out of memory"),
+    (dict(status="diverged", reason="non_finite_loss", summary={"diverged_at_step": 12}), "diverged at step 12",
+     "△ diverged at step 12"),
+    (dict(status="diverged", reason="non_finite_loss"), "diverged", "△ diverged"),
+])
+def test_status_says_why_a_run_ended_early(values, words, text):
+    run = make_run(**values)
+    assert common.status_words(run) == words
+    assert common.status_text(run) == text
+    assert common.run_label(run).endswith(f"({words})")
+
+
+def test_diverged_has_its_own_colour():
+    colours = [common.status_color(s) for s in ("queued", "running", "finished", "failed", "diverged")]
+    assert len(set(colours)) == 5
+
+
+@pytest.mark.parametrize("values, text", [
+    (dict(status="running", placed_device="cuda:1"), "cuda:1"),
+    (dict(status="queued", placed_device="cuda:0"), "starting on cuda:0"),
+    (dict(id=7, status="queued"), "waiting for a free device (2nd in queue)"),  # spec device "auto"
+    (dict(id=9, status="queued", spec={"device": "cuda:1"}), "waiting for cuda:1 (3rd in queue)"),
+    (dict(status="finished", environment={"device": "cpu"}), "cpu"),  # stored before placement existed
+    (dict(status="failed"), ""),
+])
+def test_device_text_says_where_a_run_is_or_what_it_waits_for(values, text):
+    assert common.device_text(make_run(**values), queued_ids=[9, 4, 7]) == text
+
+
+@pytest.mark.parametrize("n, text", [(1, "1st"), (2, "2nd"), (3, "3rd"), (4, "4th"), (11, "11th"), (12, "12th"),
+                                     (13, "13th"), (21, "21st"), (112, "112th")])
+def test_ordinal(n, text):
+    assert common.ordinal(n) == text

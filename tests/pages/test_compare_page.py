@@ -33,6 +33,11 @@ def stored(url: str, run_id: int):
         return run
 
 
+def summary_table(at):
+    """The per-run summary table (the memory section's peaks table comes before it)."""
+    return next(table.value for table in at.table if "status" in table.value.index)
+
+
 def text_of(at) -> str:
     return "\n".join(e.value for kind in ("markdown", "subheader", "success", "warning", "info", "caption")
                      for e in getattr(at, kind))
@@ -54,7 +59,7 @@ def test_a_fair_pair_gets_every_chart_in_its_framework_colour(runs_db, open_page
     specs = chart_specs(at)
     assert {"chart_loss_step", "chart_accuracy", "chart_test_loss", "chart_train_loss", "chart_throughput",
             "chart_epoch_time", "chart_warmup", "chart_step_time_box", "chart_step_time", "chart_inference_bs1",
-            "chart_inference_bsN", "chart_rss", "chart_cpu"} <= set(specs)
+            "chart_inference_bsN", "chart_memory", "chart_cpu"} <= set(specs)
     loss_traces = [t for t in specs["chart_loss_step"]["data"] if t.get("showlegend") is not False]
     colours = {trace["name"].split()[-1]: trace["line"]["color"] for trace in loss_traces}
     assert colours == {"PyTorch": FRAMEWORK_COLORS["torch"], "TensorFlow": FRAMEWORK_COLORS["tensorflow"]}
@@ -72,7 +77,7 @@ def test_what_was_compared_says_only_the_framework_differs(runs_db, open_page):
     assert "first step" in text and "warm-up steps" in text and "same initial weights" in text and "1e-8" in text
     assert "as many samples per second as" in text
     assert not at.warning
-    summary = at.table[0].value
+    summary = summary_table(at)
     assert list(summary.columns) == sorted(summary.columns, key=lambda name: int(name.split()[0][1:]))
     assert {"test accuracy", "throughput (median)", "first step (excluded)", "parameters",
             "framework version", "device", "mode", "precision (compute dtype)"} <= set(summary.index)
@@ -167,7 +172,7 @@ def test_inference_latency_is_charted_at_batch_1_and_the_training_batch_size(run
 def test_summary_shows_how_each_run_ran_and_its_speed_in_detail(runs_db, open_page):
     at = open_page(COMPARE_PAGE, runs=f"{runs_db.torch_id},{runs_db.tensorflow_id}")
 
-    summary = at.table[0].value
+    summary = summary_table(at)
     assert {"mode", "precision (compute dtype)", "layout", "TF32", "deterministic", "same initial weights",
             "compile time (first step − median step)", "first step (excluded)", "steady samples/s",
             "step time p50", "step time p95", "step time p99", "time to target", "inference batch 1 p50",

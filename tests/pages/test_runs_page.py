@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from db import queries
+from db.models import DIVERGED, NON_FINITE_LOSS, OUT_OF_MEMORY
 from db.session import make_sessionmaker
 from engine.launch import launch
 from engine.spec import RunSpec
@@ -45,6 +46,36 @@ def test_failed_run_shows_its_last_error_line_and_full_traceback(runs_db, open_p
     assert len(failures) == 1
     assert "train\\_loss became nan" in failures[0].label  # markdown-escaped in the label
     assert "Traceback (most recent call last)" in failures[0].code[0].value
+
+
+def test_statuses_say_why_runs_ended_and_the_device_column_where_they_run_or_wait(arena_db, open_page,
+                                                                                   monkeypatch):
+    monkeypatch.setenv("ARENA_SCHEDULER", "off")  # made-up runs: a watching dashboard must leave the queue alone
+    sessions = make_sessionmaker(arena_db)
+    with sessions.begin() as s:
+        def new(device: str = "auto") -> int:
+            spec = RunSpec.with_model_defaults("torch", "mlp", "digits", epochs=2, device=device)
+            return queries.create_run(s, spec.to_dict()).id
+        finished, oom, diverged = new("cuda:0"), new(), new()
+        queries.update_run(s, finished, status="finished", placed_device="cuda:0")
+        queries.fail_run(s, oom, "Traceback\ntorch.OutOfMemoryError: CUDA out of memory.", reason=OUT_OF_MEMORY)
+        queries.fail_run(s, diverged, "FloatingPointError: train_loss became nan at step 7",
+                         summary={"diverged_at_step": 7}, reason=NON_FINITE_LOSS, status=DIVERGED)
+        waiting_gpu, waiting_any, starting = new("cuda:1"), new(), new()
+        queries.update_run(s, starting, placed_device="cpu")
+    at = open_page(RUNS_PAGE)
+
+    table = at.dataframe[0].value.set_index("id")
+    assert table.loc[oom, "status"] == "✗ failed · out of memory"
+    assert table.loc[diverged, "status"] == "△ diverged at step 7"
+    assert table.loc[diverged, "error"] == "FloatingPointError: train_loss became nan at step 7"
+    assert table.loc[finished, "device"] == "cuda:0"
+    assert table.loc[waiting_gpu, "device"] == "waiting for cuda:1 (1st in queue)"
+    assert table.loc[waiting_any, "device"] == "waiting for a free device (2nd in queue)"
+    assert table.loc[starting, "device"] == "starting on cpu"
+    labels = [e.label for e in at.expander]  # markdown-escaped
+    assert any(f"#{diverged} " in label and "diverged at step 7\\: FloatingPointError" in label for label in labels)
+    assert any(f"#{oom} " in label and "failed · out of memory\\: torch" in label for label in labels)
 
 
 def test_runs_from_the_url_are_selected_and_lead_to_compare(runs_db, open_page):
