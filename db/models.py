@@ -14,6 +14,7 @@ STATUSES = (QUEUED, RUNNING, FINISHED, FAILED, DIVERGED)
 ACTIVE_STATUSES = (QUEUED, RUNNING)
 # Why a run failed, when Arena can tell (Run.reason): results worth comparing, not just errors.
 OUT_OF_MEMORY, NON_FINITE_LOSS, ERROR = "out_of_memory", "non_finite_loss", "error"
+RUN_NAME_MAX, TAG_MAX, TAGS_MAX = 200, 64, 32  # characters of a name, of one tag; tags per run
 
 
 class Base(DeclarativeBase):
@@ -49,11 +50,18 @@ class Run(Base):
     placed_device: Mapped[Optional[str]] = mapped_column(String(32))
     # Why a failed/diverged run ended: out_of_memory, non_finite_loss, error (None while active or finished).
     reason: Mapped[Optional[str]] = mapped_column(String(32))
+    # What the user calls the run, and what they noted and tagged it with (Runs page, CLI).
+    name: Mapped[Optional[str]] = mapped_column(String(RUN_NAME_MAX))
+    notes: Mapped[Optional[str]] = mapped_column(Text)
+    tags: Mapped[Optional[list[str]]] = mapped_column(JSON)
 
     metrics: Mapped[list["MetricPoint"]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True
     )
     samples: Mapped[list["SystemSample"]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", passive_deletes=True
+    )
+    tensor_stats: Mapped[list["TensorStat"]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True
     )
 
@@ -95,6 +103,35 @@ class SystemSample(Base):
     run: Mapped[Run] = relationship(back_populates="samples")
 
     __table_args__ = (Index("ix_system_samples_run_source_name_time", "run_id", "source", "name", "time"),)
+
+
+class TensorStat(Base):
+    """Statistics of one layer's weights or gradients at the end of one epoch.
+
+    Layers are named the same in both frameworks (the model's own layer names), so a layer of a
+    PyTorch run can be set beside the same layer of a TensorFlow run.
+    """
+
+    __tablename__ = "tensor_stats"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    epoch: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)  # optimizer steps done when the statistics were taken
+    layer: Mapped[str] = mapped_column(String(128))  # e.g. "dense_1.kernel"
+    kind: Mapped[str] = mapped_column(String(8))  # weight | grad
+    numel: Mapped[int] = mapped_column(Integer)
+    norm: Mapped[Optional[float]] = mapped_column(Float)  # L2; NULL when not finite
+    mean: Mapped[Optional[float]] = mapped_column(Float)
+    std: Mapped[Optional[float]] = mapped_column(Float)
+    min: Mapped[Optional[float]] = mapped_column(Float)
+    max: Mapped[Optional[float]] = mapped_column(Float)
+    # {"edges": [b0, ..., bN], "counts": [c1, ..., cN]}: a histogram of the finite values.
+    histogram: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+
+    run: Mapped[Run] = relationship(back_populates="tensor_stats")
+
+    __table_args__ = (Index("ix_tensor_stats_run_epoch", "run_id", "epoch"),)
 
 
 class SchedulerLease(Base):

@@ -16,10 +16,14 @@ from db.models import (
     FINISHED,
     QUEUED,
     RUNNING,
+    RUN_NAME_MAX,
+    TAG_MAX,
+    TAGS_MAX,
     MetricPoint,
     Run,
     SchedulerLease,
     SystemSample,
+    TensorStat,
 )
 
 # Metric names recorded once per optimizer step start with this prefix; the rest are per epoch.
@@ -71,6 +75,47 @@ def list_runs(
     if limit:
         query = query.limit(limit)
     return list(s.scalars(query))
+
+
+# Names, notes and tags -----------------------------------------------------------------------
+def clean_name(name: Optional[str]) -> Optional[str]:
+    """A run name as stored: stripped, None when empty; ValueError naming it when too long."""
+    name = (name or "").strip()
+    if len(name) > RUN_NAME_MAX:
+        raise ValueError(f"run name {name[:40]!r}... is {len(name)} characters long; the limit is {RUN_NAME_MAX}")
+    return name or None
+
+
+def clean_tags(tags: Iterable[str]) -> list[str]:
+    """Tags as stored: stripped, de-duplicated in order; ValueError naming a tag that is too long or odd."""
+    cleaned: list[str] = []
+    for tag in tags:
+        if not isinstance(tag, str):
+            raise ValueError(f"tag {tag!r} is not text")
+        tag = tag.strip()
+        if not tag or tag in cleaned:
+            continue
+        if len(tag) > TAG_MAX:
+            raise ValueError(f"tag {tag[:40]!r}... is {len(tag)} characters long; the limit is {TAG_MAX}")
+        if "," in tag:
+            raise ValueError(f"tag {tag!r} contains a comma; commas separate tags")
+        cleaned.append(tag)
+    if len(cleaned) > TAGS_MAX:
+        raise ValueError(f"{len(cleaned)} tags given; a run holds at most {TAGS_MAX}")
+    return cleaned
+
+
+def annotate_run(s: Session, run_id: int, *, name: Any = ..., notes: Any = ..., tags: Any = ...) -> None:
+    """Rename a run, set its notes or its tags (only the ones given); values are validated first."""
+    values: dict[str, Any] = {}
+    if name is not ...:
+        values["name"] = clean_name(name)
+    if notes is not ...:
+        values["notes"] = (notes or "").strip() or None
+    if tags is not ...:
+        values["tags"] = clean_tags(tags or []) or None
+    if values:
+        s.execute(update(Run).where(Run.id == run_id).values(**values))
 
 
 def set_launch_info(s: Session, run_id: int, pid: int, hostname: str, log_path: str) -> None:
@@ -202,6 +247,7 @@ def delete_run(s: Session, run_id: int) -> None:
     """Delete a run and its points (no active run: stop it first)."""
     s.execute(delete(MetricPoint).where(MetricPoint.run_id == run_id))
     s.execute(delete(SystemSample).where(SystemSample.run_id == run_id))
+    s.execute(delete(TensorStat).where(TensorStat.run_id == run_id))
     s.execute(delete(Run).where(Run.id == run_id))
 
 
@@ -221,6 +267,25 @@ def add_system_samples(s: Session, rows: Iterable[dict[str, Any]]) -> None:
         s.execute(insert(SystemSample.__table__), rows)
 
 
+def add_tensor_stats(s: Session, rows: Iterable[dict[str, Any]]) -> None:
+    """Bulk insert per-layer statistics: dicts with the TensorStat columns (run_id, epoch, layer ...)."""
+    rows = list(rows)
+    if rows:
+        s.execute(insert(TensorStat.__table__), rows)
+
+
+TENSOR_STAT_COLUMNS = ["run_id", "epoch", "step", "layer", "kind", "numel", "norm", "mean", "std", "min", "max",
+                       "histogram"]
+
+
+def tensor_stat_frame(s: Session, run_ids: Sequence[int], with_histograms: bool = True) -> pd.DataFrame:
+    """Per-layer weight/gradient statistics of some runs, one row per (run, epoch, layer, kind)."""
+    columns = [getattr(TensorStat, name) for name in TENSOR_STAT_COLUMNS if with_histograms or name != "histogram"]
+    query = (select(*columns).where(TensorStat.run_id.in_(list(run_ids)))
+             .order_by(TensorStat.run_id, TensorStat.epoch, TensorStat.id))
+    return pd.DataFrame(s.execute(query).all(), columns=[column.key for column in columns])
+
+
 def metric_frame(s: Session, run_ids: Sequence[int], names: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """Metric points of some runs as a DataFrame (run_id, name, step, epoch, wall_time, value)."""
     query = select(
@@ -232,6 +297,12 @@ def metric_frame(s: Session, run_ids: Sequence[int], names: Optional[Sequence[st
     query = query.order_by(MetricPoint.run_id, MetricPoint.name, MetricPoint.step, MetricPoint.id)
     rows = s.execute(query).all()
     return pd.DataFrame(rows, columns=["run_id", "name", "step", "epoch", "wall_time", "value"])
+
+
+def metric_names(s: Session, run_ids: Sequence[int]) -> list[str]:
+    """Every metric name some of the runs recorded, sorted."""
+    query = select(MetricPoint.name).where(MetricPoint.run_id.in_(list(run_ids))).distinct()
+    return sorted(s.scalars(query))
 
 
 def sample_frame(

@@ -28,6 +28,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._metrics: list[dict[str, Any]] = []
         self._samples: list[dict[str, Any]] = []
+        self._tensor_stats: list[dict[str, Any]] = []
         self._progress: Optional[tuple[int, int]] = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"recorder-{run_id}", daemon=True)
@@ -61,6 +62,12 @@ class Recorder:
                 for t, src, name, value, unit in rows
             )
 
+    def tensor_stats(self, rows: list[dict[str, Any]]) -> None:
+        """Add per-layer statistics: dicts with epoch, step, layer, kind, numel, norm, mean, std, min, max,
+        histogram (TensorStat's columns but run_id)."""
+        with self._lock:
+            self._tensor_stats.extend({**row, "run_id": self.run_id} for row in rows)
+
     # Lifecycle --------------------------------------------------------------------------
     def start(self) -> "Recorder":
         self._thread.start()
@@ -78,6 +85,7 @@ class Recorder:
         with self._lock:
             metrics, self._metrics = self._metrics, []
             samples, self._samples = self._samples, []
+            tensor_stats, self._tensor_stats = self._tensor_stats, []
             progress = self._progress
         values: dict[str, Any] = {"heartbeat_at": queries.utcnow()}
         if progress is not None:
@@ -86,12 +94,14 @@ class Recorder:
             with self._sessions.begin() as s:
                 queries.add_metric_points(s, metrics)
                 queries.add_system_samples(s, samples)
+                queries.add_tensor_stats(s, tensor_stats)
                 queries.update_run(s, self.run_id, **values)
         except Exception:
             # Keep the rows for the next attempt rather than dropping recorded points.
             with self._lock:
                 self._metrics[:0] = metrics
                 self._samples[:0] = samples
+                self._tensor_stats[:0] = tensor_stats
             raise
 
     def _run(self) -> None:
