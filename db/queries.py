@@ -8,6 +8,7 @@ import pandas as pd
 from sqlalchemy import case, delete, insert, select, update
 from sqlalchemy.orm import Session
 
+from db import chunks
 from db.models import (
     ACTIVE_STATUSES,
     ERROR,
@@ -19,6 +20,7 @@ from db.models import (
     RUN_NAME_MAX,
     TAG_MAX,
     TAGS_MAX,
+    MetricChunk,
     MetricPoint,
     Run,
     SchedulerLease,
@@ -246,18 +248,27 @@ def fail_run(s: Session, run_id: int, error: str, summary: Optional[dict[str, An
 def delete_run(s: Session, run_id: int) -> None:
     """Delete a run and its points (no active run: stop it first)."""
     s.execute(delete(MetricPoint).where(MetricPoint.run_id == run_id))
+    s.execute(delete(MetricChunk).where(MetricChunk.run_id == run_id))
     s.execute(delete(SystemSample).where(SystemSample.run_id == run_id))
     s.execute(delete(TensorStat).where(TensorStat.run_id == run_id))
     s.execute(delete(Run).where(Run.id == run_id))
 
 
 def add_metric_points(s: Session, rows: Iterable[dict[str, Any]]) -> None:
-    """Bulk insert metric points: dicts with run_id, name, step, epoch, wall_time, value."""
-    rows = list(rows)
-    if rows:
+    """Store metric points: dicts with run_id, name, step, epoch, wall_time, value.
+
+    Per-step series ("step/..." names) go into packed chunks, one per series per call; per-epoch
+    values into rows of their own. Either way metric_frame gives every point back.
+    """
+    per_step, per_epoch = [], []
+    for row in rows:
+        (per_step if row["name"].startswith(STEP_PREFIX) else per_epoch).append(row)
+    if per_step:
+        s.execute(insert(MetricChunk.__table__), chunks.pack(per_step))
+    if per_epoch:
         # Core executemany on the table: the ORM's per-row bookkeeping held the GIL long enough
         # to stall eager PyTorch steps during every flush (bench/loop_overhead.py).
-        s.execute(insert(MetricPoint.__table__), rows)
+        s.execute(insert(MetricPoint.__table__), per_epoch)
 
 
 def add_system_samples(s: Session, rows: Iterable[dict[str, Any]]) -> None:
@@ -287,22 +298,46 @@ def tensor_stat_frame(s: Session, run_ids: Sequence[int], with_histograms: bool 
 
 
 def metric_frame(s: Session, run_ids: Sequence[int], names: Optional[Sequence[str]] = None) -> pd.DataFrame:
-    """Metric points of some runs as a DataFrame (run_id, name, step, epoch, wall_time, value)."""
+    """Metric points of some runs as a DataFrame (run_id, name, step, epoch, wall_time, value).
+
+    Ordered by run, name and step; every stored point, per-step and per-epoch, NaN where a
+    non-finite value was recorded.
+    """
+    run_ids = [int(i) for i in run_ids]
+    if not run_ids:
+        return pd.DataFrame(columns=chunks.FRAME_COLUMNS)
     query = select(
         MetricPoint.run_id, MetricPoint.name, MetricPoint.step, MetricPoint.epoch,
         MetricPoint.wall_time, MetricPoint.value,
-    ).where(MetricPoint.run_id.in_(list(run_ids)))
+    ).where(MetricPoint.run_id.in_(run_ids))
+    chunk_query = select(
+        MetricChunk.run_id, MetricChunk.name, MetricChunk.count, MetricChunk.steps, MetricChunk.epochs,
+        MetricChunk.wall_times, MetricChunk.values,
+    ).where(MetricChunk.run_id.in_(run_ids))
     if names:
         query = query.where(MetricPoint.name.in_(list(names)))
+        chunk_query = chunk_query.where(MetricChunk.name.in_(list(names)))
     query = query.order_by(MetricPoint.run_id, MetricPoint.name, MetricPoint.step, MetricPoint.id)
-    rows = s.execute(query).all()
-    return pd.DataFrame(rows, columns=["run_id", "name", "step", "epoch", "wall_time", "value"])
+    rows = pd.DataFrame(s.execute(query).all(), columns=chunks.FRAME_COLUMNS)
+    rows["value"] = rows["value"].astype(float)  # NULL (how SQLite stores a NaN) becomes NaN
+    packed = chunks.unpack(s.execute(chunk_query.order_by(
+        MetricChunk.run_id, MetricChunk.name, MetricChunk.first_step, MetricChunk.id)).all())
+    if packed.empty:
+        return rows
+    packed["name"] = packed["name"].astype(object)
+    if rows.empty:
+        return packed
+    # Both are ordered; merged, a stable sort keeps points recorded at one step in their order.
+    frame = pd.concat([rows, packed], ignore_index=True)
+    return frame.sort_values(["run_id", "name", "step"], kind="stable", ignore_index=True)
 
 
 def metric_names(s: Session, run_ids: Sequence[int]) -> list[str]:
     """Every metric name some of the runs recorded, sorted."""
-    query = select(MetricPoint.name).where(MetricPoint.run_id.in_(list(run_ids))).distinct()
-    return sorted(s.scalars(query))
+    ids = list(run_ids)
+    names = set(s.scalars(select(MetricPoint.name).where(MetricPoint.run_id.in_(ids)).distinct()))
+    names.update(s.scalars(select(MetricChunk.name).where(MetricChunk.run_id.in_(ids)).distinct()))
+    return sorted(names)
 
 
 def sample_frame(
