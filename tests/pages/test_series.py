@@ -1,0 +1,359 @@
+"""pages/series.py: x axes, TensorBoard smoothing, min/max downsampling, seed groups, bands and speed ratios."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pages import series
+
+SPEC = {"framework": "torch", "model": "mlp", "dataset": "digits", "epochs": 3, "lr": 1e-3, "seed": 0,
+        "device": "auto", "mode": "eager"}
+
+
+def tensorboard_ema(values: list[float], weight: float) -> list[float]:
+    """TensorBoard's smoothing loop (vz_line_chart2), transcribed."""
+    last, accumulated, out = 0.0, 0, []
+    constant = all(v == values[0] for v in values)
+    for value in values:
+        if constant or not math.isfinite(value):
+            out.append(value)
+            continue
+        last = last * weight + (1 - weight) * value
+        accumulated += 1
+        out.append(last / (1 - weight ** accumulated))
+    return out
+
+
+def student_t_cdf(t: float, dof: int) -> float:
+    """P(T <= t) by integrating Student's t density numerically: a check independent of any table."""
+    grid = np.linspace(0.0, t, 400_001)
+    log_norm = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
+    density = np.exp(log_norm - (dof + 1) / 2 * np.log1p(grid ** 2 / dof))
+    return 0.5 + float(np.trapezoid(density, grid))
+
+
+def points(run_id: int, name: str, values, wall_start: float = 1_700_000_000.0, epoch_len: int = 10) -> pd.DataFrame:
+    steps = np.arange(1, len(values) + 1)
+    return pd.DataFrame({"run_id": run_id, "name": name, "step": steps, "epoch": (steps - 1) // epoch_len + 1,
+                         "wall_time": wall_start + 0.5 * steps, "value": np.asarray(values, dtype=float)})
+
+
+def test_importing_series_imports_neither_streamlit_nor_plotly():
+    check = "import sys, pages.series; print(sorted({'streamlit', 'plotly'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60,
+                            cwd=Path(series.__file__).resolve().parents[1])
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
+# x axes ----------------------------------------------------------------------------------------
+
+def test_x_values_on_every_axis_and_relative_time_from_the_first_point_or_a_given_start():
+    run = points(1, "step/train_loss", [3.0, 2.0, 1.0]).iloc[::-1]  # first point is not the first row
+    assert series.x_values(run, "step").tolist() == [3, 2, 1]
+    assert series.x_values(run, "epoch").tolist() == [1, 1, 1]
+    assert series.x_values(run, "wall_time").tolist() == [1_700_000_001.5, 1_700_000_001.0, 1_700_000_000.5]
+    assert series.x_values(run, "relative_time").tolist() == [1.0, 0.5, 0.0]
+    assert series.x_values(run, "relative_time", run_start=1_700_000_000.0).tolist() == [1.5, 1.0, 0.5]
+    with pytest.raises(ValueError, match="x_axis='time'"):
+        series.x_values(run, "time")
+
+
+# EMA -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("weight", [0.3, 0.6, 0.95, 0.999])
+def test_ema_matches_tensorboards_loop_and_passes_non_finite_values_through(weight):
+    rng = np.random.default_rng(1)
+    values = rng.normal(2.0, 0.5, 5000)
+    values[[0, 17, 18, 4000]] = np.nan
+    values[[300, 4999]] = [np.inf, -np.inf]
+    smoothed = series.ema(values, weight)
+    expected = np.array(tensorboard_ema(values.tolist(), weight))
+    np.testing.assert_allclose(smoothed, expected, rtol=1e-12, atol=0)
+    finite = np.isfinite(values)
+    assert np.isnan(smoothed[[0, 17, 18, 4000]]).all() and smoothed[300] == np.inf and smoothed[4999] == -np.inf
+    assert np.isfinite(smoothed[finite]).all()  # the infinities did not leak into the average
+
+
+def test_ema_with_weight_zero_or_a_constant_series_returns_the_input_and_rejects_bad_weights():
+    values = np.array([1.0, np.nan, 3.0])
+    np.testing.assert_array_equal(series.ema(values, 0.0), values)
+    np.testing.assert_array_equal(series.ema(np.full(1000, 0.1), 0.9), np.full(1000, 0.1))
+    assert series.ema(np.array([]), 0.5).size == 0
+    for weight in (-0.1, 1.0, 2.0):
+        with pytest.raises(ValueError, match=f"weight={weight!r}"):
+            series.ema(values, weight)
+
+
+# Downsampling ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("n, max_points", [(100_000, 2000), (12_345, 500), (2001, 2000), (50_000, 11)])
+def test_downsample_keeps_a_random_spike_the_minimum_and_both_ends_within_max_points(seed, n, max_points):
+    rng = np.random.default_rng(seed)
+    x = np.arange(n, dtype=float)
+    y = rng.normal(0.0, 1.0, n)
+    spike, dip = rng.choice(n, 2, replace=False)
+    y[spike], y[dip] = 50.0, -50.0
+    kept_x, kept_y = series.downsample(x, y, max_points)
+    assert len(kept_x) <= max_points
+    assert kept_y.max() == 50.0 and kept_x[kept_y.argmax()] == spike
+    assert kept_y.min() == -50.0 and kept_x[kept_y.argmin()] == dip
+    assert kept_x[0] == 0 and kept_x[-1] == n - 1
+    assert (np.diff(kept_x) > 0).all()
+    np.testing.assert_array_equal(kept_y, y[kept_x.astype(int)])  # real points, not averages
+
+
+def test_downsample_keeps_each_buckets_min_and_max():
+    y = np.tile([0.0, 5.0, -5.0, 1.0], 500)  # every 4-point stretch has one max and one min
+    x = np.arange(len(y))
+    kept_x, kept_y = series.downsample(x, y, 1000)
+    assert (kept_y == 5.0).sum() >= 400 and (kept_y == -5.0).sum() >= 400
+    assert len(kept_x) <= 1000
+
+
+def test_downsample_lets_non_finite_values_survive():
+    n = 100_000
+    x, y = np.arange(n, dtype=float), np.linspace(1.0, 0.0, n)
+    y[[7, 12_345, 12_346]] = np.nan  # isolated divergence spikes, one of them two points long
+    y[90_000:] = np.nan  # and the run diverging for good
+    y[50_000] = np.inf
+    kept_x, kept_y = series.downsample(x, y, 2000)
+    assert len(kept_x) <= 2000
+    assert {7, 12_345, 50_000, 90_000} <= set(kept_x[~np.isfinite(kept_y)].astype(int))
+    assert kept_y[kept_x == 50_000][0] == np.inf
+    assert kept_y[np.isfinite(kept_y)].max() == y[0] and kept_x[-1] == n - 1
+
+
+def test_downsample_returns_short_series_as_is_sorts_unsorted_x_and_rejects_bad_input():
+    x, y = np.array([3.0, 1.0, 2.0]), np.array([0.3, 0.1, 0.2])
+    same_x, same_y = series.downsample(x, y)
+    assert same_x is x and same_y.tolist() == [0.3, 0.1, 0.2]
+    rng = np.random.default_rng(3)
+    x = rng.permutation(10_000).astype(float)
+    kept_x, kept_y = series.downsample(x, x * 2, 100)
+    assert (np.diff(kept_x) > 0).all() and kept_x[0] == 0 and kept_x[-1] == 9_999
+    np.testing.assert_array_equal(kept_y, kept_x * 2)
+    with pytest.raises(ValueError, match="max_points=3"):
+        series.downsample(x, x, 3)
+    with pytest.raises(ValueError, match=r"\(10000,\) and \(5,\)"):
+        series.downsample(x, x[:5])
+
+
+# prepare ---------------------------------------------------------------------------------------
+
+def test_prepare_smooths_the_full_series_then_downsamples_raw_and_smoothed_together():
+    rng = np.random.default_rng(4)
+    loss = np.exp(-np.arange(20_000) / 5000) + rng.normal(0, 0.05, 20_000)
+    loss[7_777] = 9.0  # a raw spike
+    loss[15_000] = np.nan  # a non-finite step
+    frame = pd.concat([points(1, "step/train_loss", loss, epoch_len=1000),
+                       points(1, "train_loss", [1.0, 0.5]), points(2, "step/train_loss", loss[:500] * 2)])
+    prepared = series.prepare(frame, "step", smoothing=0.9, max_points=500)
+
+    assert list(prepared.columns) == series.PREPARED_COLUMNS
+    one = prepared[(prepared.run_id == 1) & (prepared.name == "step/train_loss")]
+    full_smoothed = series.ema(loss, 0.9)
+    assert len(one) <= 500 and one.x.is_monotonic_increasing and one.x.tolist() == one.step.tolist()
+    np.testing.assert_array_equal(one.smoothed, full_smoothed[one.step - 1])  # smoothed before downsampling
+    np.testing.assert_array_equal(one.value.dropna(), loss[one.step - 1][np.isfinite(loss[one.step - 1])])
+    assert one.value.max() == 9.0 and 15_001 in one.step.tolist()  # step = index + 1
+    assert one.smoothed.max() == np.nanmax(full_smoothed) and one.smoothed.min() == np.nanmin(full_smoothed)
+    assert one.epoch.tolist() == ((one.step - 1) // 1000 + 1).tolist()
+    # Short series come through whole, raw and smoothed.
+    epochs = prepared[prepared.name == "train_loss"]
+    assert epochs.value.tolist() == [1.0, 0.5]
+    assert epochs.smoothed.tolist() == pytest.approx([1.0, (0.9 * 0.1 * 1.0 + 0.1 * 0.5) / (1 - 0.9 ** 2)])
+    assert (prepared[prepared.run_id == 2].value.to_numpy() == loss[:500] * 2).all()
+
+
+def test_prepare_orders_a_shuffled_frame_and_gives_the_same_result_as_a_sorted_one():
+    rng = np.random.default_rng(5)
+    frame = pd.concat([points(run, name, rng.normal(size=3000)) for run in (3, 1) for name in ("b", "a")])
+    prepared = series.prepare(frame, "step", smoothing=0.5, max_points=200)
+    shuffled = series.prepare(frame.sample(frac=1.0, random_state=0), "step", smoothing=0.5, max_points=200)
+    pd.testing.assert_frame_equal(prepared.sort_values(["run_id", "name", "x"]).reset_index(drop=True),
+                                  shuffled.reset_index(drop=True))
+    assert list(dict.fromkeys(zip(shuffled.run_id, shuffled.name))) == [(1, "a"), (1, "b"), (3, "a"), (3, "b")]
+
+
+def test_prepare_relative_time_starts_each_run_at_its_first_point_over_all_its_series():
+    frame = pd.concat([points(1, "step/train_loss", [3.0, 2.0, 1.0], wall_start=1000.0),
+                       points(1, "train_loss", [2.0], wall_start=1001.0),
+                       points(2, "step/train_loss", [3.0, 2.0], wall_start=5000.0)])
+    prepared = series.prepare(frame, "relative_time")
+    assert prepared.x.tolist() == [0.0, 0.5, 1.0, 1.0, 0.0, 0.5]
+    assert series.prepare(frame, "wall_time").x.tolist()[:3] == [1000.5, 1001.0, 1001.5]
+    # A run's recorded start (its started_at) wins where the page knows it.
+    started = series.prepare(frame, "relative_time", starts={1: 999.5, 2: None, 8: 0.0})
+    assert started.x.tolist() == [1.0, 1.5, 2.0, 2.0, 0.0, 0.5]
+
+
+def test_prepare_of_an_empty_frame_and_bad_arguments():
+    empty = points(1, "x", [])
+    assert list(series.prepare(empty, "step").columns) == series.PREPARED_COLUMNS
+    with pytest.raises(ValueError, match="smoothing=1.0"):
+        series.prepare(empty, "step", smoothing=1.0)
+    with pytest.raises(ValueError, match="x_axis='steps'"):
+        series.prepare(empty, "steps")
+
+
+def test_prepare_sends_at_most_max_points_per_series_for_20_runs_of_100k_points():
+    rng = np.random.default_rng(6)
+    n, runs = 100_000, 20
+    frame = pd.DataFrame({"run_id": np.repeat(np.arange(1, runs + 1), n),
+                          "name": np.array(["step/train_loss"] * (n * runs), dtype=object),
+                          "step": np.tile(np.arange(1, n + 1), runs), "epoch": np.tile(np.arange(n) // 1000 + 1, runs),
+                          "wall_time": np.tile(1.7e9 + 0.01 * np.arange(n), runs), "value": rng.random(n * runs)})
+    prepared = series.prepare(frame, "step", smoothing=0.6)  # its speed is bench/compare_prep.py's to measure
+    assert prepared.groupby("run_id").size().max() <= series.MAX_POINTS
+    assert set(prepared["run_id"]) == set(range(1, runs + 1))
+
+
+# Seed groups -----------------------------------------------------------------------------------
+
+def test_seed_groups_group_runs_that_differ_only_by_seed_name_notes_or_tags():
+    specs = {
+        7: {**SPEC, "seed": 0}, 3: {**SPEC, "seed": 1, "name": "mine", "tags": ["x"]}, 9: {**SPEC, "seed": 2},
+        4: {**SPEC, "seed": 0, "lr": 1e-2}, 5: {**SPEC, "seed": 1, "lr": 1e-2},
+        6: {**SPEC, "seed": 0, "device": "cpu"},  # device pinning changes speed: not the same experiment
+        1: {**SPEC, "framework": "tensorflow", "mode": "graph"},
+    }
+    assert series.seed_groups(specs) == [[3, 7, 9], [4, 5]]
+    assert series.seed_group_key({**SPEC, "seed": 4}) == series.seed_group_key(dict(reversed({**SPEC}.items())))
+    assert '"seed"' not in series.seed_group_key(SPEC) and series.seed_groups({1: SPEC}) == []
+
+
+# Bands -----------------------------------------------------------------------------------------
+
+def test_group_band_on_shared_steps_matches_a_hand_computation():
+    x = np.array([1, 2, 3])
+    members = [(x, np.array([1.0, 2.0, 3.0])), (x, np.array([3.0, 4.0, np.nan])), (x, np.array([2.0, 9.0, 5.0]))]
+    std = series.group_band(members, "std")
+    assert std.x.tolist() == [1, 2, 3] and std.n.tolist() == [3, 3, 2]
+    assert std["mean"].tolist() == pytest.approx([2.0, 5.0, 4.0])
+    # step 1: values 1, 2, 3 -> std 1; step 3: 3 and 5 -> std sqrt(2)
+    assert (std.hi - std["mean"]).tolist() == pytest.approx([1.0, math.sqrt(13.0), math.sqrt(2.0)])
+    ci = series.group_band(members, "ci95")
+    assert (ci.hi - ci["mean"]).tolist() == pytest.approx(
+        [4.3027 * 1 / math.sqrt(3), 4.3027 * math.sqrt(13.0) / math.sqrt(3), 12.7062 * math.sqrt(2.0) / math.sqrt(2)],
+        rel=1e-4)
+    assert (ci["mean"] - ci.lo).tolist() == pytest.approx((ci.hi - ci["mean"]).tolist())
+
+
+def test_group_band_ci_narrows_as_seeds_are_added_and_uses_students_t():
+    rng = np.random.default_rng(7)
+    x = np.arange(100)
+    widths, previous = {}, math.inf
+    for n in (2, 3, 5, 10, 31, 41, 121):
+        members = [(x, rng.normal(0.0, 1.0, 100)) for _ in range(n)]
+        band = series.group_band(members, "ci95")
+        values = np.vstack([y for _, y in members])
+        t = (band.hi - band["mean"]).to_numpy() / (values.std(axis=0, ddof=1) / math.sqrt(n))
+        np.testing.assert_allclose(t, t[0], rtol=1e-9)
+        assert student_t_cdf(t[0], n - 1) == pytest.approx(0.975, abs=2e-5)
+        widths[n] = float((band.hi - band.lo).mean())
+        assert widths[n] < previous
+        previous = widths[n]
+
+
+def test_group_band_interpolates_over_the_shared_time_range_and_counts_finite_members():
+    a = (np.array([0.0, 10.0, 20.0]), np.array([0.0, 10.0, 20.0]))
+    b = (np.array([2.0, 12.0]), np.array([4.0, 24.0]))  # y = 2x
+    c = (np.array([0.0, 5.0, 30.0]), np.array([1.0, np.nan, 1.0]))  # diverged between 0 and 30
+    band = series.group_band([a, b, c], grid_points=11)
+    assert band.x.tolist() == pytest.approx(np.linspace(2.0, 12.0, 11).tolist())
+    assert band.n.tolist() == [2] * 11
+    assert band["mean"].tolist() == pytest.approx((1.5 * np.linspace(2.0, 12.0, 11)).tolist())
+    with pytest.raises(ValueError, match="latest start 100 > earliest end 20"):
+        series.group_band([a, c, (np.array([100.0, 200.0]), np.array([1.0, 1.0]))])
+
+
+def test_group_band_of_a_long_run_keeps_its_extremes_within_grid_points():
+    rng = np.random.default_rng(8)
+    x = np.arange(50_000)
+    members = [(x, rng.normal(0.0, 1.0, 50_000)) for _ in range(3)]
+    members[1][1][31_337] = 40.0
+    band = series.group_band(members, "std", grid_points=1000)
+    full = series.group_band(members, "std", grid_points=100_000)
+    assert len(band) <= 1000 and len(full) == 50_000
+    assert band.hi.max() == full.hi.max() and band.lo.min() == full.lo.min()
+    assert band["mean"].max() == full["mean"].max() and 31_337 in band.x.tolist()
+    with pytest.raises(ValueError, match="how='sem'"):
+        series.group_band(members, "sem")
+    with pytest.raises(ValueError, match="no member"):
+        series.group_band([])
+
+
+# Ratios ----------------------------------------------------------------------------------------
+
+def test_bootstrap_ratio_covers_the_true_ratio_and_narrows_with_more_samples():
+    rng = np.random.default_rng(9)
+    few = rng.normal(150.0, 10.0, 5), rng.normal(100.0, 10.0, 5)
+    many = rng.normal(150.0, 10.0, 200), rng.normal(100.0, 10.0, 200)
+    ratio, lo, hi = series.bootstrap_ratio(*few)
+    assert ratio == pytest.approx(few[0].mean() / few[1].mean()) and lo < 1.5 < hi
+    ratio_many, lo_many, hi_many = series.bootstrap_ratio(*many)
+    assert lo_many < 1.5 < hi_many and lo_many <= ratio_many <= hi_many
+    assert hi_many - lo_many < (hi - lo) / 3  # sqrt(200 / 5) ~ 6x narrower
+    assert series.bootstrap_ratio(*many) == (ratio_many, lo_many, hi_many)  # fixed seed, same answer
+    median = series.bootstrap_ratio(*many, statistic="median")
+    assert median[0] == pytest.approx(np.median(many[0]) / np.median(many[1])) and median[1] < 1.5 < median[2]
+
+
+def test_bootstrap_ratio_resamples_long_inputs_in_bounded_chunks(monkeypatch):
+    monkeypatch.setattr(series, "BOOT_CHUNK_VALUES", 5_000)  # 50 resamples of 100 values per chunk
+    rng = np.random.default_rng(10)
+    a, b = rng.normal(120.0, 5.0, 100), rng.normal(100.0, 5.0, 100)
+    ratio, lo, hi = series.bootstrap_ratio(a, b, n_boot=1234)
+    assert lo < ratio < hi and lo < 1.2 < hi
+
+
+def test_bootstrap_ratio_resamples_long_autocorrelated_series_in_blocks():
+    rng = np.random.default_rng(11)
+    n, phi = 100_000, 0.9  # correlated over ~10 steps: iid resampling would be ~4x too narrow
+    noise = rng.normal(0.0, 1.0, (2, n))
+    drift = np.zeros((2, n))  # AR(1): each step's rate leans on the last, as on a shared machine
+    for i in range(1, n):
+        drift[:, i] = phi * drift[:, i - 1] + noise[:, i]
+    a, b = 120.0 + drift[0], 100.0 + drift[1]
+    ratio, lo, hi = series.bootstrap_ratio(a, b)
+    assert ratio == pytest.approx(a.mean() / b.mean()) and lo < 1.2 < hi
+    # Resampling single steps would give about 2 * 1.96 * 1.2 * sqrt(2) * sd / sqrt(n) / 100 wide.
+    naive_width = 2 * 1.96 * 1.2 * math.sqrt(2) * drift.std() / math.sqrt(n) / 100.0
+    assert hi - lo > 3 * naive_width
+
+
+def test_bootstrap_ratio_names_an_empty_group_and_drops_non_finite_values():
+    with pytest.raises(ValueError, match="group b is empty: 1 values given"):
+        series.bootstrap_ratio(np.array([1.0, 2.0]), np.array([np.nan]))
+    with pytest.raises(ValueError, match="group a is empty: 0 values"):
+        series.bootstrap_ratio(np.array([]), np.array([1.0]))
+    with pytest.raises(ValueError, match="statistic='max'"):
+        series.bootstrap_ratio(np.array([1.0]), np.array([1.0]), statistic="max")
+    assert series.bootstrap_ratio(np.array([2.0, np.nan, 2.0]), np.array([1.0, np.inf])) == (2.0, 2.0, 2.0)
+
+
+@pytest.mark.parametrize("args, sentence", [
+    (("PyTorch eager", "TensorFlow graph", 1.42, 1.37, 1.48, 5, 5),
+     "PyTorch eager is 1.42× TensorFlow graph, 95% CI 1.37–1.48×, 5 seeds each"),
+    (("PyTorch eager", "TensorFlow graph", 1 / 1.18, 1 / 1.25, 1 / 1.1, 5, 3),
+     "TensorFlow graph is 1.18× PyTorch eager, 95% CI 1.10–1.25×, 3 and 5 seeds"),
+    (("PyTorch eager", "TensorFlow graph", 1.03, 0.97, 1.09, 5, 3),
+     "PyTorch eager is 1.03× TensorFlow graph, 95% CI 0.97–1.09×, 5 and 3 seeds — no clear difference"),
+    (("A", "B", 0.95, 0.9, 1.02, 1_200, 1_200, "steps"),
+     "B is 1.05× A, 95% CI 0.98–1.11×, 1,200 steps each — no clear difference"),
+    (("A", "B", 2.0, 1.5, 2.5, 1, 1), "A is 2.00× B, 95% CI 1.50–2.50×, 1 seed each"),
+])
+def test_ratio_sentence_names_the_faster_side_first(args, sentence):
+    assert series.ratio_sentence(*args) == sentence
+
+
+def test_ratio_sentence_rejects_a_ratio_that_is_not_positive():
+    with pytest.raises(ValueError, match="ratio=0.0"):
+        series.ratio_sentence("A", "B", 0.0, 0.1, 0.2, 2, 2)
