@@ -1,4 +1,4 @@
-"""`python -m engine {run,runs,models,scheduler,parity,download}`: Arena from the command line, through the same runner path."""
+"""`python -m engine {run,runs,models,scheduler,export,parity,download}`: Arena from the command line, through the same runner path."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,7 @@ from db.models import ACTIVE_STATUSES, FINISHED
 from db.session import make_sessionmaker
 from engine import PROJECT_ROOT, child_env, datafiles, devices
 from engine.catalog import DATASETS, FRAMEWORKS, LAYOUTS, MODELS, MODES, OPTIMIZERS, PRECISIONS, framework_label
+from engine.export import FORMATS as EXPORT_FORMATS, open_tensorboard_command, write_export
 from engine.launch import default_url_for, queue_runs, reap, stop_run
 from engine.scheduler import LEASE_NAME, cpu_slots, ensure_running, runs_per_gpu, scheduling_enabled
 from engine.matrix import expand, parse_seeds
@@ -82,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     scheduler.add_argument("--interval", type=float, default=1.0, help="seconds between passes (default 1)")
     _common(scheduler)
 
+    export = sub.add_parser(
+        "export", help="write runs with every recorded point (no downsampling) as CSV, JSON or TensorBoard files",
+        description="csv: a zip of runs.csv, metrics.csv, samples.csv, tensor_stats.csv; json: one document; "
+                    "tensorboard: a zip with one log directory per run (unzip it, then tensorboard --logdir).")
+    export.add_argument("run_ids", nargs="+", type=_positive_int, metavar="RUN_ID", help="as `runs` lists them")
+    export.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    export.add_argument("--out", required=True,
+                        help="file to write, or a directory to write it into (named like arena-runs-3-4.csv.zip)")
+    _common(export)
+
     # Their own parsers live with their code; listed here so `--help` shows them.
     for name, text in (("parity", "same weights, one batch, both frameworks: max |difference| of outputs and "
                                   "gradients"),
@@ -122,6 +133,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return cmd_runs(args)
     if args.command == "scheduler":
         return cmd_scheduler(args)
+    if args.command == "export":
+        return cmd_export(args)
     return cmd_models(args)
 
 
@@ -262,6 +275,27 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         pass
     finally:
         scheduler.stop()
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the runs in one format; exit 2 naming a run that does not exist or a path that cannot be written."""
+    sessions = make_sessionmaker(default_url_for(args.db))
+    try:
+        path = write_export(sessions, args.run_ids, args.format, args.out)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot write {args.out!r}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    size = path.stat().st_size
+    print(f"exported run{'s' if len(args.run_ids) > 1 else ''} {', '.join(map(str, args.run_ids))} as "
+          f"{args.format} to {path} ({size:,} bytes)", file=sys.stderr)
+    if args.format == "tensorboard":
+        print(f"  open it: {open_tensorboard_command(path)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"path": str(path), "format": args.format, "run_ids": args.run_ids, "bytes": size}))
     return 0
 
 
