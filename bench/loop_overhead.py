@@ -104,6 +104,9 @@ class _EpochTimes:
     def progress(self, epoch: int, step: int) -> None:
         pass
 
+    def tensor_stats(self, rows: list[dict]) -> None:
+        pass
+
 
 def _engine_spec(framework: str, model: str, mode: str, epochs: int):
     from engine.spec import RunSpec

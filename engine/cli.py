@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="TensorFlow: grow GPU memory as needed (on, default) or reserve nearly all of it (off)")
     run.add_argument("--on-divergence", choices=("stop", "continue"),
                      help="a NaN/inf loss ends the run as diverged (stop, default) or is noted and training goes on")
+    run.add_argument("--layer-stats", choices=("on", "off"),
+                     help="weight and gradient statistics per layer at each epoch's end (on, default)")
+    run.add_argument("--histogram-bins", type=int, help="bins of each layer's weight/gradient histogram (default 30)")
     run.add_argument("--max-steps-per-epoch", type=int)
     run.add_argument("--noise", type=float, help="powerlaw: std of Gaussian noise on targets")
     run.add_argument("--synthetic-shape", help="synthetic datasets: '32x32x3' (images) or '64' (sequence length)")
@@ -153,6 +156,7 @@ def build_specs(args: argparse.Namespace) -> list[RunSpec]:
         synthetic_classes=args.synthetic_classes, synthetic_size=args.synthetic_size, sample_hz=args.sample_hz,
         tf_memory_growth=None if args.tf_memory_growth is None else args.tf_memory_growth == "on",
         on_divergence=args.on_divergence,
+        layer_stats=None if args.layer_stats is None else args.layer_stats == "on", histogram_bins=args.histogram_bins,
     )
     return expand(base, frameworks, args.mode, args.precision or ["fp32"], seeds)
 

@@ -9,6 +9,7 @@ from typing import Optional, Protocol
 from engine import inference
 from engine.backends.base import Backend
 from engine.data import Dataset, epoch_order
+from engine.layer_stats import layer_rows
 from engine.spec import RunSpec
 from engine.weights import initial_weights, parameter_count
 
@@ -30,6 +31,8 @@ class MetricSink(Protocol):
     def step_metrics(self, name: str, points: list[tuple[int, int, float, float]]) -> None: ...
     def epoch_metrics(self, epoch: int, step: int, metrics: dict[str, float]) -> None: ...
     def progress(self, epoch: int, step: int) -> None: ...
+    # rows: engine.layer_stats.layer_rows, per-layer statistics of one epoch
+    def tensor_stats(self, rows: list[dict]) -> None: ...
 
 
 def steps_per_epoch(spec: RunSpec, train_size: int) -> int:
@@ -76,7 +79,9 @@ def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, mete
 
     A NaN/inf loss raises Diverged (spec.on_divergence "stop") or is noted in the summary as
     diverged_at_step and training goes on ("continue"). The meter, when given, adds exact
-    per-epoch memory peaks and energy to the epoch metrics.
+    per-epoch memory peaks and energy to the epoch metrics. With spec.layer_stats, per-layer
+    statistics go to the sink after every epoch, outside every timer and memory meter, and of the
+    initial weights as epoch 0; their cost is the summary's layer_stats_s.
     """
     input_shape = tuple(data.x_train.shape[1:])
     weights = initial_weights(spec.model, input_shape, data.num_outputs, spec.seed) if spec.same_init else None
@@ -93,6 +98,14 @@ def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, mete
     steady_samples, steady_s, train_total_s = 0, 0.0, 0.0
     energy_j, energy_samples = 0.0, 0
     target = spec.target_accuracy
+
+    # The run's first training batch: the same samples in both frameworks, every epoch.
+    first_batch = epoch_order(n_train, spec.seed, 1)[:batch]
+    stats_batch = (data.x_train[first_batch], data.y_train[first_batch])
+    if spec.layer_stats:
+        # Epoch 0 without gradients: a forward and backward pass before the first step would warm up
+        # the kernels that step uses and make its time, the compile estimate, look shorter.
+        summary["layer_stats_s"] = _record_layer_stats(spec, backend, sink, None, 0, 0)
 
     def diverged(step: int, name: str, value: float) -> None:
         if "diverged_at_step" not in summary:
@@ -159,6 +172,8 @@ def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, mete
         metrics.update(backend.evaluate(data.x_test, data.y_test, EVAL_BATCH_SIZE))
         if meter is not None:
             metrics.update(meter.end())
+        if spec.layer_stats:
+            summary["layer_stats_s"] += _record_layer_stats(spec, backend, sink, stats_batch, epoch, global_step)
         if "phi_true" in data.info:
             metrics["phi_true"] = data.info["phi_true"]  # the target, plotted beside the estimate
         sink.epoch_metrics(epoch, global_step, metrics)
@@ -183,6 +198,20 @@ def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, mete
     if spec.inference_iters:
         summary.update(inference.benchmark(backend, data.x_test, data.y_test, batch, spec.inference_iters))
     return summary
+
+
+def _record_layer_stats(spec: RunSpec, backend: Backend, sink: MetricSink, batch: Optional[tuple], epoch: int,
+                        step: int) -> float:
+    """Send per-layer statistics of the weights and (batch given) their gradients to the sink; return the seconds spent.
+
+    The gradient is taken on one fixed batch at the current weights, not averaged over the epoch:
+    with the same weights both frameworks then differentiate the same function at the same point.
+    """
+    start = time.perf_counter()
+    weights = backend.named_parameters_canonical()
+    grads = backend.fixed_batch_gradients(*batch) if batch is not None else []
+    sink.tensor_stats(layer_rows(epoch, step, weights, grads, spec.histogram_bins))
+    return time.perf_counter() - start
 
 
 def _timing_summary(spec: RunSpec, step_times: list[float], steady_samples: int, steady_s: float) -> dict:

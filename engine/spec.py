@@ -16,6 +16,7 @@ _SEQUENCE_SHAPE_PATTERN = re.compile(r"^(\d+)$")
 MAX_SAMPLE_HZ = 100.0  # beyond it sampling costs the training loop more than it tells
 DIVERGENCE_ACTIONS = ("stop", "continue")
 MAX_SYNTHETIC_VALUES = 2_000_000_000  # samples x values per sample: beyond it the arrays do not fit in memory
+MAX_HISTOGRAM_BINS = 200  # per tensor, kind and epoch in the database: more would not be readable anyway
 
 
 class SpecError(ValueError):
@@ -70,6 +71,9 @@ class RunSpec:
     tf_memory_growth: bool = True
     # A NaN or infinite loss ends the run as "diverged" ("stop") or is noted and training goes on ("continue").
     on_divergence: str = "stop"
+    # Per-layer weight and gradient statistics (norms, histograms) at every epoch end, timed apart from training.
+    layer_stats: bool = True
+    histogram_bins: int = 30  # equal-width bins between a tensor's min and max
 
     def __post_init__(self) -> None:
         _check_choice("framework", self.framework, FRAMEWORKS)
@@ -104,7 +108,7 @@ class RunSpec:
             raise SpecError("mode", self.mode, f"{self.framework} runs in {', '.join(MODES[self.framework])}")
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("layout", self.layout, LAYOUTS)
-        for name in ("tf32", "deterministic", "same_init", "tf_memory_growth"):
+        for name in ("tf32", "deterministic", "same_init", "tf_memory_growth", "layer_stats"):
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(name, getattr(self, name), "expected true or false")
         _check_int("warmup_steps", self.warmup_steps, low=0, high=100_000)
@@ -122,6 +126,7 @@ class RunSpec:
         if self.sample_hz > MAX_SAMPLE_HZ:
             raise SpecError("sample_hz", self.sample_hz, f"must be <= {MAX_SAMPLE_HZ:g} (0 turns sampling off)")
         _check_choice("on_divergence", self.on_divergence, DIVERGENCE_ACTIONS)
+        _check_int("histogram_bins", self.histogram_bins, low=1, high=MAX_HISTOGRAM_BINS)
 
     def _check_synthetic(self) -> None:
         _check_int("synthetic_classes", self.synthetic_classes, low=2, high=1000)

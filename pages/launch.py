@@ -164,6 +164,10 @@ with st.container(border=True):
         "NaN or infinite loss", ("stop", "continue"), horizontal=True, key="on_divergence",
         format_func={"stop": "Stop the run", "continue": "Note it, keep training"}.get,
         help="Either way the run ends as diverged, with the step where the loss stopped being finite.")
+    settings["layer_stats"] = c1.toggle(
+        "Layer statistics", value=True, key="layer_stats",
+        help="At the start and after every epoch: each layer's weights and its gradient on one fixed batch (norms, "
+             "histograms), compared on Compare. Timed apart: not in epoch time or throughput.")
 
 if synthetic:
     with st.container(border=True):

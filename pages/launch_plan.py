@@ -19,7 +19,8 @@ FIELD_LABELS = {
     "tf32": "TF32", "layout": "Layout", "deterministic": "Deterministic", "same_init": "Same initial weights",
     "warmup_steps": "Warm-up steps", "target_accuracy": "Target accuracy", "inference_iters": "Inference iterations",
     "synthetic_shape": "Input shape", "synthetic_classes": "Classes", "synthetic_size": "Training samples",
-    "matrix": "Runs in the matrix",
+    "matrix": "Runs in the matrix", "sample_hz": "Samples per second", "tf_memory_growth": "TF memory growth",
+    "on_divergence": "On a non-finite loss", "layer_stats": "Layer statistics", "histogram_bins": "Histogram bins",
 }
 PRECISION_LABELS = {"fp32": "fp32", "mixed": "mixed (bf16 or fp16)"}
 

@@ -51,6 +51,18 @@ class Backend(ABC):
         """One forward pass in inference mode and the run's execution mode, on device inputs."""
 
     @abstractmethod
+    def named_parameters_canonical(self) -> list[tuple[str, np.ndarray]]:
+        """Every trainable tensor as (canonical name, float32 array in the canonical layout), in weights.py's order."""
+
+    @abstractmethod
+    def fixed_batch_gradients(self, x: np.ndarray, y: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """Loss gradients on one host batch at the current weights, named and ordered as named_parameters_canonical.
+
+        Inference mode (dropout off, batch norm on its moving statistics): no random mask differs
+        between the frameworks, and no optimizer step or moving-statistics update happens.
+        """
+
+    @abstractmethod
     def synchronize(self) -> None:
         """Wait until all queued device work is done, so a timer reads real elapsed time."""
 

@@ -13,6 +13,7 @@ import keras
 from engine.backends import tensorflow_models
 from engine.backends.base import Backend, exception_chain
 from engine.catalog import DATASETS, MODELS
+from engine.weights import layer_shapes, trainable
 
 
 # TensorFlow raises tf.errors.ResourceExhaustedError when an allocation fails, on the CPU as on a
@@ -55,6 +56,8 @@ class TensorFlowBackend(Backend):
         self.task = task
         self.model_name = spec.model
         self._images = len(input_shape) == 3
+        self._canonical_names = [name for name, _ in layer_shapes(spec.model, input_shape, num_outputs)
+                                 if trainable(name)]
         with tf.device(self._tf_device):
             self.module = tensorflow_models.build_model(
                 spec.model, input_shape, num_outputs,
@@ -87,11 +90,14 @@ class TensorFlowBackend(Backend):
         # A fixed signature with a free batch dimension: a smaller batch does not retrace (XLA still
         # compiles once per concrete shape, which the loop's warm-up absorbs).
         if spec.mode == "eager":
-            self._step, self._predict = self._train_step, self._forward
+            self._step, self._predict, self._gradients = self._train_step, self._forward, self._fixed_batch_gradients
         else:
             jit = spec.mode == "xla"
             self._step = tf.function(self._train_step, input_signature=[input_spec, label_spec], jit_compile=jit)
             self._predict = tf.function(self._forward, input_signature=[input_spec], jit_compile=jit)
+            # Traced (and compiled) on first use, outside the timed epochs.
+            self._gradients = tf.function(self._fixed_batch_gradients, input_signature=[input_spec, label_spec],
+                                          jit_compile=jit)
         return tensorflow_models.trainable_parameter_count(self.module)
 
     def _configure(self, spec) -> None:
@@ -146,6 +152,16 @@ class TensorFlowBackend(Backend):
     def _forward(self, x):
         return self.module(x, training=False)
 
+    def _fixed_batch_gradients(self, x, y):
+        # training=False: dropout off; batch norm normalises with, and does not update, its moving statistics.
+        with tf.GradientTape() as tape:
+            loss = self.loss_fn(y, tf.cast(self.module(x, training=False), tf.float32))
+            scaled = self.optimizer.scale_loss(loss) if self._loss_scaling else loss  # float16: no underflow to zero
+        grads = tape.gradient(scaled, self.module.trainable_variables)
+        if self._loss_scaling:
+            grads = [None if g is None else tf.convert_to_tensor(g) / self.optimizer.dynamic_scale for g in grads]
+        return grads
+
     def train_step(self, x, y):
         with tf.device(self._tf_device):
             return self._step(x, y)
@@ -172,6 +188,17 @@ class TensorFlowBackend(Backend):
     def predict(self, x):
         with tf.device(self._tf_device):
             return self._predict(x)
+
+    def named_parameters_canonical(self):
+        variables = tensorflow_models._variables(self.module)  # the mapping load_canonical uses
+        return [(name, np.asarray(variables[name].numpy(), dtype=np.float32)) for name in self._canonical_names]
+
+    def fixed_batch_gradients(self, x, y):
+        x_batch, y_batch = self.to_device(x, y)
+        with tf.device(self._tf_device):
+            grads = self._gradients(x_batch, y_batch)
+        by_name = tensorflow_models.canonical_gradients(self.module, self.model_name, list(grads))
+        return [(name, by_name[name]) for name in self._canonical_names]
 
     def synchronize(self) -> None:
         # Eager TF ops return when done on CPU; on GPU, pulling a value to the host waits for

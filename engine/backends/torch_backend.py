@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from engine.backends import torch_models
 from engine.backends.base import Backend, exception_chain
 from engine.catalog import MODELS
+from engine.weights import layer_shapes, trainable
 
 
 # What PyTorch raises when an allocation fails, besides torch.OutOfMemoryError (the CUDA caching
@@ -53,6 +54,8 @@ class TorchBackend(Backend):
         self.task = task
         self.model_name = spec.model
         self.module = torch_models.build_model(spec.model, input_shape, num_outputs)
+        self._canonical_names = [name for name, _ in layer_shapes(spec.model, input_shape, num_outputs)
+                                 if trainable(name)]
         if weights is not None:
             torch_models.load_canonical(self.module, spec.model, weights)
         self.module.to(self.device)
@@ -161,6 +164,36 @@ class TorchBackend(Backend):
             self.module.eval()
         with self._autocast():
             return self._forward(x)
+
+    def named_parameters_canonical(self):
+        return self._canonical(lambda parameter: parameter)
+
+    def fixed_batch_gradients(self, x, y):
+        x_batch, y_batch = self.to_device(x, y)
+        parameters = [p for p in self.module.parameters() if p.requires_grad]
+        was_training = self.module.training
+        self.module.eval()  # dropout off; batch norm normalises with, and leaves alone, its running statistics
+        try:
+            # The eager module in compiled mode too: a backward through the eval-mode graph would compile another one.
+            with torch.enable_grad(), self._autocast():
+                loss = self.loss_fn(self.module(x_batch).float(), y_batch)
+            scale = self._scaler.get_scale() if self._scaler is not None else 1.0  # float16: no underflow to zero
+            # autograd.grad fills no .grad: the optimizer's next step cannot see this pass.
+            grads = torch.autograd.grad(loss * scale, parameters, allow_unused=True)
+        finally:
+            self.module.train(was_training)
+        by_parameter = {id(p): torch.zeros_like(p) if g is None else g / scale for p, g in zip(parameters, grads)}
+        return self._canonical(lambda parameter: by_parameter[id(parameter)])
+
+    def _canonical(self, pick) -> list[tuple[str, np.ndarray]]:
+        """pick(parameter) for every trainable canonical tensor, converted to its canonical name and layout."""
+        slots = torch_models._slots(self.module, self.model_name)  # the mapping load_canonical uses
+        tensors = []
+        for name in self._canonical_names:
+            slot = slots[name]
+            value = slot.target(pick(slot.tensor)).detach().float().cpu().numpy()
+            tensors.append((name, np.array(slot.to_canonical(value), dtype=np.float32, order="C")))
+        return tensors
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
