@@ -1,13 +1,28 @@
-"""Runs page: empty state, the live table, failures, and the compare / stop / delete actions."""
+"""Runs page: empty state, the live table, failures, the compare / edit / tag / stop / delete actions."""
 from __future__ import annotations
 
-from db import queries
-from db.models import DIVERGED, NON_FINITE_LOSS, OUT_OF_MEMORY
+import math
+from datetime import timedelta
+
+import pandas as pd
+from sqlalchemy import func, insert, select, text
+
+from db import queries, run_table
+from db.models import DIVERGED, FINISHED, NON_FINITE_LOSS, OUT_OF_MEMORY, QUEUED, RUNNING, Run
 from db.session import make_sessionmaker
 from engine.launch import launch
 from engine.spec import RunSpec
+from pages import common, runs
 from pages.common import RUNS_PAGE
 from tests.pages.helpers import run_status, wait_until
+
+
+def shown(at) -> pd.DataFrame:
+    """The runs table as the page drew it, indexed by run id; the coloured label columns read as text."""
+    table = at.dataframe[0].value.set_index("id")
+    for column in ("framework", "status"):
+        table[column] = [cell[0] for cell in table[column]]
+    return table
 
 
 def test_empty_database_says_there_are_no_runs_and_links_to_launch(arena_db, open_page):
@@ -23,7 +38,7 @@ def test_empty_database_says_there_are_no_runs_and_links_to_launch(arena_db, ope
 def test_table_lists_every_run_with_progress_and_results(runs_db, open_page):
     at = open_page(RUNS_PAGE)
 
-    table = at.dataframe[0].value.set_index("id")
+    table = shown(at)
     assert sorted(table.index) == sorted([runs_db.torch_id, runs_db.tensorflow_id, runs_db.failed_id])
     finished = table.loc[[runs_db.torch_id, runs_db.tensorflow_id]]
     assert list(finished["status"]) == ["✓ finished", "✓ finished"]
@@ -65,7 +80,7 @@ def test_statuses_say_why_runs_ended_and_the_device_column_where_they_run_or_wai
         queries.update_run(s, starting, placed_device="cpu")
     at = open_page(RUNS_PAGE)
 
-    table = at.dataframe[0].value.set_index("id")
+    table = shown(at)
     assert table.loc[oom, "status"] == "✗ failed · out of memory"
     assert table.loc[diverged, "status"] == "△ diverged at step 7"
     assert table.loc[diverged, "error"] == "FloatingPointError: train_loss became nan at step 7"
@@ -87,9 +102,9 @@ def test_runs_from_the_url_are_selected_and_lead_to_compare(runs_db, open_page):
     assert not any(label.startswith("Stop") for label in labels)  # nothing active
     next(b for b in at.button if b.label == "Compare 2 selected").click().run()
 
+    assert not at.exception, [e.value for e in at.exception]
     assert at.title[0].value == "Compare"
-    assert at.multiselect[0].value == ids
-    assert at.query_params["runs"] == f"{ids[0]},{ids[1]}"
+    assert at.query_params["runs"] == f"{ids[0]},{ids[1]}"  # the Compare page picks its runs from the link
 
 
 def test_delete_asks_first_then_removes_the_run(runs_db, open_page):
@@ -124,3 +139,300 @@ def test_stop_button_stops_an_active_run(stop_launched_runs, open_page):
 
     wait_until(lambda: run_status(url, run_id)[0] == "failed", what=f"run {run_id} to stop")
     assert "SIGTERM" in run_status(url, run_id)[1]
+
+
+# Made-up runs ---------------------------------------------------------------------------------
+def made_up(sessions, framework: str = "torch", model: str = "mlp", dataset: str = "digits", *,
+            total_steps: int | None = 40, **values) -> int:
+    """A run stored the way the runner leaves one, without training (ARENA_SCHEDULER=off in the test)."""
+    spec = RunSpec.with_model_defaults(framework, model, dataset, epochs=4, max_steps_per_epoch=10,
+                                       **values.pop("spec", {}))
+    with sessions.begin() as s:
+        run_id = queries.create_run(s, spec.to_dict(), total_steps=total_steps).id
+        if values:
+            queries.update_run(s, run_id, **values)
+    return run_id
+
+
+def epoch_points(run_id: int, **series: list) -> list[dict]:
+    return [dict(run_id=run_id, name=name, step=10 * epoch, epoch=epoch, wall_time=float(epoch), value=value)
+            for name, values in series.items() for epoch, value in enumerate(values, start=1)]
+
+
+def old_table_row(run: Run, metrics: dict, queued_ids: list[int], now) -> dict:
+    """What the table showed for a run before run_table: the per-Run helpers of pages/common.py."""
+    values = metrics.get(run.id, {})
+    accuracy, phi, phi_true = (common.last(values, name) for name in ("test_accuracy", "phi_estimate", "phi_true"))
+    if accuracy is not None:
+        result = f"{common.format_percent(accuracy)} accuracy"
+    elif phi is not None:
+        result = f"φ {phi:.4f}" + (f" (true {phi_true:.4f})" if phi_true is not None else "")
+    else:
+        result = ""
+    throughput = common.median(values, "samples_per_s")
+    return {
+        "status": common.status_text(run), "mode": common.run_mode(run), "precision": common.run_precision(run),
+        "device": common.device_text(run, queued_ids), "epochs": f"{run.epoch}/{run.total_epochs}",
+        "progress": 100 * common.progress_fraction(run),
+        "eta": common.format_duration(common.eta_s(run, now)) if run.status == RUNNING else "",
+        "duration": common.format_duration(common.elapsed_s(run, now)), "result": result,
+        "train_loss": common.last(values, "train_loss"),
+        "throughput": None if throughput is None else round(throughput),
+        "error": common.error_summary(run.error) if run.status in runs.ENDED_EARLY else "",
+    }
+
+
+def test_table_from_the_overview_matches_the_per_run_helpers(arena_db):
+    sessions = make_sessionmaker(arena_db)
+    now = queries.utcnow()
+    started = now - timedelta(seconds=30)
+    ids = [
+        made_up(sessions, status=FINISHED, started_at=started, finished_at=now, placed_device="cuda:0",
+                summary={"mode": "eager"}, epoch=4, step=40),
+        made_up(sessions, "tensorflow", status=RUNNING, started_at=started, epoch=1, step=10, placed_device="cpu",
+                spec={"mode": "xla", "precision": "mixed"}, heartbeat_at=now),
+        made_up(sessions, status=RUNNING, started_at=started, epoch=2, step=25, total_steps=None,
+                environment={"device": "cpu"}, heartbeat_at=now),  # stored before total_steps existed
+        made_up(sessions, status=QUEUED, spec={"device": "cuda:1"}),
+        made_up(sessions, status=QUEUED, placed_device="cpu"),
+        made_up(sessions, status=QUEUED),
+        made_up(sessions, "torch", "powerlaw", "powerlaw", status=FINISHED, started_at=started,
+                finished_at=now, epoch=4, step=40),
+        made_up(sessions, status=RUNNING, total_steps=0, epoch=0, step=0, heartbeat_at=now),
+    ]
+    with sessions.begin() as s:  # stored before specs named a mode: the summary says it, or nothing does
+        for summary in ({"mode": "xla"}, None):
+            old_spec = {k: v for k, v in RunSpec.with_model_defaults("tensorflow", "mlp", "digits").to_dict().items()
+                        if k != "mode"}
+            ids.append(queries.create_run(s, old_spec).id)
+            queries.update_run(s, ids[-1], status=FINISHED, summary=summary)
+    with sessions.begin() as s:
+        oom, diverged = made_up(sessions), made_up(sessions)
+        queries.fail_run(s, oom, "Traceback\n  x\ntorch.OutOfMemoryError: CUDA out of memory.\n",
+                         reason=OUT_OF_MEMORY)
+        queries.fail_run(s, diverged, "FloatingPointError: train_loss became nan at step 7",
+                         summary={"diverged_at_step": 7}, reason=NON_FINITE_LOSS, status=DIVERGED)
+        queries.add_metric_points(s, [
+            *epoch_points(ids[0], test_accuracy=[0.5, 0.9], train_loss=[1.0, 0.25],
+                          samples_per_s=[100.0, float("nan"), 300.0, 250.0]),
+            *epoch_points(ids[1], test_accuracy=[None], samples_per_s=[50.0]),
+            *epoch_points(ids[6], phi_estimate=[1.1, 1.42], phi_true=[1.5, 1.5]),
+            *epoch_points(diverged, train_loss=[2.0, None], samples_per_s=[None]),
+        ])
+    ids += [oom, diverged]
+    with sessions.begin() as s:
+        table = runs.runs_table(run_table.runs_overview(s), now).set_index("id")
+        old_runs = queries.list_runs(s)
+        metrics = common.epoch_metrics(s, [run.id for run in old_runs])
+    queued_ids = [run.id for run in old_runs if run.status == QUEUED]
+
+    assert sorted(table.index) == sorted(ids)
+    for run in old_runs:
+        expected, row = old_table_row(run, metrics, queued_ids, now), table.loc[run.id]
+        for column, value in expected.items():
+            got = row[column]
+            if isinstance(value, float) or value is None:
+                assert (value is None or math.isnan(value)) == pd.isna(got), (run.id, column, value, got)
+                assert pd.isna(got) or got == value, (run.id, column, value, got)
+            else:
+                assert got == value, (run.id, column, value, got)
+    assert table.loc[ids[1], "result"] == "NaN accuracy" and table.loc[ids[6], "result"] == "φ 1.4200 (true 1.5000)"
+    assert table.loc[ids[2], "progress"] == 62.5 and table.loc[ids[1], "eta"] == "1 min 30 s"
+    assert list(table.loc[ids[8:10], "mode"]) == ["xla", "graph"]
+
+
+def test_names_and_tags_show_in_the_table_with_how_many_runs_there_are(arena_db, open_page, monkeypatch):
+    monkeypatch.setenv("ARENA_SCHEDULER", "off")
+    sessions = make_sessionmaker(arena_db)
+    named, plain = made_up(sessions, status=FINISHED), made_up(sessions, status=FINISHED)
+    with sessions.begin() as s:
+        queries.annotate_run(s, named, name="baseline", tags=["keep", "lr-sweep"])
+    at = open_page(RUNS_PAGE)
+
+    table = shown(at)
+    assert (table.loc[named, "name"], list(table.loc[named, "tags"])) == ("baseline", ["keep", "lr-sweep"])
+    assert (table.loc[plain, "name"], list(table.loc[plain, "tags"])) == ("", [])
+    assert any(caption.value == "2 of 2 runs." for caption in at.caption)
+
+
+def click_and_settle(at, key: str):
+    """Click a button that opens a form through st.rerun, then render once more.
+
+    AppTest keys the widgets of a run that st.rerun started apart from those of the runs after it
+    (the page-hash quirk conftest.open_page describes), so a form drawn in that run would not see
+    its submit button's click; the browser keeps one key per widget.
+    """
+    at.button(key=key).click().run()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def open_editor(open_page, run_id: int):
+    return click_and_settle(open_page(RUNS_PAGE, runs=str(run_id)), "runs_edit_open")
+
+
+def stored(arena_db, run_id: int) -> tuple:
+    with make_sessionmaker(arena_db).begin() as s:
+        run = queries.get_run(s, run_id)
+        return run.name, run.tags, run.notes
+
+
+def test_edit_renames_tags_and_notes_one_run(arena_db, open_page, monkeypatch):
+    monkeypatch.setenv("ARENA_SCHEDULER", "off")
+    sessions = make_sessionmaker(arena_db)
+    run_id, other = made_up(sessions, status=FINISHED), made_up(sessions, status=FINISHED)
+    with sessions.begin() as s:
+        queries.annotate_run(s, other, tags=["keep"])
+    at = open_editor(open_page, run_id)
+
+    assert at.multiselect(key=f"runs_edit_tags_{run_id}").options == ["keep"]  # tags other runs have, offered
+    at.run().run()  # reruns (the live table refreshes every 2 s) leave the form open: its state is the session's
+    assert any(b.label == "Save" for b in at.button)
+    at.text_input(key=f"runs_edit_name_{run_id}").set_value("  lr 3e-4 baseline ")
+    at.multiselect(key=f"runs_edit_tags_{run_id}").set_value(["keep", "new-tag"])
+    at.text_area(key=f"runs_edit_notes_{run_id}").set_value("Compared against #2.\nSame seed.")
+    next(b for b in at.button if b.label == "Save").click().run()
+
+    assert not at.exception and not at.error
+    assert stored(arena_db, run_id) == ("lr 3e-4 baseline", ["keep", "new-tag"], "Compared against #2.\nSame seed.")
+    assert stored(arena_db, other) == (None, ["keep"], None)
+    table = shown(at)
+    assert table.loc[run_id, "name"] == "lr 3e-4 baseline" and list(table.loc[run_id, "tags"]) == ["keep", "new-tag"]
+    assert not any(b.label == "Save" for b in at.button)  # the form closed
+
+
+def test_edit_rejects_a_name_over_200_characters_and_stores_nothing(arena_db, open_page, monkeypatch):
+    monkeypatch.setenv("ARENA_SCHEDULER", "off")
+    run_id = made_up(make_sessionmaker(arena_db), status=FINISHED)
+    at = open_editor(open_page, run_id)
+
+    at.text_input(key=f"runs_edit_name_{run_id}").set_value("n" * 201)
+    at.text_area(key=f"runs_edit_notes_{run_id}").set_value("not stored either")
+    next(b for b in at.button if b.label == "Save").click().run()
+
+    assert "is 201 characters long; the limit is 200" in at.error[0].value
+    assert stored(arena_db, run_id) == (None, None, None)
+    assert any(b.label == "Save" for b in at.button)  # still open, to fix the name
+
+
+def test_edit_rejects_a_tag_with_a_comma(arena_db, open_page, monkeypatch):
+    monkeypatch.setenv("ARENA_SCHEDULER", "off")
+    run_id = made_up(make_sessionmaker(arena_db), status=FINISHED)
+    at = open_editor(open_page, run_id)
+
+    at.text_input(key=f"runs_edit_name_{run_id}").set_value("kept out")
+    at.multiselect(key=f"runs_edit_tags_{run_id}").set_value(["good", "lr,0.1"])
+    next(b for b in at.button if b.label == "Save").click().run()
+
+    assert "contains a comma; commas separate tags" in at.error[0].value
+    assert "lr\\,0\\.1" in at.error[0].value or "lr,0\\.1" in at.error[0].value
+    assert stored(arena_db, run_id) == (None, None, None)
+
+
+def test_ticks_stay_on_the_same_runs_when_rows_move_or_hide(arena_db, open_page, monkeypatch):
+    monkeypatch.setenv("ARENA_SCHEDULER", "off")
+    sessions = make_sessionmaker(arena_db)
+    ticked, other = made_up(sessions, status=FINISHED), made_up(sessions, "tensorflow", status=FINISHED)
+    at = open_page(RUNS_PAGE, runs=f"{ticked},{other}")
+    made_up(sessions, status=FINISHED)  # a newer run takes the top row; the ticked ones move down
+    at.run()
+    assert "Compare 2 selected" in [b.label for b in at.button]
+
+    at.multiselect(key="f_fw").set_value(["torch"]).run()  # hides the TensorFlow run: its tick goes
+    assert "Compare 1 selected" in [b.label for b in at.button]
+    click_and_settle(at, "runs_edit_open")
+    assert at.text_input(key=f"runs_edit_name_{ticked}")  # the form edits the ticked run, not its old row
+
+
+def test_tag_adds_tags_to_every_selected_run(arena_db, open_page, monkeypatch):
+    monkeypatch.setenv("ARENA_SCHEDULER", "off")
+    sessions = make_sessionmaker(arena_db)
+    first, second, untouched = (made_up(sessions, status=FINISHED) for _ in range(3))
+    with sessions.begin() as s:
+        queries.annotate_run(s, first, tags=["keep"])
+    at = open_page(RUNS_PAGE, runs=f"{first},{second}")
+    assert not any(b.label == "Edit…" for b in at.button)  # editing is for one run at a time
+
+    click_and_settle(at, "runs_tag_open")
+    assert at.multiselect(key="runs_bulk_tag_value").options == ["keep"]
+    at.multiselect(key="runs_bulk_tag_value").set_value(["keep", "sweep-3"])
+    next(b for b in at.button if b.label == "Add tags").click().run()
+
+    assert not at.exception and not at.error
+    assert [stored(arena_db, i)[1] for i in (first, second, untouched)] == [["keep", "sweep-3"], ["keep", "sweep-3"],
+                                                                            None]
+
+
+def test_markup_in_names_tags_and_notes_shows_literally(arena_db, open_page, monkeypatch):
+    monkeypatch.setenv("ARENA_SCHEDULER", "off")
+    sessions = make_sessionmaker(arena_db)
+    script, link = "<script>alert(1)</script>", "[x](javascript:alert(1))"
+    run_id = made_up(sessions, status=FINISHED)
+    with sessions.begin() as s:
+        queries.annotate_run(s, run_id, name=script, notes=link, tags=["<b>bold</b>", "**x**"])
+    at = open_editor(open_page, run_id)
+
+    table = shown(at)
+    assert table.loc[run_id, "name"] == script  # a cell is text, never markup
+    assert list(table.loc[run_id, "tags"]) == ["<b>bold</b>", "**x**"]
+    assert at.text_input(key=f"runs_edit_name_{run_id}").value == script
+    assert at.text_area(key=f"runs_edit_notes_{run_id}").value == link
+    rendered = [e.value for e in (*at.markdown, *at.caption, *at.warning, *at.info)] + [e.label for e in at.expander]
+    assert not any(payload in text for text in rendered for payload in (script, link, "<b>bold</b>"))
+    at.text_input(key="f_q").set_value("<script>").run()  # searchable as the text it is
+    assert shown(at).index.tolist() == [run_id]
+
+
+def count_rows(url: str, table: str, run_id: int) -> int:
+    with make_sessionmaker(url).begin() as s:
+        return s.execute(text(f"SELECT COUNT(*) FROM {table} WHERE run_id = :run_id"), {"run_id": run_id}).scalar()
+
+
+def test_delete_after_confirmation_removes_the_run_its_points_and_samples(arena_db, open_page, monkeypatch):
+    monkeypatch.setenv("ARENA_SCHEDULER", "off")
+    sessions = make_sessionmaker(arena_db)
+    doomed, kept = made_up(sessions, status=FINISHED), made_up(sessions, status=FINISHED)
+    with sessions.begin() as s:
+        for run_id in (doomed, kept):
+            queries.add_metric_points(s, epoch_points(run_id, train_loss=[1.0, 0.5], samples_per_s=[10.0, 20.0]))
+            queries.add_system_samples(s, [dict(run_id=run_id, time=float(t), source="host", name="rss",
+                                                value=1e6, unit="bytes") for t in range(3)])
+    at = open_page(RUNS_PAGE, runs=str(doomed))
+
+    next(b for b in at.button if b.label == "Delete 1…").click().run()
+    assert f"#{doomed}" in at.warning[0].value
+    assert count_rows(arena_db, "metric_points", doomed) == 4  # nothing deleted before the confirmation
+    at.button(key="confirm_delete_yes").click().run()
+
+    assert not at.exception
+    assert [count_rows(arena_db, t, doomed) for t in ("metric_points", "system_samples")] == [0, 0]
+    assert [count_rows(arena_db, t, kept) for t in ("metric_points", "system_samples")] == [4, 3]
+    assert shown(at).index.tolist() == [kept]
+
+
+def test_ten_thousand_runs_render_with_filters_and_a_capped_height(arena_db, open_page, monkeypatch):
+    monkeypatch.setenv("ARENA_SCHEDULER", "off")
+    sessions = make_sessionmaker(arena_db)
+    spec = RunSpec.with_model_defaults("torch", "mlp", "digits", epochs=5).to_dict()
+    now = queries.utcnow()
+    with sessions.begin() as s:
+        s.execute(insert(Run.__table__), [
+            dict(created_at=now, started_at=now, finished_at=now, status=FINISHED,
+                 framework=("torch", "tensorflow")[i % 2], model="mlp", dataset="digits", spec=spec, epoch=5,
+                 total_epochs=5, step=220, total_steps=220, name=f"run {i}",
+                 tags=["even" if i % 2 == 0 else "odd"], group_tag=f"pair-{i // 2}")
+            for i in range(10_000)])
+        ids = s.scalars(select(Run.id)).all()
+        queries.add_metric_points(s, [point for run_id in ids for point in epoch_points(
+            run_id, train_loss=[1.0, 0.5, 0.2, 0.1, 0.05], test_accuracy=[0.5, 0.6, 0.7, 0.8, 0.9],
+            samples_per_s=[1e4, 2e4, 3e4, 2e4, 1e4])])
+        assert s.scalar(select(func.count()).select_from(Run)) == 10_000
+    at = open_page(RUNS_PAGE)
+
+    table = shown(at)
+    assert len(table) == 10_000 and (table["result"] == "90.0 % accuracy").all()
+    assert runs.table_height(10_000) == runs.table_height(runs.ROWS_SHOWN) < runs.ROW_HEIGHT_PX * 20
+    assert any(caption.value == "10,000 of 10,000 runs." for caption in at.caption)
+    at.multiselect(key="f_tag").set_value(["odd"]).run()
+    assert len(shown(at)) == 5_000 and set(shown(at)["framework"]) == {"TensorFlow"}

@@ -1,0 +1,182 @@
+"""The Runs table's data: one row per run from three narrow queries, never an ORM object per run.
+
+At 10,000 runs an ORM Run per row (its JSON spec, environment and summary decoded) costs about a
+second. Here the runs query selects only the columns the table shows and pulls the few JSON
+fields it needs out in SQL; each run's last per-epoch results come from SQL, one row per series;
+the throughput points are read as plain numbers and their medians taken in pandas.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Select, String, case, func, select, type_coerce
+from sqlalchemy.orm import Session
+
+from db import queries
+from db.models import DIVERGED, FAILED, QUEUED, MetricPoint, Run
+
+ENDED_EARLY = (FAILED, DIVERGED)  # statuses whose error is worth reading
+# Results the table shows: the last value of these per-epoch metrics, and the median of THROUGHPUT.
+LAST_METRICS = ("test_accuracy", "phi_estimate", "phi_true", "train_loss")
+THROUGHPUT = "samples_per_s"
+_FINITE_MAX = float(np.finfo(np.float64).max)  # the median skips inf as it skips NaN (stored as NULL)
+_DATES = ("created_at", "started_at", "finished_at", "heartbeat_at")
+
+RUN_COLUMNS = {
+    "id": Run.id, "name": Run.name, "tags": Run.tags, "notes": Run.notes, "status": Run.status,
+    "reason": Run.reason, "framework": Run.framework, "model": Run.model, "dataset": Run.dataset,
+    "group_tag": Run.group_tag,
+    # The mode the run was asked for (every spec names one now) and, only where its spec names
+    # none (older runs), the mode it reported: a run reports the mode its spec names, so reading
+    # every summary (a kilobyte of JSON each) would add time and no information.
+    "spec_mode": Run.spec["mode"].as_string(),
+    "summary_mode": case((Run.spec["mode"].as_string().is_(None), Run.summary["mode"].as_string())),
+    "precision": Run.spec["precision"].as_string(), "seed": Run.spec["seed"].as_integer(),
+    "placed_device": Run.placed_device,
+    # Read only where the table shows them: each JSON field read parses the whole document again
+    # (SQLite), a millisecond per thousand runs. The device a queued run asked for; the device
+    # the environment recorded for a run the scheduler never placed; where a diverged run stopped.
+    "asked_device": case((Run.status == QUEUED, Run.spec["device"].as_string())),
+    "environment_device": case((Run.placed_device.is_(None), Run.environment["device"].as_string())),
+    "diverged_at_step": case((Run.status == DIVERGED, Run.summary["diverged_at_step"].as_integer())),
+    "epoch": Run.epoch, "total_epochs": Run.total_epochs, "step": Run.step, "total_steps": Run.total_steps,
+    "created_at": Run.created_at, "started_at": Run.started_at, "finished_at": Run.finished_at,
+    "heartbeat_at": Run.heartbeat_at, "error": Run.error,
+}
+# The frame's columns: the run's own (error reduced to its last line), then its results. spec is
+# the run's spec dict only where total_steps was not stored (progress derives the steps from it)
+# and None elsewhere: decoding 10,000 specs would cost more than the rest of the table.
+COLUMNS = [*RUN_COLUMNS, "spec", *LAST_METRICS, THROUGHPUT]
+
+
+def runs_overview(s: Session, limit: Optional[int] = None, statuses: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """One row per run (COLUMNS), newest first: what the Runs table shows and filters on.
+
+    tags is a list (empty when none), the *_at columns are naive-UTC datetimes. Results: the last
+    value of each LAST_METRICS name (NaN where it was recorded as non-finite, None where it was
+    never recorded) and the median samples/s over epochs (finite values only; NaN when none).
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of runs, got {limit!r}")
+    # Dates and tags come as the stored text: SQLAlchemy's per-value parsing cost more than the
+    # query; pandas parses the dates at once and equal tag lists are decoded once.
+    raw = {"tags", *_DATES}
+    query = select(*(type_coerce(column, String) if name in raw else column for name, column in RUN_COLUMNS.items()))
+    query = query.order_by(Run.id.desc())
+    if statuses:
+        query = query.where(Run.status.in_(list(statuses)))
+    if limit is not None:
+        query = query.limit(limit)
+    frame = pd.DataFrame(_plain_rows(s, query), columns=list(RUN_COLUMNS))
+    for name in _DATES:
+        frame[name] = pd.to_datetime(frame[name], format="ISO8601")
+    frame["total_steps"] = pd.to_numeric(frame["total_steps"])  # float, NaN where not stored
+    frame["tags"] = _decoded_lists(frame["tags"])
+    frame["error"] = [_last_line(error) if error else None for error in frame["error"]]
+    frame["spec"] = _specs_without_total_steps(s, frame)
+    run_ids = query.with_only_columns(Run.id).scalar_subquery() if limit is not None or statuses else None
+    last = _last_values(s, run_ids)
+    for name in LAST_METRICS:
+        series = last[last["name"] == name]
+        recorded = pd.Series(series["value"].to_numpy(), index=series["run_id"].to_numpy())
+        # None where never recorded, unlike NaN: recorded, but not finite.
+        frame[name] = frame["id"].map(recorded).astype(object).where(frame["id"].isin(recorded.index), None)
+    frame[THROUGHPUT] = frame["id"].map(_median_throughput(s, run_ids)).astype(float)
+    return frame[COLUMNS]
+
+
+def _decoded_lists(texts: Iterable[Any]) -> list[list[str]]:
+    """JSON lists as stored (or already decoded by the driver); empty for none. Equal texts decode once."""
+    decoded: dict[str, list[str]] = {}
+    lists = []
+    for text in texts:
+        if isinstance(text, str):
+            if text not in decoded:
+                decoded[text] = json.loads(text) or []
+            text = decoded[text]
+        lists.append(list(text) if text else [])
+    return lists
+
+
+def _last_line(error: str) -> str:
+    """The last non-empty line of a traceback: usually the exception and its message."""
+    return error.strip().splitlines()[-1].strip()
+
+
+def _specs_without_total_steps(s: Session, frame: pd.DataFrame) -> list[Optional[dict[str, Any]]]:
+    missing = frame.loc[frame["total_steps"].fillna(0) == 0, "id"].tolist()
+    specs: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(missing), 500):  # stay below any database's bound-parameter limit
+        chunk = missing[start:start + 500]
+        specs.update(s.execute(select(Run.id, Run.spec).where(Run.id.in_(chunk))).tuples().all())
+    return [specs.get(run_id) for run_id in frame["id"]]
+
+
+def _of_runs(query: Select, run_ids) -> Select:
+    return query if run_ids is None else query.where(MetricPoint.run_id.in_(run_ids))
+
+
+def _last_values(s: Session, run_ids) -> pd.DataFrame:
+    """(run_id, name, value) of the last recorded point of each LAST_METRICS series; NaN where NULL.
+
+    Last recorded is last by epoch: a run records its epochs in order. The highest id per series
+    comes from the (run_id, name, step) index, which holds the row id, and the values by row id.
+    """
+    latest = _of_runs(select(func.max(MetricPoint.id)).where(MetricPoint.name.in_(LAST_METRICS)), run_ids)
+    latest = latest.group_by(MetricPoint.run_id, MetricPoint.name)
+    query = select(MetricPoint.run_id, MetricPoint.name, MetricPoint.value).where(MetricPoint.id.in_(latest))
+    last = pd.DataFrame(_plain_rows(s, query), columns=["run_id", "name", "value"])
+    last["value"] = last["value"].astype(float)  # NULL is how SQLite keeps a NaN
+    return last
+
+
+def _median_throughput(s: Session, run_ids) -> pd.Series:
+    """Median finite samples/s per run (index run_id): one narrow read, a groupby in pandas."""
+    query = _of_runs(select(MetricPoint.run_id, MetricPoint.value).where(
+        MetricPoint.name == THROUGHPUT, MetricPoint.value.between(-_FINITE_MAX, _FINITE_MAX)), run_ids)
+    points = pd.DataFrame(_plain_rows(s, query), columns=["run_id", "value"], dtype=float)
+    return points.groupby(points["run_id"].astype(int))["value"].median()
+
+
+def _plain_rows(s: Session, query: Select) -> list[tuple]:
+    """A select's rows as the database driver returns them, without a SQLAlchemy Row per row.
+
+    For columns that need no conversion (numbers, text; dates and JSON read as text): the Row
+    objects cost a third of the runs query and three times the throughput query. The select's
+    constants are rendered into the SQL, so it must hold no user input.
+    """
+    connection = s.connection()
+    sql = str(query.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(sql)
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def ended_early(s: Session, limit: int) -> tuple[list[Run], int]:
+    """The newest `limit` failed or diverged runs (whole rows: their traceback is shown) and how many there are."""
+    ended = Run.status.in_(ENDED_EARLY)
+    count = s.scalar(select(func.count(Run.id)).where(ended)) or 0
+    return list(s.scalars(select(Run).where(ended).order_by(Run.id.desc()).limit(limit))), count
+
+
+def known_tags(s: Session) -> list[str]:
+    """Every tag some run has, sorted: what the tag pickers offer."""
+    texts = s.scalars(select(type_coerce(Run.tags, String))).all()
+    return sorted({tag for tags in _decoded_lists(texts) for tag in tags})
+
+
+def add_tags(s: Session, run_ids: Sequence[int], tags: Sequence[str]) -> None:
+    """Add tags to several runs (once: a tag a run has stays one); ValueError naming a bad tag, nothing stored."""
+    cleaned = queries.clean_tags(tags)
+    if not cleaned:
+        raise ValueError(f"no tag given in {list(tags)!r}; type one to add")
+    current = dict(s.execute(select(Run.id, Run.tags).where(Run.id.in_(list(run_ids)))).tuples().all())
+    for run_id in run_ids:
+        if run_id in current:
+            queries.annotate_run(s, run_id, tags=[*(current[run_id] or []), *cleaned])
