@@ -1,32 +1,40 @@
-"""Compare: selected runs side by side — curves, throughput, memory, and what was held equal."""
+"""Compare: chosen runs side by side — any metric, seed groups, speed with its uncertainty, memory, tables,
+both implementations of the model, layer statistics and exports. Every setting lives in the URL."""
 from __future__ import annotations
 
 from typing import Sequence
 
+import pandas as pd
 import streamlit as st
 
 from db import queries
 from db.models import Run
-from engine.catalog import framework_label
 from engine.launch import reap
-from pages import charts, common, comparison, memory_charts, speed_charts, summary
+from pages import (
+    architecture,
+    charts,
+    common,
+    comparison,
+    export,
+    learning_charts,
+    memory_charts,
+    series,
+    spec_diff,
+    speed_charts,
+    speed_ratio,
+    summary,
+    tensor_charts,
+    url_state,
+)
 from pages import run_settings as rs
+from pages.compare_picker import pick_runs
 
-SELECT_KEY = "compare_runs"
 MANY_RUNS = 4  # beyond this many runs, bar and box charts take the full width
+LEARNING_PARAMS = ("m", "x", "smooth", "log", "tt", "grp")  # this section's settings in the URL
+GROUP_CHOICES = {"none": "Each run", "std": "Seed groups: mean ± std", "ci95": "Seed groups: mean, 95 % CI"}
 
 
-def default_selection(runs: Sequence[Run]) -> list[int]:
-    """Runs asked for by URL, else the ones just launched, else the newest group, else the newest two."""
-    known = {run.id for run in runs}
-    for wanted in (common.requested_run_ids(), st.session_state.get(common.LAUNCHED_KEY) or []):
-        chosen = [i for i in wanted if i in known]
-        if chosen:
-            return chosen
-    newest = runs[0]
-    if newest.group_tag:
-        return sorted(run.id for run in runs if run.group_tag == newest.group_tag)
-    return sorted(run.id for run in runs[:2])
+TABS = ("Learning", "Speed", "Memory", "Summary", "Settings", "Model and layers", "Export")
 
 
 def comparison_view(run_ids: list[int], live: bool) -> None:
@@ -34,61 +42,149 @@ def comparison_view(run_ids: list[int], live: bool) -> None:
     reap(sessions)
     with sessions.begin() as s:
         runs = [run for run in (queries.get_run(s, i) for i in run_ids) if run is not None]
-        metrics = common.epoch_metrics(s, run_ids)
-        epochs = queries.metric_frame(s, run_ids, common.EPOCH_METRICS)
-        steps = queries.metric_frame(s, run_ids, ["step/train_loss"])
-        step_times = queries.metric_frame(s, run_ids, [speed_charts.STEP_TIME_METRIC])
-        samples = queries.sample_frame(s, run_ids)
-        epoch_peaks = queries.metric_frame(s, run_ids, memory_charts.PEAK_METRICS)
+        available = queries.metric_names(s, run_ids)
     if live and not any(common.is_active(run) for run in runs):
         st.rerun()  # the last active run ended: redraw once, without the refresh timer
     active = [run for run in runs if common.is_active(run)]
     if active:
         st.caption(", ".join(f"#{run.id} is {run.status} ({common.format_percent(common.progress_fraction(run))})"
                              for run in active) + f" — charts update every {common.REFRESH_INTERVAL}.")
-
     comparison.what_was_compared(runs)
-    if epochs.empty and steps.empty:
+    if not available:
         st.info("No metrics recorded yet: the charts appear after the first training steps.",
                 icon=":material/hourglass:")
         return
+    # Only the open tab is computed and sent: the first chart draws sooner, and a live refresh
+    # redraws one tab, not the whole page.
+    url_state.seed("compare_tab", "tab", TABS[0], choices=TABS)
+    tabs = dict(zip(TABS, st.tabs(TABS, key="compare_tab", on_change="rerun")))
+    url_state.sync("tab", st.session_state["compare_tab"], TABS[0])
+    open_tab = next((name for name, tab in tabs.items() if tab.open), TABS[0])
+    with tabs[open_tab]:
+        SECTIONS[open_tab](runs, available)
 
-    st.subheader("Learning")
-    st.caption("With identical settings the frameworks compute nearly the same numbers, so their curves can "
-               "coincide: the earlier run is drawn wider underneath.")
-    controls = st.container(horizontal=True, vertical_alignment="center", gap="large")
-    log_y = controls.toggle("Log loss axis", key="compare_log_y")
-    smoothing = controls.slider("Smoothing", 0.0, 0.95, 0.6, 0.05, key="compare_smoothing",
-                          help="Exponential moving average of the per-step loss; 0 shows raw values.", width=300)
-    left, right = st.columns(2)
-    left.plotly_chart(charts.loss_vs_step(steps, runs, log_y, smoothing), key="chart_loss_step")
-    if (epochs["name"] == "phi_estimate").any():
-        right.plotly_chart(charts.phi_vs_epoch(epochs, runs), key="chart_phi")
-    else:
-        right.plotly_chart(charts.per_epoch(epochs, runs, "test_accuracy", "Test accuracy per epoch", "accuracy (%)",
-                                            percent=True), key="chart_accuracy")
-    left, right = st.columns(2)
-    left.plotly_chart(charts.per_epoch(epochs, runs, "test_loss", "Test loss per epoch", "test loss"),
-                      key="chart_test_loss")
-    right.plotly_chart(charts.per_epoch(epochs, runs, "train_loss", "Training loss per epoch (mean over steps)",
-                                        "train loss"), key="chart_train_loss")
 
+def _speed_tab(runs: Sequence[Run], available: list[str]) -> None:
+    run_ids = [run.id for run in runs]
+    with common.sessions().begin() as s:
+        metrics = common.epoch_metrics(s, run_ids)
+        epochs = queries.metric_frame(s, run_ids, common.EPOCH_METRICS)
+        step_times = queries.metric_frame(s, run_ids, [speed_charts.STEP_TIME_METRIC])
     speed(runs, metrics, epochs, step_times)
     inference(runs)
 
+
+def _memory_tab(runs: Sequence[Run], available: list[str]) -> None:
+    run_ids = [run.id for run in runs]
+    with common.sessions().begin() as s:
+        steps = queries.metric_frame(s, run_ids, ["step/train_loss"])
+        samples = queries.sample_frame(s, run_ids)
+        epoch_peaks = queries.metric_frame(s, run_ids, memory_charts.PEAK_METRICS)
     memory_charts.section(samples, steps, epoch_peaks, runs)
 
-    st.subheader("Summary")
-    st.table(summary.summary_table(runs, metrics))
+
+def _summary_tab(runs: Sequence[Run], available: list[str]) -> None:
+    run_ids = [run.id for run in runs]
+    with common.sessions().begin() as s:
+        samples = queries.sample_frame(s, run_ids)
+        every_metric = queries.metric_frame(s, run_ids)
+    summary.summary_section(runs, every_metric, samples)
+
+
+def _settings_tab(runs: Sequence[Run], available: list[str]) -> None:
+    spec_diff.spec_diff_section(runs)
     with st.expander("Environment of each run (rows that differ are shaded)", icon=":material/computer:"):
         st.table(summary.highlight_differences(summary.environment_table(runs)))
 
 
+def _export_tab(runs: Sequence[Run], available: list[str]) -> None:
+    st.subheader("Export")
+    export.export_buttons([run.id for run in runs])
+
+
+def learning(runs: Sequence[Run], available: list[str]) -> None:
+    """The chosen metrics against the chosen x axis, each in its own chart, with smoothing and seed groups."""
+    groups = series.seed_groups({run.id: run.spec or {} for run in runs})
+    url_state.seed_list("compare_metrics", "m", learning_charts.default_metrics(available), choices=available)
+    url_state.seed("compare_x", "x", "step", choices=list(learning_charts.X_LABELS))
+    url_state.seed("compare_smoothing", "smooth", 0.6, parse=float)
+    url_state.seed("compare_log_y", "log", False, parse=url_state.parse_bool)
+    url_state.seed("compare_together", "tt", True, parse=url_state.parse_bool)
+    url_state.seed("compare_groups", "grp", "none", choices=list(GROUP_CHOICES))
+    st.session_state["compare_smoothing"] = min(max(float(st.session_state["compare_smoothing"]), 0.0), 0.99)
+
+    chosen = st.multiselect("Metrics", available, key="compare_metrics", format_func=learning_charts.metric_label,
+                            placeholder="Pick metrics to plot")
+    controls = st.container(horizontal=True, vertical_alignment="center", gap="medium")
+    x_axis = controls.segmented_control("Against", list(learning_charts.X_LABELS), key="compare_x",
+                                        format_func=learning_charts.X_LABELS.get) or "step"
+    smoothing = controls.slider("Smoothing", 0.0, 0.99, key="compare_smoothing", step=0.01, width=220,
+                                help="TensorBoard's debiased exponential moving average of per-step values, "
+                                     "computed on every point; 0 shows raw values. The raw curve stays faint "
+                                     "behind.")
+    log_y = controls.toggle("Log scale", key="compare_log_y")
+    together = controls.toggle("Train and test together", key="compare_together",
+                               help="Draw the test metric beside its train metric (and the other way round) in the "
+                                    "same chart, fainter, with open markers.")
+    group_mode = controls.selectbox("Runs", list(GROUP_CHOICES), key="compare_groups",
+                                    format_func=GROUP_CHOICES.get, width=260,
+                                    disabled=not groups,
+                                    help="Runs that differ only in their seed, drawn as one mean line with a band. "
+                                         + ("" if groups else "No runs here differ only by seed."))
+    for param, value, default in (("m", chosen, learning_charts.default_metrics(available)), ("x", x_axis, "step"),
+                                  ("smooth", round(smoothing, 2), 0.6), ("grp", group_mode, "none")):
+        url_state.sync(param, value, default)
+    url_state.sync("log", log_y, False, url_state.format_bool)
+    url_state.sync("tt", together, True, url_state.format_bool)
+    mine = [item for item in url_state.ignored() if item.split("=", 1)[0] in LEARNING_PARAMS]
+    if mine:
+        st.caption("Ignored in the link: " + ", ".join(common.escape_markdown(item) for item in mine) + ".")
+    if not chosen:
+        st.info("Pick one or more metrics above to plot them.", icon=":material/info:")
+        return
+
+    companions = {name: learning_charts.companion(name, available) if together else None for name in chosen}
+    # A companion already chosen on its own gets its own chart: do not draw it twice.
+    companions = {name: other if other not in chosen or chosen.index(other) > chosen.index(name) else None
+                  for name, other in companions.items()}
+    drawn = [name for name in chosen if not any(companions.get(other) == name for other in chosen)]
+    needed = sorted({*drawn, *(c for c in companions.values() if c)})
+    with common.sessions().begin() as s:
+        frame = queries.metric_frame(s, [run.id for run in runs], needed)
+    starts = {run.id: common.unix_time(run.started_at) for run in runs}
+    prepared = series.prepare(frame, x_axis, smoothing=smoothing, max_points=learning_charts.MAX_POINTS,
+                              starts=starts)
+    active_groups = groups if group_mode != "none" else []
+    grouped_ids = {run_id for group in active_groups for run_id in group}
+    group_points = (series.prepare(frame[frame["run_id"].isin(grouped_ids)], x_axis, smoothing=smoothing,
+                                   max_points=len(frame) + 1, starts=starts) if grouped_ids else None)
+    for index, column in zip(range(0, len(drawn), 2), _rows(len(drawn))):
+        for name, place in zip(drawn[index:index + 2], column):
+            place.plotly_chart(learning_charts.metric_figure(
+                prepared, runs, name, x_axis, log_y=log_y, smoothing=smoothing, with_companion=companions.get(name),
+                groups=active_groups, band=group_mode if group_mode != "none" else "std", group_points=group_points),
+                key=f"chart_metric_{name}")
+    longest = int(frame.groupby(["run_id", "name"]).size().max()) if not frame.empty else 0
+    notes = ["Colour: the run (a shade of its framework's colour); line: solid PyTorch, dashed TensorFlow."]
+    if longest > learning_charts.MAX_POINTS:
+        notes.append(f"Long series are drawn with at most {learning_charts.MAX_POINTS:,} points: each stretch keeps "
+                     f"its lowest and highest value, so no spike is lost (longest series: {longest:,} points; the "
+                     "export below has every one).")
+    if active_groups:
+        notes.append("Seed groups: " + "; ".join(", ".join(f"#{i}" for i in group) for group in active_groups)
+                     + ". The band's n is how many runs have a value at that point.")
+    st.caption(" ".join(notes))
+
+
+def _rows(charts_count: int):
+    """Two charts side by side per row (one per row when a single chart is chosen)."""
+    for _ in range(0, charts_count, 2):
+        yield st.columns(2) if charts_count > 1 else (st.container(),)
+
+
 def speed(runs: Sequence[Run], metrics: dict[int, dict[str, list[float]]], epochs, step_times) -> None:
-    """Throughput, epoch time, start-up cost, and the distribution of per-step times after warm-up."""
-    st.subheader("Speed")
-    throughput_headline(runs, metrics)
-    # Side by side for a pair; a matrix of many runs needs the whole width per chart to stay legible.
+    """Throughput with its uncertainty, epoch time, start-up cost, and per-step distributions after warm-up."""
+    throughput_ratio(runs, step_times)
     left, middle, right = st.columns(3) if len(runs) <= MANY_RUNS else (st.container(),) * 3
     left.plotly_chart(charts.throughput_bars(epochs, runs), key="chart_throughput")
     middle.plotly_chart(charts.per_epoch(epochs, runs, "epoch_time_s", "Epoch time (epoch 1 holds the warm-up)",
@@ -103,7 +199,7 @@ def speed(runs: Sequence[Run], metrics: dict[int, dict[str, list[float]]], epoch
     excluded = (f"the first {warmups[0]} warm-up steps" if len(warmups) == 1
                 else "each run's warm-up steps (" + ", ".join(
                     f"#{run.id}: {int(rs.warmup_steps(run) or 0)}" for run in timed) + ")")
-    st.caption(f"Every optimizer step is timed with the device synchronised. The distribution leaves out {excluded}: "
+    st.caption(f"Every optimizer step is timed with the device synchronised. The distributions leave out {excluded}: "
                "compilation, tf.function tracing and allocator warm-up, shaded in the per-step chart and counted "
                "in *start-up* above. Step-time percentiles are in the summary below.")
     too_short = [run for run in timed if speed_charts.steady_step_times(step_times, run).empty]
@@ -111,8 +207,38 @@ def speed(runs: Sequence[Run], metrics: dict[int, dict[str, list[float]]], epoch
         st.caption(", ".join(f"#{run.id}" for run in too_short) + " took no steps after warm-up: nothing to show in "
                    "the distribution. Train more steps, or lower the warm-up steps on Launch.")
     left, right = st.columns(2) if len(runs) <= MANY_RUNS else (st.container(),) * 2
-    left.plotly_chart(speed_charts.step_time_box(step_times, runs), key="chart_step_time_box")
-    right.plotly_chart(speed_charts.step_time_per_step(step_times, runs), key="chart_step_time")
+    left.plotly_chart(speed_ratio.rate_distribution(step_times, runs), key="chart_rate_violin")
+    right.plotly_chart(speed_charts.step_time_box(step_times, runs), key="chart_step_time_box")
+    st.plotly_chart(speed_charts.step_time_per_step(step_times, runs), key="chart_step_time")
+
+
+def throughput_ratio(runs: Sequence[Run], step_times: pd.DataFrame) -> None:
+    """"PyTorch eager is 1.42× TensorFlow graph, 95% CI 1.37–1.48×, 5 seeds each" for two comparison groups."""
+    groups = speed_ratio.comparison_groups(runs)
+    if len(groups) < 2:
+        return
+    labels = [group.label for group in groups]
+    first, second = groups[0], groups[1]
+    if len(groups) > 2:
+        url_state.seed("compare_ratio_a", "ra", labels[0], choices=labels)
+        url_state.seed("compare_ratio_b", "rb", labels[1], choices=labels)
+        row = st.container(horizontal=True, vertical_alignment="bottom")
+        a = row.selectbox("Throughput of", labels, key="compare_ratio_a", width=300)
+        b = row.selectbox("against", labels, key="compare_ratio_b", width=300)
+        url_state.sync("ra", a, labels[0])
+        url_state.sync("rb", b, labels[1])
+        first, second = groups[labels.index(a)], groups[labels.index(b)]
+        if first is second:
+            st.caption("Pick two different groups to compare their throughput.")
+            return
+    ratio = speed_ratio.ratio_between(first, second, step_times)
+    if ratio is None:
+        st.caption("Throughput ratio: not enough timed steps yet.")
+        return
+    st.markdown(f"**{ratio.sentence}.**")
+    st.caption("Steady samples/s (warm-up excluded). 95 % CI: percentile bootstrap, 4,000 resamples of each side. "
+               "Groups: " + "; ".join(f"{group.label} = " + ", ".join(f"#{run.id}" for run in group.runs)
+                                      for group in groups) + ".")
 
 
 def inference(runs: Sequence[Run]) -> None:
@@ -128,45 +254,28 @@ def inference(runs: Sequence[Run]) -> None:
     right.plotly_chart(speed_charts.inference_latency(runs, "bsN"), key="chart_inference_bsN")
 
 
-def throughput_headline(runs: Sequence[Run], metrics: dict[int, dict[str, list[float]]]) -> None:
-    """For one run per framework: how many times faster the faster one trains."""
-    by_framework = {}
-    for run in runs:
-        rate = common.median(metrics.get(run.id, {}), "samples_per_s")
-        if rate:
-            by_framework.setdefault(run.framework, []).append(rate)
-    if len(by_framework) != 2 or any(len(rates) != 1 for rates in by_framework.values()):
-        return
-    (fast, fast_rate), (slow, slow_rate) = sorted(((fw, r[0]) for fw, r in by_framework.items()),
-                                                  key=lambda item: -item[1])
-    st.markdown(f"**{framework_label(fast)}** trained **{fast_rate / slow_rate:.2f}×** as many samples per second "
-                f"as {framework_label(slow)} ({fast_rate:,.0f} vs {slow_rate:,.0f}, medians over epochs).")
+def model_and_layers(runs: Sequence[Run], available: Sequence[str] = ()) -> None:
+    """Both implementations of the model, and per-layer weight and gradient statistics."""
+    models = sorted({(run.model, run.dataset) for run in runs})
+    url_state.seed("compare_show_model", "model", False, parse=url_state.parse_bool)
+    show = st.toggle("Show the model in both frameworks (layers and source code)", key="compare_show_model",
+                     help="Builds the model once per framework in a separate process the first time (a few "
+                          "seconds); cached after that.")
+    url_state.sync("model", show, False, url_state.format_bool)
+    if show:
+        for model, dataset in models:
+            architecture.section(model, dataset)
+    with common.sessions().begin() as s:
+        stats = queries.tensor_stat_frame(s, [run.id for run in runs])
+    tensor_charts.section(runs, stats)
 
+
+SECTIONS = {"Learning": learning, "Speed": _speed_tab, "Memory": _memory_tab, "Summary": _summary_tab,
+            "Settings": _settings_tab, "Model and layers": model_and_layers, "Export": _export_tab}
 
 common.ensure_router()
 st.title("Compare")
-sessions = common.sessions()
-reap(sessions)
-with sessions.begin() as s:
-    all_runs = queries.list_runs(s)
-if not all_runs:
-    common.no_runs_yet("Launch a PyTorch and TensorFlow pair, then compare them here.")
-    st.stop()
-
-by_id = {run.id: run for run in all_runs}
-missing = [i for i in common.requested_run_ids() if i not in by_id]
-if missing:
-    st.warning("Not found: " + ", ".join(f"#{i}" for i in missing) + " (deleted, or stored in another database). "
-               "Pick runs below.", icon=":material/warning:")
-selected = st.multiselect("Runs", list(by_id), default=default_selection(all_runs), key=SELECT_KEY,
-                          format_func=lambda i: common.run_label(by_id[i]), placeholder="Pick runs to compare")
-# Keep the URL in step with the selection, so a comparison can be bookmarked or shared.
+selected = pick_runs()
 if selected:
-    st.query_params[common.RUNS_PARAM] = common.format_run_ids(selected)
-else:
-    st.query_params.pop(common.RUNS_PARAM, None)
-    st.info("Pick one or more runs above to compare them.", icon=":material/info:")
-    st.stop()
-
-live = any(common.is_active(by_id[i]) for i in selected)
-st.fragment(comparison_view, run_every=common.REFRESH_INTERVAL if live else None)(sorted(selected), live)
+    live = common.any_active(common.sessions(), selected)
+    st.fragment(comparison_view, run_every=common.REFRESH_INTERVAL if live else None)(sorted(selected), live)

@@ -1,7 +1,7 @@
 """The Compare page's memory section: memory per run and source over time or step, peaks, GPU gauges.
 
 Not a page: app.py registers only the pages in common.router_pages().
-Colour says which run (its framework's colour, shaded per run); dash says which source.
+Colour says which run (a shade of its framework's colour, as in every chart); dash says which source.
 """
 from __future__ import annotations
 
@@ -25,8 +25,6 @@ X_AXES = {"time": "seconds since run start", "step": "optimizer step"}
 OOM_COLOR = "#DC2626"
 EPOCH_LINE_COLOR = "#9CA3AF"
 FRAMEWORK_SOURCES = ("torch", "tensorflow")
-# Runs of one framework share its colour, lighter or darker per run (negative: towards black).
-SHADES = (0.0, -0.4, 0.4, -0.6, 0.6, -0.75)
 
 
 @dataclass(frozen=True)
@@ -84,23 +82,9 @@ def downsample_min_max(x, y, max_points: int = MAX_POINTS) -> tuple[np.ndarray, 
     return x[keep], y[keep]
 
 
-def shade(hex_colour: str, amount: float) -> str:
-    """A colour moved towards white (amount > 0) or black (amount < 0): "#EE4C2C", -0.4 -> "#8f2e1a"."""
-    if amount == 0:
-        return hex_colour  # the framework's own colour, spelt as everywhere else
-    channels = [int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)]
-    target = 255 if amount > 0 else 0
-    return "#" + "".join(f"{round(c + (target - c) * abs(amount)):02x}" for c in channels)
-
-
 def run_colors(runs: Sequence[Run]) -> dict[int, str]:
-    """One colour per run: its framework's colour, the first run of each framework unshaded."""
-    colours, seen = {}, {}
-    for run in sorted(runs, key=lambda r: r.id):
-        rank = seen.get(run.framework, 0)
-        seen[run.framework] = rank + 1
-        colours[run.id] = shade(common.framework_color(run.framework), SHADES[rank % len(SHADES)])
-    return colours
+    """One colour per run, the same as in every other chart of the page (common.trace_styles)."""
+    return {run_id: style["color"] for run_id, style in common.trace_styles(runs).items()}
 
 
 @dataclass(frozen=True)

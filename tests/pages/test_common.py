@@ -50,12 +50,14 @@ def test_nan_metrics_show_as_nan_and_are_left_out_of_medians():
     assert common.format_percent(math.nan) == "NaN"
 
 
-def test_runs_of_one_framework_keep_its_colour_and_vary_the_dash():
+def test_each_run_gets_a_shade_of_its_framework_and_the_framework_s_line_style():
     runs = [make_run(id=1), make_run(id=2, framework="tensorflow"), make_run(id=5)]
     styles = common.trace_styles(runs)
-    assert styles[1]["color"] == styles[5]["color"] == common.FRAMEWORK_COLORS["torch"]
+    assert styles[1]["color"] == common.FRAMEWORK_COLORS["torch"]  # a pair looks the same on every page
     assert styles[2]["color"] == common.FRAMEWORK_COLORS["tensorflow"]
-    assert styles[1]["dash"] != styles[5]["dash"]
+    assert styles[5]["color"] != styles[1]["color"] and styles[5]["color"] in common.FRAMEWORK_PALETTES["torch"]
+    assert styles[1]["dash"] == styles[5]["dash"] == "solid" and styles[2]["dash"] == "dash"
+    assert styles == common.trace_styles(list(reversed(runs)))  # stable: the order runs arrive in does not matter
     assert styles[1]["width"] > styles[2]["width"]  # coinciding curves stay visible
 
 

@@ -34,8 +34,31 @@ def stored(url: str, run_id: int):
 
 
 def summary_table(at):
-    """The per-run summary table (the memory section's peaks table comes before it)."""
-    return next(table.value for table in at.table if "status" in table.value.index)
+    """The per-run summary (section, quantity) x run, run columns named "#3 PyTorch" (baseline mark dropped)."""
+    table = next(d.value for d in at.dataframe if ("Settings", "status") in d.value.index)
+    table = table.rename(columns=lambda name: name.replace(" (baseline)", ""))
+    return table
+
+
+def show_tab(at, name: str):
+    """Open a tab of the Compare page (only the open tab is rendered) and render again."""
+    at.session_state["compare_tab"] = name
+    return at.run()
+
+
+def every_chart(at) -> dict[str, dict]:
+    """Charts of every tab, opening each in turn."""
+    specs = {}
+    for name in ("Learning", "Speed", "Memory"):
+        specs.update(chart_specs(show_tab(at, name)))
+    return specs
+
+
+def selected_ids(at) -> list[int]:
+    if "runs" not in at.query_params:
+        return []
+    value = at.query_params["runs"]
+    return [int(i) for i in (value if isinstance(value, str) else value[0]).split(",")]
 
 
 def text_of(at) -> str:
@@ -48,21 +71,27 @@ def test_empty_database_says_there_are_no_runs_and_links_to_launch(arena_db, ope
 
     assert "No runs yet" in at.info[0].value
     assert at.get("page_link")[0].proto.label == "Launch your first run"
-    assert not at.multiselect and not at.get("plotly_chart")
+    assert not at.dataframe and not at.get("plotly_chart")
 
 
 def test_a_fair_pair_gets_every_chart_in_its_framework_colour(runs_db, open_page):
     ids = sorted([runs_db.torch_id, runs_db.tensorflow_id])
     at = open_page(COMPARE_PAGE, runs=f"{ids[0]},{ids[1]}")
 
-    assert at.multiselect[0].value == ids
-    specs = chart_specs(at)
-    assert {"chart_loss_step", "chart_accuracy", "chart_test_loss", "chart_train_loss", "chart_throughput",
+    assert selected_ids(at) == ids
+    specs = every_chart(at)
+    assert {"chart_metric_step/train_loss", "chart_metric_test_accuracy", "chart_throughput", "chart_rate_violin",
             "chart_epoch_time", "chart_warmup", "chart_step_time_box", "chart_step_time", "chart_inference_bs1",
             "chart_inference_bsN", "chart_memory", "chart_cpu"} <= set(specs)
-    loss_traces = [t for t in specs["chart_loss_step"]["data"] if t.get("showlegend") is not False]
-    colours = {trace["name"].split()[-1]: trace["line"]["color"] for trace in loss_traces}
-    assert colours == {"PyTorch": FRAMEWORK_COLORS["torch"], "TensorFlow": FRAMEWORK_COLORS["tensorflow"]}
+    loss_traces = [t for t in specs["chart_metric_step/train_loss"]["data"] if t.get("showlegend") is not False]
+    # Train and test together: the per-step loss in each run's colour, the test loss beside it, fainter.
+    colours = {trace["name"]: (trace["line"]["color"], trace["line"]["dash"]) for trace in loss_traces}
+    assert colours == {
+        f"#{runs_db.torch_id} PyTorch": (FRAMEWORK_COLORS["torch"], "solid"),
+        f"#{runs_db.tensorflow_id} TensorFlow": (FRAMEWORK_COLORS["tensorflow"], "dash"),
+        f"#{runs_db.torch_id} PyTorch · test loss": (FRAMEWORK_COLORS["torch"], "solid"),
+        f"#{runs_db.tensorflow_id} TensorFlow · test loss": (FRAMEWORK_COLORS["tensorflow"], "dash"),
+    }
     assert specs["chart_throughput"]["data"][0]["marker"]["color"] == [
         FRAMEWORK_COLORS["torch" if i == runs_db.torch_id else "tensorflow"] for i in ids]
 
@@ -75,13 +104,16 @@ def test_what_was_compared_says_only_the_framework_differs(runs_db, open_page):
     assert "Identical in all: model `mlp`, dataset `digits`, epochs `2`" in text
     assert "Equal settings: only the framework differs." in text
     assert "first step" in text and "warm-up steps" in text and "same initial weights" in text and "1e-8" in text
-    assert "as many samples per second as" in text
     assert not at.warning
-    summary = summary_table(at)
+    # One run each: the ratio's interval is over the steady steps of the two runs, and it says so.
+    speed = text_of(show_tab(at, "Speed"))
+    assert "95% CI" in speed and "one run each" in speed
+    summary = summary_table(show_tab(at, "Summary"))
     assert list(summary.columns) == sorted(summary.columns, key=lambda name: int(name.split()[0][1:]))
-    assert {"test accuracy", "throughput (median)", "first step (excluded)", "parameters",
-            "framework version", "device", "mode", "precision (compute dtype)"} <= set(summary.index)
-    assert set(summary.loc["parameters"]) == {"9,610"}
+    assert {("Result", "final test accuracy"), ("Speed", "samples/s (median epoch)"), ("Model", "trainable parameters"),
+            ("Settings", "framework version"), ("Settings", "device"), ("Settings", "mode"),
+            ("Settings", "precision (compute dtype)")} <= set(summary.index)
+    assert [cell.split(" (")[0] for cell in summary.loc[("Model", "trainable parameters")]] == ["9,610"] * 2
 
 
 def test_runs_with_different_settings_are_flagged_as_unequal(runs_db, open_page):
@@ -120,19 +152,20 @@ def test_unknown_run_ids_in_the_url_are_reported(runs_db, open_page):
     at = open_page(COMPARE_PAGE, runs=f"{runs_db.torch_id},9999")
 
     assert "#9999" in at.warning[0].value
-    assert at.multiselect[0].value == [runs_db.torch_id]
+    assert selected_ids(at) == [runs_db.torch_id]
 
 
 def test_without_a_selection_the_newest_runs_are_compared(runs_db, open_page):
     at = open_page(COMPARE_PAGE)
 
-    assert len(at.multiselect[0].value) == 2
-    assert at.query_params["runs"] == ",".join(str(i) for i in at.multiselect[0].value)
+    with make_sessionmaker(runs_db.url).begin() as s:
+        newest = [run.id for run in queries.list_runs(s)[:2]]
+    assert selected_ids(at) == sorted(newest)
 
 
 def test_step_times_are_drawn_per_run_after_the_warm_up_steps(runs_db, open_page):
     ids = sorted([runs_db.torch_id, runs_db.tensorflow_id])
-    at = open_page(COMPARE_PAGE, runs=f"{ids[0]},{ids[1]}")
+    at = open_page(COMPARE_PAGE, runs=f"{ids[0]},{ids[1]}", tab="Speed")
 
     boxes = chart_specs(at)["chart_step_time_box"]["data"]
     assert [box["type"] for box in boxes] == ["box", "box"]
@@ -143,7 +176,7 @@ def test_step_times_are_drawn_per_run_after_the_warm_up_steps(runs_db, open_page
         # 2 epochs x 10 steps, the first 10 (warm-up) left out: the box holds the steady-state steps only.
         assert run.summary["warmup_steps"] == 10
         assert len(array(box["y"])) == 2 * 10 - 10
-    assert "leaves out the first 10 warm-up steps" in text_of(at)
+    assert "leave out the first 10 warm-up steps" in text_of(at)
     per_step = chart_specs(at)["chart_step_time"]
     assert per_step["layout"]["yaxis"]["type"] == "log"
     assert per_step["layout"]["shapes"][0]["x1"] == 10.5  # the warm-up steps, shaded
@@ -157,7 +190,7 @@ def test_step_times_are_drawn_per_run_after_the_warm_up_steps(runs_db, open_page
 
 def test_inference_latency_is_charted_at_batch_1_and_the_training_batch_size(runs_db, open_page):
     ids = sorted([runs_db.torch_id, runs_db.tensorflow_id])
-    at = open_page(COMPARE_PAGE, runs=f"{ids[0]},{ids[1]}")
+    at = open_page(COMPARE_PAGE, runs=f"{ids[0]},{ids[1]}", tab="Speed")
 
     specs = chart_specs(at)
     for key, label in (("chart_inference_bs1", "batch 1"), ("chart_inference_bsN", "batch 32")):
@@ -170,23 +203,27 @@ def test_inference_latency_is_charted_at_batch_1_and_the_training_batch_size(run
 
 
 def test_summary_shows_how_each_run_ran_and_its_speed_in_detail(runs_db, open_page):
-    at = open_page(COMPARE_PAGE, runs=f"{runs_db.torch_id},{runs_db.tensorflow_id}")
+    at = open_page(COMPARE_PAGE, runs=f"{runs_db.torch_id},{runs_db.tensorflow_id}", tab="Summary")
 
     summary = summary_table(at)
+    settings = {quantity for section, quantity in summary.index if section == "Settings"}
     assert {"mode", "precision (compute dtype)", "layout", "TF32", "deterministic", "same initial weights",
-            "compile time (first step − median step)", "first step (excluded)", "steady samples/s",
-            "step time p50", "step time p95", "step time p99", "time to target", "inference batch 1 p50",
-            "inference batch 1 p95", "inference batch N p50", "inference batch N p95",
-            "inference batch N samples/s"} <= set(summary.index)
+            "time to target"} <= settings
+    speed = {quantity for section, quantity in summary.index if section == "Speed"}
+    assert {"compile time (first step − median step)", "first step (excluded)", "steady samples/s", "step time p50",
+            "step time p95"} <= speed, speed
     by_framework = {name.split()[-1]: summary[name] for name in summary.columns}
-    assert by_framework["PyTorch"]["mode"] == "eager"
-    assert by_framework["TensorFlow"]["mode"] == "tf.function (graph)"
-    assert set(summary.loc["precision (compute dtype)"]) == {"fp32"}
-    assert set(summary.loc["TF32"]) == {"off"} and set(summary.loc["same initial weights"]) == {"yes"}
-    assert set(summary.loc["layout"]) == {"n/a"}  # an MLP has no convolutions
-    assert all(text.endswith(" ms") for text in summary.loc["step time p95"])
+    assert by_framework["PyTorch"][("Settings", "mode")] == "eager"
+    assert by_framework["TensorFlow"][("Settings", "mode")] == "tf.function (graph)"
+    assert set(summary.loc[("Settings", "precision (compute dtype)")]) == {"fp32"}
+    assert set(summary.loc[("Settings", "TF32")]) == {"off"}
+    assert set(summary.loc[("Settings", "same initial weights")]) == {"yes"}
+    assert set(summary.loc[("Settings", "layout")]) == {"n/a"}  # an MLP has no convolutions
+    baseline = summary.columns[0]
+    assert summary[baseline][("Speed", "step time p95")].endswith(" ms")
+    assert summary[summary.columns[1]][("Speed", "step time p95")].endswith("%)")  # the other run: its difference
     # Two epochs of ten steps do not reach mlp's 95 % target.
-    assert set(summary.loc["time to target"]) == {"95.0 % not reached"}
+    assert set(summary.loc[("Settings", "time to target")]) == {"95.0 % not reached"}
 
 
 def test_what_was_held_equal_is_said_in_words(runs_db, open_page):

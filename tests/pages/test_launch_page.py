@@ -142,7 +142,8 @@ def test_a_matrix_of_both_frameworks_and_two_seeds_queues_four_runs_as_one_group
     assert "Queued 4 runs" in at.success[0].value and f"`{tag}`" in at.success[0].value
     ids = sorted(run.id for run in runs)
     at.switch_page(COMPARE_PAGE).run()  # Compare picks up the runs just launched
-    assert at.multiselect[0].value == ids
+    assert at.session_state["compare_selected"] == ids
+    assert at.query_params["runs"] in (",".join(map(str, ids)), [",".join(map(str, ids))])
 
 
 @pytest.mark.parametrize("seeds, words", [

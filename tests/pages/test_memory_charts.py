@@ -84,7 +84,7 @@ def memory_traces(at) -> list[dict]:
 
 def test_real_cpu_runs_show_host_rss_over_time_and_over_steps(runs_db, open_page):
     ids = sorted([runs_db.torch_id, runs_db.tensorflow_id])
-    at = open_page(COMPARE_PAGE, runs=f"{ids[0]},{ids[1]}")
+    at = open_page(COMPARE_PAGE, runs=f"{ids[0]},{ids[1]}", tab="Memory")
 
     traces = memory_traces(at)
     names = {trace["name"]: trace for trace in traces}
@@ -177,7 +177,7 @@ def peaks_table(at):
 
 
 def test_each_source_has_its_dash_and_each_run_its_colour(runs_db, gpu_runs, open_page):
-    at = open_page(COMPARE_PAGE, runs=f"{gpu_runs.gpu_id},{gpu_runs.oom_id}")
+    at = open_page(COMPARE_PAGE, runs=f"{gpu_runs.gpu_id},{gpu_runs.oom_id}", tab="Memory")
 
     traces = {trace["name"]: trace for trace in memory_traces(at)}
     gpu, oom = f"#{gpu_runs.gpu_id} PyTorch", f"#{gpu_runs.oom_id} PyTorch"
@@ -198,7 +198,7 @@ def test_each_source_has_its_dash_and_each_run_its_colour(runs_db, gpu_runs, ope
 
 
 def test_a_run_that_ran_out_of_memory_gets_a_red_cross_at_its_last_sample(runs_db, gpu_runs, open_page):
-    at = open_page(COMPARE_PAGE, runs=f"{gpu_runs.gpu_id},{gpu_runs.oom_id}")
+    at = open_page(COMPARE_PAGE, runs=f"{gpu_runs.gpu_id},{gpu_runs.oom_id}", tab="Memory")
 
     traces = {trace["name"]: trace for trace in memory_traces(at)}
     marker = traces[f"#{gpu_runs.oom_id} PyTorch · out of memory"]
@@ -207,24 +207,26 @@ def test_a_run_that_ran_out_of_memory_gets_a_red_cross_at_its_last_sample(runs_d
     line = traces[f"#{gpu_runs.oom_id} PyTorch · NVML process"]
     assert array(marker["x"]) == [array(line["x"])[-1]] and array(marker["y"]) == [7000 / 1024]  # GiB
     assert not any(name.endswith("out of memory") for name in traces if name.startswith(f"#{gpu_runs.gpu_id}"))
-    assert any(option.startswith(f"#{gpu_runs.oom_id} ") and option.endswith("(failed · out of memory)")
-               for option in at.multiselect[0].options)
+    at.session_state["compare_picker_open"] = True  # the table of runs is built while its expander is open
+    picker = at.run().dataframe[0].value.set_index("id")
+    assert picker.loc[gpu_runs.oom_id, "status"] == "✗ failed · out of memory"
 
 
 def test_a_diverged_run_is_marked_at_the_step_its_loss_went_non_finite(runs_db, gpu_runs, open_page):
-    at = open_page(COMPARE_PAGE, runs=str(gpu_runs.diverged_id))
+    at = open_page(COMPARE_PAGE, runs=str(gpu_runs.diverged_id), tab="Memory")
     at.radio(key="memory_x_axis").set_value("step").run()
 
     traces = {trace["name"]: trace for trace in memory_traces(at)}
     marker = traces[f"#{gpu_runs.diverged_id} PyTorch · loss not finite"]
     assert array(marker["x"]) == [15.0] and array(marker["y"]) == [500.0]
     assert marker["hovertext"] == ["loss not finite from step 15"]
-    summary = next(t.value for t in at.table if "status" in t.value.index)
-    assert summary.loc["status"].tolist() == ["△ diverged at step 15"]
+    at.session_state["compare_tab"] = "Summary"
+    summary = next(d.value for d in at.run().dataframe if ("Settings", "status") in d.value.index)
+    assert summary.loc[("Settings", "status")].tolist() == ["△ diverged at step 15"]
 
 
 def test_peaks_are_exact_from_the_summary_or_marked_sampled(runs_db, gpu_runs, open_page):
-    at = open_page(COMPARE_PAGE, runs=f"{gpu_runs.gpu_id},{gpu_runs.oom_id}")
+    at = open_page(COMPARE_PAGE, runs=f"{gpu_runs.gpu_id},{gpu_runs.oom_id}", tab="Memory")
 
     peaks = peaks_table(at)
     gpu, oom = f"#{gpu_runs.gpu_id} PyTorch", f"#{gpu_runs.oom_id} PyTorch"
@@ -238,7 +240,7 @@ def test_peaks_are_exact_from_the_summary_or_marked_sampled(runs_db, gpu_runs, o
 
 
 def test_units_switch_to_gib(runs_db, gpu_runs, open_page):
-    at = open_page(COMPARE_PAGE, runs=str(gpu_runs.oom_id))  # 7 GiB: GiB from the start
+    at = open_page(COMPARE_PAGE, runs=str(gpu_runs.oom_id), tab="Memory")  # 7 GiB: GiB from the start
     assert at.radio(key="memory_unit").value == "GiB"
     line = next(t for t in memory_traces(at) if t["name"].endswith("NVML process"))
     assert max(array(line["y"])) == pytest.approx(7000 / 1024)
@@ -250,7 +252,7 @@ def test_runs_without_memory_samples_say_so(runs_db, open_page):
         old = queries.create_run(s, RunSpec.with_model_defaults("torch", "mlp", "digits", epochs=2).to_dict()).id
         queries.add_metric_points(s, _steps(old, common.unix_time(START)))
         queries.fail_run(s, old, "RuntimeError: from before memory was sampled")
-    at = open_page(COMPARE_PAGE, runs=str(old))
+    at = open_page(COMPARE_PAGE, runs=str(old), tab="Memory")
 
     assert any("No memory samples for these runs" in info.value and "Launch a new run" in info.value
                for info in at.info)
