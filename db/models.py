@@ -87,7 +87,11 @@ class MetricPoint(Base):
 
     run: Mapped[Run] = relationship(back_populates="metrics")
 
-    __table_args__ = (Index("ix_metric_points_run_name_step", "run_id", "name", "step"),)
+    __table_args__ = (
+        Index("ix_metric_points_run_name_step", "run_id", "name", "step"),
+        # Covering: the Runs table reads the last value of a few metrics of every run from the index alone.
+        Index("ix_metric_points_name_run_step_value", "name", "run_id", "step", "value"),
+    )
 
 
 class MetricChunk(Base):

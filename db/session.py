@@ -62,6 +62,7 @@ def _create_schema(engine: Engine) -> None:
             if "already exists" not in str(exc) or attempt == len(Base.metadata.tables):
                 raise
     _add_missing_columns(engine)
+    _add_missing_indexes(engine)
 
 
 def _add_missing_columns(engine: Engine) -> None:
@@ -86,6 +87,18 @@ def _add_missing_columns(engine: Engine) -> None:
                     raise  # another process added it at the same moment otherwise
 
 
+def _add_missing_indexes(engine: Engine) -> None:
+    """Create indexes newer Arena versions declare on tables an older database already has."""
+    inspector = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in present:
+                index.create(engine, checkfirst=True)
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -93,6 +106,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     # WAL + NORMAL is durable against process crashes (the case that matters: a killed runner).
     cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB of page cache: the Runs table reads every run
     cursor.close()
 
 
