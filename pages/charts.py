@@ -44,11 +44,18 @@ def add_run_line(fig: go.Figure, run: Run, style: dict, x, y, markers: bool, ove
 
 
 def fit_legend(fig: go.Figure) -> None:
-    """Grow the top margin by a row for every few legend entries, so the legend does not cover the plot."""
-    entries = sum(1 for trace in fig.data if trace.showlegend is not False)
+    """A short legend sits above the plot; a long one goes below it, a row per few entries, so it never
+    covers the title or the curves."""
+    entries = sum(1 for trace in fig.data if trace.showlegend is not False and trace.name)
     rows = max(1, -(-entries // LEGEND_ENTRIES_PER_ROW))
-    extra_px = LEGEND_ROW_PX * (rows - 1)
-    fig.update_layout(margin=dict(t=TOP_MARGIN_PX + extra_px), height=HEIGHT_PX + extra_px)
+    if rows == 1:
+        fig.update_layout(margin=dict(t=TOP_MARGIN_PX, b=10), height=HEIGHT_PX,
+                          legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1))
+        return
+    legend_px = LEGEND_ROW_PX * rows
+    # Pinned to the bottom of the figure, under the x axis title; the bottom margin makes the room.
+    fig.update_layout(margin=dict(t=TOP_MARGIN_PX - 20, b=50 + legend_px), height=HEIGHT_PX + legend_px,
+                      legend=dict(orientation="h", yref="container", yanchor="bottom", y=0.01, xanchor="left", x=0))
 
 
 def loss_vs_step(steps: pd.DataFrame, runs: Sequence[Run], log_y: bool, smoothing: float) -> go.Figure:
