@@ -12,7 +12,8 @@ from pages import common, run_settings
 HEIGHT_PX = 330
 TOP_MARGIN_PX = 60  # title and a one-row legend
 LEGEND_ROW_PX = 22
-LEGEND_ENTRIES_PER_ROW = 4  # what fits beside each other in a half-width chart
+LEGEND_ROW_WIDTH_PX = 380  # what a legend row holds in the narrowest chart (a third of the page)
+LEGEND_SWATCH_PX, LEGEND_CHAR_PX = 45, 7
 
 
 def base_figure(title: str, x_title: str, y_title: str, log_y: bool = False) -> go.Figure:
@@ -46,8 +47,10 @@ def add_run_line(fig: go.Figure, run: Run, style: dict, x, y, markers: bool, ove
 def fit_legend(fig: go.Figure) -> None:
     """A short legend sits above the plot; a long one goes below it, a row per few entries, so it never
     covers the title or the curves."""
-    entries = sum(1 for trace in fig.data if trace.showlegend is not False and trace.name)
-    rows = max(1, -(-entries // LEGEND_ENTRIES_PER_ROW))
+    names = [trace.name for trace in fig.data if trace.showlegend is not False and trace.name]
+    # Rows by the space the entries take (a swatch and the text), not by their number: group names are long.
+    width_px = sum(LEGEND_SWATCH_PX + LEGEND_CHAR_PX * len(name) for name in names)
+    rows = max(1, -(-width_px // LEGEND_ROW_WIDTH_PX))
     if rows == 1:
         fig.update_layout(margin=dict(t=TOP_MARGIN_PX, b=10), height=HEIGHT_PX,
                           legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1))

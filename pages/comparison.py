@@ -222,7 +222,8 @@ def what_was_compared(runs: Sequence[Run]) -> None:
             st.caption("Not finished: " + ", ".join(f"#{run.id} {common.status_words(run)} (epoch {run.epoch}/"
                                                    f"{run.total_epochs})" for run in unfinished)
                        + ". Their curves end where they stopped.")
-        st.markdown(METHOD)
+        with st.expander("How the runs were measured", icon=":material/science:"):
+            st.markdown(METHOD)
 
 
 def verdict(runs: Sequence[Run], frameworks: list[str], split: Split) -> None:

@@ -137,7 +137,7 @@ def _group_trace(fig: go.Figure, points: pd.DataFrame, members: list[Run], style
     x = _x(frame["x"], x_axis).to_numpy()
     group_id = "group-" + "-".join(str(run.id) for run in members)
     fig.add_trace(go.Scatter(
-        x=np.r_[x, x[::-1]], y=np.r_[frame["hi"] * scale, (frame["lo"] * scale)[::-1]], fill="toself",
+        x=np.r_[x, x[::-1]], y=np.r_[frame["hi"] * scale, (frame["lo"] * scale)[::-1]], fill="toself", mode="lines",
         fillcolor=translucent(style["color"], 0.12 if faint else 0.22), line=dict(width=0), hoverinfo="skip",
         legendgroup=group_id, showlegend=False,
     ))

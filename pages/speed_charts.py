@@ -46,11 +46,12 @@ def step_time_box(steps: pd.DataFrame, runs: Sequence[Run]) -> go.Figure:
     fig = base_figure("Step time after warm-up (box: quartiles, whiskers 1.5 IQR)", "",
                       "ms per optimizer step" + (" (log)" if log_y else ""), log_y=log_y)
     labels = rs.distinguishing_labels(runs, separator="<br>")
+    styles = common.trace_styles(runs)
     for run in runs:
         values = distributions[run.id]
         if values.empty:
             continue
-        colour = common.framework_color(run.framework)
+        colour = styles[run.id]["color"]
         fig.add_trace(go.Box(
             y=values, name=labels[run.id], marker=dict(color=colour, size=4), line=dict(color=colour),
             fillcolor=translucent(colour), boxpoints="outliers", boxmean=True, showlegend=False,
