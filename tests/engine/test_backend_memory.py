@@ -39,7 +39,9 @@ if framework == "torch":
 else:
     import tensorflow as tf
     def allocate_200mb():
-        return tf.ones([200 * 1024**2 // 4])
+        # Host memory through numpy: TensorFlow's CPU allocator keeps what a freed tensor held
+        # (RSS stays up after `del`), so a tf tensor could not show that the peak resets per epoch.
+        return np.ones(200 * 1024**2 // 4, dtype=np.float32)
     def fail_to_allocate():
         tf.zeros([2**40])  # 4 TiB of float32
     @tf.function(autograph=False)
