@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from db.models import DIVERGED, OUT_OF_MEMORY, Run
-from pages import common
+from pages import common, url_state
 from pages.charts import LEGEND_ROW_PX, TOP_MARGIN_PX, base_figure, fit_legend
 
 MEMORY_HEIGHT_PX = 420  # full width and many lines: taller than the half-width charts
@@ -360,11 +360,15 @@ def section(sample_frame: pd.DataFrame, steps: pd.DataFrame, epoch_peaks: pd.Dat
         return
     clocks = step_clocks(steps, runs)
     controls = st.container(horizontal=True, vertical_alignment="center", gap="large")
+    largest = max(float(points["value"].max()) for run in runs for _, points in drawn_series(samples, run))
+    default_unit = list(UNITS)[1 if largest >= 2 * GIB else 0]
+    url_state.seed("memory_x_axis", "mx", "time", choices=list(X_AXES))
+    url_state.seed("memory_unit", "unit", default_unit, choices=list(UNITS))
     x_axis = controls.radio("Memory against", list(X_AXES), format_func=X_AXES.get, horizontal=True,
                             key="memory_x_axis")
-    largest = max(float(points["value"].max()) for run in runs for _, points in drawn_series(samples, run))
-    unit = controls.radio("Unit", list(UNITS), index=1 if largest >= 2 * GIB else 0, horizontal=True,
-                          key="memory_unit")
+    unit = controls.radio("Unit", list(UNITS), horizontal=True, key="memory_unit")
+    url_state.sync("mx", x_axis, "time")
+    url_state.sync("unit", unit, default_unit)
     st.plotly_chart(memory_figure(samples, runs, clocks, x_axis, unit), key="chart_memory")
     without_steps = [run for run in runs if run.id not in clocks and drawn_series(samples, run)]
     st.caption("Colour: the run (its framework's colour); dash: the source. Faint vertical lines: epoch boundaries. "

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from db.models import Run
-from pages import common
+from pages import common, url_state
 from pages.charts import HEIGHT_PX, add_run_line, base_figure
 
 KIND_LABELS = {"weight": "Weights", "grad": "Gradients"}
@@ -169,6 +169,8 @@ def section(runs: Sequence[Run], stats: pd.DataFrame) -> None:
     recorded = set(stats["run_id"])
     with_stats = [run for run in runs if run.id in recorded]
     layers = layer_names(stats)
+    url_state.seed("tensor_layer", "layer", layers[0], choices=layers)
+    url_state.seed("tensor_kind", "kind", "weight", choices=list(KIND_LABELS))
     _keep_valid("tensor_layer", layers, layers[0])
     _keep_valid("tensor_kind", list(KIND_LABELS), "weight")
     controls = st.container(horizontal=True, vertical_alignment="center", gap="large")
@@ -176,13 +178,17 @@ def section(runs: Sequence[Run], stats: pd.DataFrame) -> None:
                                help="Canonical names (engine/weights.py): the same tensor in both frameworks, "
                                     "PyTorch's transposed into Keras's layout.")
     kind = controls.radio("Show", list(KIND_LABELS), format_func=KIND_LABELS.get, horizontal=True, key="tensor_kind")
+    url_state.sync("layer", layer, layers[0])
+    url_state.sync("kind", kind, "weight")
     chosen = stats[(stats["layer"] == layer) & (stats["kind"] == kind)]
     epochs = sorted(int(e) for e in chosen["epoch"].unique())
     if epochs:
+        url_state.seed("tensor_epoch", "epoch", epochs[-1], parse=int, choices=epochs)
         _keep_valid("tensor_epoch", epochs, epochs[-1])
         epoch = controls.select_slider("Epoch", epochs, key="tensor_epoch", disabled=len(epochs) == 1,
                                        help="Epoch 0: the initial weights, before the first step (gradients start "
                                             "at epoch 1: a pass before the first step would warm it up).")
+        url_state.sync("epoch", epoch, epochs[-1])
         _charts(stats, with_stats, layer, kind, epoch)
     else:  # a run that has not finished its first epoch has weights of epoch 0 only
         st.caption(f"No {KIND_LABELS[kind].lower()} of {layer} yet: gradients come at the end of the first epoch.")

@@ -264,3 +264,11 @@ def stored_run(url: str, run_id: int):
         run = queries.get_run(s, run_id)
         s.expunge(run)
         return run
+
+
+def test_the_memory_axis_and_unit_come_from_the_link_and_go_back_into_it(runs_db, gpu_runs, open_page):
+    at = open_page(COMPARE_PAGE, runs=str(gpu_runs.gpu_id), tab="Memory", mx="step", unit="GiB")
+    assert at.radio(key="memory_x_axis").value == "step" and at.radio(key="memory_unit").value == "GiB"
+
+    at.radio(key="memory_x_axis").set_value("time").run()
+    assert "mx" not in at.query_params and at.query_params["unit"] in ("GiB", ["GiB"])
