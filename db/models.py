@@ -7,10 +7,13 @@ from typing import Any, Optional
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-# Run lifecycle: queued -> running -> finished | failed | diverged. "active" statuses are the
-# ones a reaper must watch so nothing stays "running" after its process is gone.
+# Run lifecycle: queued -> running -> finished | failed | diverged | cancelled | lost. "active"
+# statuses are the ones a reaper must watch so nothing stays "running" after its process is gone:
+# a run whose runner stopped writing its heartbeat is "lost" (killed, machine gone), one a user
+# stopped is "cancelled"; both keep every point they recorded.
 QUEUED, RUNNING, FINISHED, FAILED, DIVERGED = "queued", "running", "finished", "failed", "diverged"
-STATUSES = (QUEUED, RUNNING, FINISHED, FAILED, DIVERGED)
+CANCELLED, LOST = "cancelled", "lost"
+STATUSES = (QUEUED, RUNNING, FINISHED, FAILED, DIVERGED, CANCELLED, LOST)
 ACTIVE_STATUSES = (QUEUED, RUNNING)
 # Why a run failed, when Arena can tell (Run.reason): results worth comparing, not just errors.
 OUT_OF_MEMORY, NON_FINITE_LOSS, ERROR = "out_of_memory", "non_finite_loss", "error"
@@ -54,6 +57,9 @@ class Run(Base):
     name: Mapped[Optional[str]] = mapped_column(String(RUN_NAME_MAX))
     notes: Mapped[Optional[str]] = mapped_column(Text)
     tags: Mapped[Optional[list[str]]] = mapped_column(JSON)
+    # When someone asked the run to stop (Runs page, CLI): its runner, on any machine, sees it at
+    # its next heartbeat and ends the run as cancelled.
+    cancel_requested_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
 
     metrics: Mapped[list["MetricPoint"]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True

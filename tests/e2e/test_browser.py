@@ -6,11 +6,13 @@ Debian's Chromium with Playwright (never a downloaded browser).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,20 @@ def test_launch_a_run_watch_it_finish_and_compare_it(dashboard, page):
     expect(page.get_by_role("heading", name="Compare", exact=True)).to_be_visible()
     expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
     expect(page.get_by_text("#1 PyTorch").first).to_be_visible()
+
+    # Tabs: only the open one is drawn, and the link keeps it (and the runs) for a reload or a colleague.
+    page.get_by_role("tab", name="Speed").click()
+    expect(page).to_have_url(re.compile(r"tab=Speed"))
+    expect(page.get_by_text("Samples/s per step after warm-up").first).to_be_visible(timeout=60_000)
+    page.reload()
+    expect(page.get_by_role("tab", name="Speed", selected=True)).to_be_visible(timeout=60_000)
+
+    # Export: the CSV download holds every step the run recorded.
+    page.get_by_role("tab", name="Export").click()
+    with page.expect_download(timeout=60_000) as download:
+        page.get_by_role("button", name="CSV (zip)").click()
+    path = download.value.path()
+    with zipfile.ZipFile(path) as archive:
+        metrics = archive.read("metrics.csv").decode().splitlines()
+    assert download.value.suggested_filename == f"arena-runs-{run.id}.csv.zip"
+    assert sum(1 for line in metrics if ",step/train_loss," in line) == 5
