@@ -19,9 +19,16 @@ from engine.weights import layer_shapes, trainable
 # TensorFlow raises tf.errors.ResourceExhaustedError when an allocation fails, on the CPU as on a
 # GPU (TF 2.21, tf.zeros([2**40]) on Linux: "OOM when allocating tensor with shape[1099511627776]
 # and type float on /job:localhost/replica:0/task:0/device:CPU:0 by allocator cpu [Op:Fill]").
+# oneDNN (TensorFlow's CPU kernels) reports a failed allocation as status 1, dnnl_out_of_memory,
+# wrapped in an ordinary op error rather than ResourceExhaustedError.
+_ONEDNN_OUT_OF_MEMORY = "Status:1, message: could not create a memory object"
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether exc (or an exception it was raised from) is an allocation failure."""
-    return any(isinstance(link, (tf.errors.ResourceExhaustedError, MemoryError)) for link in exception_chain(exc))
+    return any(isinstance(link, (tf.errors.ResourceExhaustedError, MemoryError))
+               or (isinstance(link, tf.errors.OpError) and _ONEDNN_OUT_OF_MEMORY in str(link))
+               for link in exception_chain(exc))
 
 
 class TensorFlowBackend(Backend):

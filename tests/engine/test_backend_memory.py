@@ -51,7 +51,10 @@ else:
         return tf.reduce_sum(tf.random.uniform([2**40]))
     def compiled_failure():
         graph_allocation()
-    real_oom_types = {}
+    # What a oneDNN kernel raises when its allocation fails (seen under an address-space limit).
+    real_oom_types = {"onednn": tf.errors.AbortedError(None, None, "Compute received an exception:Status:1, message: "
+                                                       "could not create a memory object. in file "
+                                                       "tensorflow/core/kernels/mkl/mkl_maxpooling_op.cc:388")}
     unrelated = tf.errors.InvalidArgumentError(None, None, "Matrix size-incompatible: In[0]: [4,64], In[1]: [65,10]")
 
 backend = get_backend(framework, "cpu")
@@ -159,6 +162,7 @@ def test_tensorflow_cpu_allocation_failure_is_resource_exhausted_and_classified_
         assert ooms[label]["type"].endswith("ResourceExhaustedError")
         assert "OOM when allocating tensor" in ooms[label]["message"] and ooms[label]["is_oom"] is True
     assert ooms["memory_error"]["is_oom"] is ooms["numpy"]["is_oom"] is True
+    assert ooms["onednn"]["is_oom"] is True
     assert ooms["unrelated"]["is_oom"] is ooms["value_error"]["is_oom"] is False
 
 
