@@ -5,11 +5,10 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Base
+from db.migrate import upgrade_to_head
 
 ENV_DB_URL = "ARENA_DB_URL"
 ENV_HOME = "ARENA_HOME"
@@ -33,7 +32,7 @@ def resolve_db_url(url: Optional[str] = None) -> str:
 
 
 def make_engine(url: Optional[str] = None) -> Engine:
-    """Create an engine and the schema; SQLite gets WAL, foreign keys and a busy timeout."""
+    """Create an engine and bring its schema to head (db.migrate); SQLite gets WAL, foreign keys, a busy timeout."""
     url = resolve_db_url(url)
     is_sqlite = url.startswith("sqlite")
     if is_sqlite:
@@ -47,56 +46,9 @@ def make_engine(url: Optional[str] = None) -> Engine:
     )
     if is_sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
-    _create_schema(engine)
+    # Created empty, older or current: every database is at the models' schema before anyone reads it.
+    upgrade_to_head(engine)
     return engine
-
-
-def _create_schema(engine: Engine) -> None:
-    """Create missing tables; tolerate another process creating them at the same moment."""
-    for attempt in range(len(Base.metadata.tables) + 1):
-        try:
-            Base.metadata.create_all(engine)
-            break
-        except OperationalError as exc:
-            # Another process created a table between our check and our CREATE; check again.
-            if "already exists" not in str(exc) or attempt == len(Base.metadata.tables):
-                raise
-    _add_missing_columns(engine)
-    _add_missing_indexes(engine)
-
-
-def _add_missing_columns(engine: Engine) -> None:
-    """Add nullable columns that newer Arena versions introduced to an older database, in place.
-
-    Only additive, nullable columns: enough for the upgrades so far without losing a row.
-    """
-    inspector = inspect(engine)
-    for table in Base.metadata.sorted_tables:
-        if not inspector.has_table(table.name):
-            continue
-        present = {column["name"] for column in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in present or not column.nullable:
-                continue
-            kind = column.type.compile(dialect=engine.dialect)
-            try:
-                with engine.begin() as connection:
-                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
-            except OperationalError as exc:
-                if "duplicate column" not in str(exc).lower():
-                    raise  # another process added it at the same moment otherwise
-
-
-def _add_missing_indexes(engine: Engine) -> None:
-    """Create indexes newer Arena versions declare on tables an older database already has."""
-    inspector = inspect(engine)
-    for table in Base.metadata.sorted_tables:
-        if not inspector.has_table(table.name):
-            continue
-        present = {index["name"] for index in inspector.get_indexes(table.name)}
-        for index in table.indexes:
-            if index.name not in present:
-                index.create(engine, checkfirst=True)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

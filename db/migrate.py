@@ -1,0 +1,192 @@
+"""Schema upgrades on start: Alembic brings any Arena database, new or old, to the schema of db/models.py.
+
+Alembic is configured here in code, not by an alembic.ini: the database URL is only known at run
+time (ARENA_DB_URL, ARENA_HOME), every process migrates the database it opens on its own, and
+the migrations directory is found next to this file whatever the working directory.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import zlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional, Sequence
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import Script, ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy.pool import NullPool
+
+from db.migrations.legacy import missing
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Seconds a starting process waits for another process's migration to finish (SQLite busy
+# timeout on the write lock): long enough for a big database's table copy, short of a hang.
+MIGRATION_WAIT_S = 600
+# Any fixed 32-bit number that every Arena process agrees on: the PostgreSQL advisory lock key.
+POSTGRES_LOCK_KEY = zlib.crc32(b"arena db.migrate")
+
+log = logging.getLogger(__name__)
+
+
+class MigrationError(RuntimeError):
+    """The database could not be brought to the current schema; the message says how to recover."""
+
+
+def alembic_config() -> Config:
+    """Alembic's configuration for the migrations next to this module."""
+    return _config(str(MIGRATIONS_DIR))
+
+
+def head_revision() -> str:
+    """The newest revision: the schema of db/models.py."""
+    return _scripts(str(MIGRATIONS_DIR)).get_current_head()
+
+
+def current_revision(connection: Connection) -> Optional[str]:
+    """The revision stamped in a database (None: empty, or from before Arena tracked revisions)."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade_to_head(engine: Engine) -> list[str]:
+    """Bring the engine's database to the head revision; return the revisions applied, oldest first.
+
+    Several processes may start on one database at once (dashboard, scheduler, runners): one
+    migrates under a lock, the others wait for it and then find the database at head.
+    """
+    with engine.connect() as connection:
+        if current_revision(connection) == head_revision():
+            return []  # the usual start: no lock taken, nothing written
+    migrator = _migration_engine(engine)
+    try:
+        with migrator.connect() as connection, connection.begin():
+            if connection.dialect.name == "postgresql":
+                # Held to the end of this transaction, so a crashed process cannot leave it taken.
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": POSTGRES_LOCK_KEY})
+            return _upgrade_locked(connection)
+    finally:
+        if migrator is not engine:
+            migrator.dispose()
+
+
+def legacy_revision(connection: Connection) -> Optional[str]:
+    """The newest revision whose changes, and every earlier one's, an untracked database has in full."""
+    inspector = inspect(connection)
+    matched = None
+    for script in _oldest_first(_scripts(str(MIGRATIONS_DIR))):
+        step = getattr(script.module, "LEGACY_STEP", None)
+        if step is None or missing(inspector, step):
+            break
+        matched = script.revision
+    return matched
+
+
+def _upgrade_locked(connection: Connection) -> list[str]:
+    """Stamp an untracked database, then apply the missing revisions one by one, in the caller's transaction."""
+    scripts = _scripts(str(MIGRATIONS_DIR))
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    url = connection.engine.url.render_as_string(hide_password=True)
+    current = current_revision(connection)  # again: another process may have migrated while we waited
+    start = f"revision {current}" if current else "an empty database"
+    if current is None and inspect(connection).get_table_names():
+        current = legacy_revision(connection)
+        start = f"its untracked schema (that of revision {current})" if current else "its untracked schema"
+        log.info("%s has an Arena schema from before revision tracking, matching revision %s", url, current or "none")
+        if current:
+            command.stamp(config, current)
+    known = [script.revision for script in _oldest_first(scripts)]
+    if current is not None and current not in known:
+        raise MigrationError(
+            f"{url} is at revision {current}, which this Arena does not know (it knows {', '.join(known)}): "
+            "a newer Arena upgraded it. Open it with that version or a newer one; nothing was changed."
+        )
+    pending = known[known.index(current) + 1:] if current else known
+    for revision in pending:
+        try:
+            command.upgrade(config, revision)
+        except Exception as exc:
+            doc = scripts.get_revision(revision).doc
+            raise MigrationError(
+                f"Upgrading {url} failed in revision {revision} ({doc}): {exc}. The upgrade runs in one "
+                f"transaction, which was rolled back: the database is unchanged, still at {start}. Fix the "
+                "cause and start Arena again, or run `python -m db.migrate` to retry and see the whole "
+                "error; until then the Arena version that last opened this database still works with it."
+            ) from exc
+    if pending:
+        log.info("Upgraded %s from %s to revision %s", url, start, pending[-1])
+    return pending
+
+
+def _migration_engine(engine: Engine) -> Engine:
+    """An engine whose transactions cover DDL and hold the write lock (SQLite), else the engine itself."""
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        # PostgreSQL has transactional DDL and takes an advisory lock; a private in-memory
+        # database has no other process to wait for.
+        return engine
+    migrator = create_engine(engine.url, poolclass=NullPool, connect_args={"timeout": MIGRATION_WAIT_S})
+    event.listen(migrator, "connect", _sqlite_migration_pragmas)
+    # BEGIN IMMEDIATE takes the write lock before the re-check: a second process waits here.
+    event.listen(migrator, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
+    return migrator
+
+
+def _sqlite_migration_pragmas(dbapi_connection, _record) -> None:
+    # pysqlite begins transactions only before INSERT/UPDATE/DELETE, so DDL would commit as it
+    # goes; with its own handling off, the BEGIN above makes every statement part of one transaction.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    # A batch-mode table copy drops the old table: with foreign keys on, that would cascade to its children.
+    cursor.execute("PRAGMA foreign_keys=OFF")
+    cursor.close()
+
+
+def _config(directory: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", directory.replace("%", "%%"))  # an ini value: % escapes
+    return config
+
+
+@lru_cache(maxsize=None)
+def _scripts(directory: str) -> ScriptDirectory:
+    # Parsed once per process: every make_engine() asks for the head.
+    return ScriptDirectory.from_config(_config(directory))
+
+
+def _oldest_first(scripts: ScriptDirectory) -> list[Script]:
+    return list(reversed(list(scripts.walk_revisions("base", "heads"))))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """`python -m db.migrate [--db URL]` upgrades now, any error shown whole; `revision MESSAGE` adds a revision."""
+    from db.session import make_engine
+
+    parser = argparse.ArgumentParser(prog="python -m db.migrate", description=main.__doc__)
+    parser.add_argument("action", nargs="?", choices=("upgrade", "revision"), default="upgrade")
+    parser.add_argument("message", nargs="?", help="revision: what the new revision changes")
+    parser.add_argument("--db", help="upgrade: the database URL (default: ARENA_DB_URL, then $ARENA_HOME/arena.db)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.action == "upgrade":
+        engine = make_engine(args.db)
+        print(f"{engine.url.render_as_string(hide_password=True)} is at revision {head_revision()}")
+        return
+    if not args.message:
+        parser.error("revision needs a MESSAGE")
+    with tempfile.TemporaryDirectory() as scratch:
+        # Autogenerate compares db/models.py with a database the revisions so far built, nobody's real one.
+        engine = make_engine(f"sqlite:///{Path(scratch) / 'head.db'}")
+        config = alembic_config()
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.revision(config, args.message, autogenerate=True, rev_id=f"{int(head_revision()) + 1:04d}")
+        engine.dispose()
+    print("Read the new revision before committing it: autogenerate misses renames and some type changes.")
+
+
+if __name__ == "__main__":
+    main()

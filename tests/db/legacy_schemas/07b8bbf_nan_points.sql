@@ -1,0 +1,57 @@
+-- sqlite_master of a database created by Arena at commit 07b8bbf (make_engine of that commit's db/).
+CREATE TABLE runs (
+	id INTEGER NOT NULL,
+	created_at DATETIME NOT NULL,
+	started_at DATETIME,
+	finished_at DATETIME,
+	status VARCHAR(16) NOT NULL,
+	framework VARCHAR(32) NOT NULL,
+	model VARCHAR(64) NOT NULL,
+	dataset VARCHAR(64) NOT NULL,
+	group_tag VARCHAR(64),
+	spec JSON NOT NULL,
+	environment JSON,
+	summary JSON,
+	error TEXT,
+	epoch INTEGER NOT NULL,
+	total_epochs INTEGER NOT NULL,
+	step INTEGER NOT NULL,
+	total_steps INTEGER,
+	hostname VARCHAR(255),
+	pid INTEGER,
+	heartbeat_at DATETIME,
+	log_path TEXT,
+	PRIMARY KEY (id)
+);
+
+CREATE INDEX ix_runs_created_at ON runs (created_at);
+
+CREATE INDEX ix_runs_status ON runs (status);
+
+CREATE TABLE metric_points (
+	id INTEGER NOT NULL,
+	run_id INTEGER NOT NULL,
+	name VARCHAR(64) NOT NULL,
+	step INTEGER NOT NULL,
+	epoch INTEGER NOT NULL,
+	wall_time FLOAT NOT NULL,
+	value FLOAT,
+	PRIMARY KEY (id),
+	FOREIGN KEY(run_id) REFERENCES runs (id) ON DELETE CASCADE
+);
+
+CREATE INDEX ix_metric_points_run_name_step ON metric_points (run_id, name, step);
+
+CREATE TABLE system_samples (
+	id INTEGER NOT NULL,
+	run_id INTEGER NOT NULL,
+	time FLOAT NOT NULL,
+	source VARCHAR(32) NOT NULL,
+	name VARCHAR(64) NOT NULL,
+	value FLOAT NOT NULL,
+	unit VARCHAR(16) NOT NULL,
+	PRIMARY KEY (id),
+	FOREIGN KEY(run_id) REFERENCES runs (id) ON DELETE CASCADE
+);
+
+CREATE INDEX ix_system_samples_run_source_name_time ON system_samples (run_id, source, name, time);
