@@ -5,11 +5,14 @@ this catalog to validate choices and pick sensible defaults.
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Optional
 
 FRAMEWORKS: tuple[str, ...] = ("torch", "tensorflow")
 FRAMEWORK_LABELS: dict[str, str] = {"torch": "PyTorch", "tensorflow": "TensorFlow"}
+# The package each framework's backend imports (in the runner, never here).
+FRAMEWORK_MODULES: dict[str, str] = {"torch": "torch", "tensorflow": "tensorflow"}
 OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
 
 # Execution modes per framework. The first is the default: each framework's usual way to run a
@@ -98,7 +101,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "cifar10": DatasetInfo(
         name="cifar10", task="classification", input_shape=(32, 32, 3), num_outputs=10,
         train_size=50000, test_size=10000,
-        description="CIFAR-10 colour images, 32x32 (python batches in the data directory)",
+        description="CIFAR-10 colour images, 32x32 (the binary version in the data directory)",
         kind="file",
     ),
 }
@@ -171,3 +174,11 @@ def framework_label(framework: str) -> str:
 def default_mode(framework: str) -> str:
     """The mode a run of this framework gets when the spec names none."""
     return MODES[framework][0]
+
+
+def framework_installed(framework: str) -> bool:
+    """Whether this Python can import the framework, found without importing it (that takes seconds)."""
+    try:
+        return importlib.util.find_spec(FRAMEWORK_MODULES[framework]) is not None
+    except (ImportError, ValueError):  # a broken install; find_spec raises rather than answer
+        return False

@@ -9,33 +9,34 @@ import gzip
 import hashlib
 import io
 import os
-import pickle
 import struct
+import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from engine.catalog import DATASETS
 
-try:
-    from numpy._core.multiarray import _reconstruct  # numpy >= 2
-except ImportError:  # numpy 1
-    from numpy.core.multiarray import _reconstruct
-
 ENV_DATA_DIR = "ARENA_DATA_DIR"
 ENV_VERIFY = "ARENA_DATA_VERIFY"
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
-CIFAR_FOLDER = "cifar-10-batches-py"
-CIFAR_TRAIN = tuple(f"{CIFAR_FOLDER}/data_batch_{i}" for i in range(1, 6))
-CIFAR_TEST = f"{CIFAR_FOLDER}/test_batch"
+# CIFAR-10's binary version: records of a label byte and 32x32x3 pixels, nothing to unpickle. Its
+# published MD5 is of the archive alone, so runs read the batches from the verified archive in memory.
+CIFAR_ARCHIVE = "cifar-10-binary.tar.gz"
+CIFAR_FOLDER = "cifar-10-batches-bin"
+CIFAR_TRAIN = tuple(f"{CIFAR_FOLDER}/data_batch_{i}.bin" for i in range(1, 6))
+CIFAR_TEST = f"{CIFAR_FOLDER}/test_batch.bin"
+CIFAR_PYTHON_FOLDER = "cifar-10-batches-py"  # the pickled version, which Arena no longer reads
+CIFAR_RECORD_BYTES = 1 + 32 * 32 * 3
+CIFAR_BATCH_RECORDS = 10_000
 
-# The MD5s the datasets are published with (torchvision's datasets/mnist.py and cifar.py list the same),
-# keyed by path inside the dataset's directory. MNIST's are of the .gz files as distributed; CIFAR-10's
-# are of the archive and of the batch files extracted from it.
+# The MD5s the datasets are published with (on the datasets' own pages; torchvision lists MNIST's too),
+# keyed by path inside the dataset's directory. MNIST's are of the .gz files as distributed, CIFAR-10's
+# of the binary version's archive.
 OFFICIAL_MD5: dict[str, dict[str, str]] = {
     "mnist": {
         "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
@@ -50,13 +51,7 @@ OFFICIAL_MD5: dict[str, dict[str, str]] = {
         "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
     },
     "cifar10": {
-        CIFAR_ARCHIVE: "c58f30108f718f92721af3b95e74349a",
-        f"{CIFAR_FOLDER}/data_batch_1": "c99cafc152244af753f735de768cd75f",
-        f"{CIFAR_FOLDER}/data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-        f"{CIFAR_FOLDER}/data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
-        f"{CIFAR_FOLDER}/data_batch_4": "634d18415352ddfa80567beed471001a",
-        f"{CIFAR_FOLDER}/data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
-        f"{CIFAR_FOLDER}/test_batch": "40351d587109b95175f43aff81a1287e",
+        CIFAR_ARCHIVE: "c32a1d4ab5d03f1284b67883e8d87530",
     },
 }
 FILE_DATASETS = tuple(OFFICIAL_MD5)
@@ -149,7 +144,17 @@ def _missing_error(name: str, directory: Path, missing: list[str]) -> DataFileEr
     return DataFileError(
         f"{name}: missing {', '.join(missing)} in {directory}. Fetch them with `python -m engine download {name}`, "
         f"or copy them there by hand, or set {ENV_DATA_DIR} to a directory whose {name}/ subdirectory holds them."
+        + (_python_batches_note(directory) if name == "cifar10" else "")
     )
+
+
+def _python_batches_note(directory: Path) -> str:
+    """What to do with the python version of CIFAR-10 that Arena used to read, when it is still there."""
+    if not (directory / CIFAR_PYTHON_FOLDER).is_dir():
+        return ""
+    return (f" {directory / CIFAR_PYTHON_FOLDER} holds the python version, which Arena no longer reads: its batches "
+            f"are pickles, and unpickling a file can run any code in it. `python -m engine download cifar10` "
+            f"fetches the binary version; then delete {CIFAR_PYTHON_FOLDER}/.")
 
 
 def _verified_bytes(name: str, path: Path, expected_md5: str, verify: bool) -> bytes:
@@ -182,7 +187,11 @@ def missing(name: str) -> list[str]:
     """Files a file dataset needs that are not in its directory (presence only: quick enough for a form)."""
     directory = data_dir() / name
     if name == "cifar10":
-        return _missing_cifar(directory)
+        archive, absent = _locate_cifar(directory)
+        if archive is None and not absent and verification_enabled():
+            return [f"{CIFAR_ARCHIVE} (only the unpacked {CIFAR_FOLDER}/ is there, which cannot be verified; "
+                    f"or set {ENV_VERIFY}=0)"]
+        return absent
     found, absent = _locate_mnist(directory)
     if verification_enabled():  # the published MD5s are of the .gz files: a plain file cannot be checked
         absent += [f"{base}.gz (only the uncompressed {path.name} is there, which cannot be verified; "
@@ -259,7 +268,7 @@ def _to_unit_float(images: np.ndarray) -> np.ndarray:
     return images
 
 
-def _checked_labels(labels, name: str, path: Path) -> np.ndarray:
+def _checked_labels(labels, name: str, path: str | Path) -> np.ndarray:
     try:
         labels = np.asarray(labels, dtype=np.int64)
     except (TypeError, ValueError) as exc:
@@ -271,58 +280,70 @@ def _checked_labels(labels, name: str, path: Path) -> np.ndarray:
     return labels
 
 
-# The only globals a CIFAR-10 batch needs: numpy's array and dtype reconstruction (under the module name
-# numpy 1 and numpy 2 pickle it with). Anything else, os.system say, is refused before it is looked up.
-_CIFAR_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-}
+def read_cifar_batch(data: bytes, where: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 32, 32, 3) uint8 and labels from one CIFAR-10 binary batch: N records of a label and 3072 pixels."""
+    if not data or len(data) % CIFAR_RECORD_BYTES:
+        raise DataFileError(f"{where}: {len(data)} bytes is not a whole number of {CIFAR_RECORD_BYTES}-byte CIFAR-10 "
+                            f"records (a label byte, then 32x32x3 pixels); the file is truncated or not a binary batch")
+    records = np.frombuffer(data, dtype=np.uint8).reshape(-1, CIFAR_RECORD_BYTES)
+    # Each record's pixels are 1024 red, 1024 green, 1024 blue values (CHW): move channels last.
+    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return images, _checked_labels(records[:, 0], "cifar10", where)
 
 
-class _CifarUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if (module, name) not in _CIFAR_GLOBALS:
-            raise pickle.UnpicklingError(f"refused global {module}.{name}")
-        return _reconstruct if name == "_reconstruct" else getattr(np, name)
+def _locate_cifar(directory: Path) -> tuple[Optional[Path], list[str]]:
+    """(the archive if present, [what is missing]): the archive, else all six unpacked batches."""
+    if (directory / CIFAR_ARCHIVE).is_file():
+        return directory / CIFAR_ARCHIVE, []
+    if all((directory / name).is_file() for name in (*CIFAR_TRAIN, CIFAR_TEST)):
+        return None, []
+    return None, [f"{CIFAR_ARCHIVE} (or its unpacked {CIFAR_FOLDER}/ with data_batch_1.bin ... test_batch.bin)"]
 
 
-def read_cifar_batch(data: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 32, 32, 3) uint8 and labels from one CIFAR-10 python batch, unpickled with only numpy allowed."""
+def _cifar_members(data: bytes, archive: Path) -> dict[str, bytes]:
+    """The six batch files inside the archive's bytes, read in one pass and never written to disk."""
+    wanted, found = {*CIFAR_TRAIN, CIFAR_TEST}, {}
     try:
-        # latin1: the batches were pickled by Python 2; numpy documents latin1 for its arrays in such pickles.
-        batch = _CifarUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except pickle.UnpicklingError as exc:
-        raise DataFileError(f"{path}: not a CIFAR-10 batch, unpickling stopped: {exc}") from None
-    except Exception as exc:  # truncated or garbled: pickle raises many kinds of error
-        raise DataFileError(f"{path}: not a readable CIFAR-10 batch ({type(exc).__name__}: {exc})") from None
-    if not isinstance(batch, dict):
-        raise DataFileError(f"{path}: holds a {type(batch).__name__}; expected a dict with data and labels")
-    # Python 2 str keys arrive as str under latin1; bytes keys (a batch written by Python 3) stay bytes.
-    images = batch.get(b"data", batch.get("data"))
-    labels = batch.get(b"labels", batch.get("labels"))
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3072:
-        found = f"{images.dtype} array of {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
-        raise DataFileError(f"{path}: data is {found}; expected a uint8 array of (N, 3072)")
-    if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(images):
-        raise DataFileError(f"{path}: labels are not a list of {len(images)} entries, one per image")
-    # Each row is 1024 red, 1024 green, 1024 blue values (CHW): move channels last.
-    return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), _checked_labels(labels, "cifar10", path)
-
-
-def _missing_cifar(directory: Path) -> list[str]:
-    return [f for f in (*CIFAR_TRAIN, CIFAR_TEST) if not (directory / f).is_file()]
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r|gz") as tar:
+            for member in tar:
+                name = member.name.removeprefix("./")
+                if name not in wanted:
+                    continue
+                if not member.isfile() or name in found:
+                    raise DataFileError(f"{archive}: {name} is not one regular file in the archive")
+                if member.size > CIFAR_BATCH_RECORDS * CIFAR_RECORD_BYTES:  # read nothing bigger than a batch
+                    raise DataFileError(f"{archive}: {name} holds {member.size:,} bytes, more than a batch of "
+                                        f"{CIFAR_BATCH_RECORDS:,} records")
+                found[name] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise DataFileError(f"{archive}: not a readable .tar.gz archive ({exc})") from None
+    absent = sorted(wanted - set(found))
+    if absent:
+        raise DataFileError(f"{archive}: {', '.join(absent)} not in the archive; it is not CIFAR-10's binary version")
+    return found
 
 
 def _read_cifar(directory: Path, verify: bool, content: _Content):
-    missing_files = _missing_cifar(directory)
-    if missing_files:
-        raise _missing_error("cifar10", directory, missing_files)
+    archive, absent = _locate_cifar(directory)
+    if absent:
+        raise _missing_error("cifar10", directory, absent)
+    if archive is not None:
+        files = _cifar_members(_verified_bytes("cifar10", archive, OFFICIAL_MD5["cifar10"][CIFAR_ARCHIVE], verify),
+                              archive)
+        where = {name: f"{archive}:{name}" for name in files}
+    elif verify:
+        raise DataFileError(
+            f"{directory / CIFAR_FOLDER}: unpacked, and the official MD5 is of {CIFAR_ARCHIVE} as distributed, so "
+            f"these files cannot be verified. Put {CIFAR_ARCHIVE} in {directory} "
+            f"(`python -m engine download cifar10`), or set {ENV_VERIFY}=0."
+        )
+    else:
+        files = {name: (directory / name).read_bytes() for name in (*CIFAR_TRAIN, CIFAR_TEST)}
+        where = {name: str(directory / name) for name in files}
     parts = []
-    for relative in (*CIFAR_TRAIN, CIFAR_TEST):
-        path = directory / relative
-        data = _verified_bytes("cifar10", path, OFFICIAL_MD5["cifar10"][relative], verify)
-        content.add(relative, data)
-        parts.append(read_cifar_batch(data, path))
+    for name in (*CIFAR_TRAIN, CIFAR_TEST):
+        content.add(name, files[name])  # the batches' bytes: the same digest from the archive or unpacked
+        parts.append(read_cifar_batch(files[name], where[name]))
     x_train = _to_unit_float(np.concatenate([images for images, _ in parts[:-1]]))
     y_train = np.concatenate([labels for _, labels in parts[:-1]])
     x_test, y_test = _to_unit_float(parts[-1][0]), parts[-1][1]

@@ -9,7 +9,6 @@ import hashlib
 import http.client
 import os
 import sys
-import tarfile
 import tempfile
 import urllib.error
 import urllib.parse
@@ -17,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-from engine.datafiles import CIFAR_ARCHIVE, ENV_DATA_DIR, FILE_DATASETS, OFFICIAL_MD5, data_dir, md5_of
+from engine.datafiles import CIFAR_PYTHON_FOLDER, ENV_DATA_DIR, FILE_DATASETS, OFFICIAL_MD5, data_dir, md5_of
 
 ENV_MIRROR = "ARENA_DATA_MIRROR"
 OFFICIAL_URLS = {
@@ -25,8 +24,6 @@ OFFICIAL_URLS = {
     "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     "cifar10": "https://www.cs.toronto.edu/~kriz/",
 }
-# Datasets published as one archive: that file is fetched, the rest of the checksum table is what it must unpack to.
-ARCHIVES = {"cifar10": CIFAR_ARCHIVE}
 TIMEOUT_S = 60  # per connection attempt and per read, not for the whole file
 CHUNK_BYTES = 1 << 20
 
@@ -45,7 +42,8 @@ def download(
     """Fetch a dataset into DIRECTORY/DATASET (default: the data directory) and return that path.
 
     Every file is checked against `checksums[dataset]` (path -> MD5) before it is kept; files already
-    present with the right MD5 are not fetched again. `report` receives one line per thing done.
+    present with the right MD5 are not fetched again; archives stay packed (runs read them as they are).
+    `report` receives one line per thing done.
     """
     if dataset not in FILE_DATASETS:
         raise DownloadError(f"dataset {dataset!r} is not downloadable; expected one of {', '.join(FILE_DATASETS)}")
@@ -53,38 +51,15 @@ def download(
     target = (Path(directory).expanduser() if directory else data_dir()) / dataset
     base = _base_url(dataset, mirror)
     target.mkdir(parents=True, exist_ok=True)
-    archive = ARCHIVES.get(dataset)
-    members = {name: md5 for name, md5 in table.items() if name != archive}
-    by_hand = f"copy {', '.join(sorted({name.split('/')[0] for name in members}))} by hand into {target}"
-    if archive is None:
-        for name, md5 in table.items():
-            if _verified(target / name, md5, report):
-                report(f"kept {target / name} (already present, MD5 verified)")
-            else:
-                _fetch(base + name, target / name, md5, by_hand, report)
-        return target
-
-    if all(_verified(target / name, md5, report) for name, md5 in members.items()):
-        report(f"kept the {len(members)} files in {target} (already present, MD5 verified)")
-        return target
-    # Fetch and unpack inside the dataset directory (same file system, so the final moves are renames),
-    # in a scratch directory that is removed whatever happens: nothing unverified stays behind.
-    with tempfile.TemporaryDirectory(dir=target, prefix=".download-") as scratch:
-        fetched = Path(scratch) / archive
-        _fetch(base + archive, fetched, table[archive], by_hand, report)
-        unpacked = Path(scratch) / "unpacked"
-        _extract(fetched, unpacked, base + archive)
-        for name, md5 in members.items():
-            actual = md5_of(unpacked / name) if (unpacked / name).is_file() else None
-            if actual != md5:
-                found = f"MD5 {actual}, expected {md5}" if actual else "it is not in the archive"
-                raise DownloadError(f"{base + archive}: {name} from the archive is not the expected file ({found}); "
-                                    f"nothing was kept")
-        for name in members:
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(unpacked / name, target / name)
-            report(f"unpacked {target / name} (MD5 verified)")
-        report(f"removed the archive {archive}: runs read the unpacked files")
+    by_hand = f"copy {', '.join(sorted(table))} by hand into {target}"
+    for name, md5 in table.items():
+        if _verified(target / name, md5, report):
+            report(f"kept {target / name} (already present, MD5 verified)")
+        else:
+            _fetch(base + name, target / name, md5, by_hand, report)
+    if dataset == "cifar10" and (target / CIFAR_PYTHON_FOLDER).is_dir():
+        report(f"{target / CIFAR_PYTHON_FOLDER} holds CIFAR-10's python version (pickles), which Arena no longer "
+               f"reads: delete it")
     return target
 
 
@@ -147,22 +122,6 @@ def _network_error(url: str, reason: str, by_hand: str) -> DownloadError:
         f"could not fetch {url}: {reason}. Use --mirror URL (or {ENV_MIRROR}) to fetch from a copy of the files, "
         f"or {by_hand}."
     )
-
-
-def _extract(archive: Path, destination: Path, url: str) -> None:
-    """Unpack a .tar.gz into destination: regular files and directories only, none outside destination."""
-    root = destination.resolve()
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            for member in tar.getmembers():
-                inside = (root / member.name).resolve()
-                if not (member.isfile() or member.isdir()) or not inside.is_relative_to(root):
-                    raise DownloadError(f"{url}: archive member {member.name!r} is not a plain file or directory "
-                                        f"inside the archive's folder; refusing to unpack it")
-            # The "data" filter repeats those checks inside tarfile and drops modes and owners it should not set.
-            tar.extractall(destination, filter="data")
-    except tarfile.TarError as exc:
-        raise DownloadError(f"{url}: not a usable .tar.gz archive ({exc}); nothing was kept") from None
 
 
 def main(argv: list[str]) -> int:

@@ -1,9 +1,10 @@
 """Matrix launch: frameworks x modes x precisions x seeds from one set of settings, as one group."""
 from __future__ import annotations
 
+import sys
 from typing import Any, Optional, Sequence
 
-from engine.catalog import FRAMEWORKS, MODES, PRECISIONS
+from engine.catalog import FRAMEWORKS, MODES, PRECISIONS, framework_installed, framework_label
 from engine.spec import RunSpec, SpecError
 
 MAX_MATRIX_RUNS = 200  # a typo like 1000 seeds should be an error, not a day of queued work
@@ -22,6 +23,7 @@ def expand(
     model's defaults. modes=None gives each framework its default mode.
     """
     frameworks = _distinct("frameworks", frameworks, FRAMEWORKS)
+    check_installed(frameworks)
     precisions = _distinct("precisions", precisions, PRECISIONS)
     if not seeds:
         raise SpecError("seeds", list(seeds), "name at least one seed")
@@ -58,6 +60,15 @@ def expand(
                         framework, model, dataset, mode=mode, precision=precision, seed=seed, **framework_free
                     ))
     return specs
+
+
+def check_installed(frameworks: Sequence[str]) -> None:
+    """Raise SpecError naming a framework this Python cannot import: its runs would fail in the runner."""
+    for framework in frameworks:
+        if not framework_installed(framework):
+            raise SpecError("framework", framework,
+                            f"{framework_label(framework)} is not installed in this Python ({sys.executable}); "
+                            f"install it with `pip install -r requirements.txt`, or choose another framework")
 
 
 def parse_seeds(text: str) -> list[int]:

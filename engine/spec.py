@@ -17,6 +17,7 @@ MAX_SAMPLE_HZ = 100.0  # beyond it sampling costs the training loop more than it
 DIVERGENCE_ACTIONS = ("stop", "continue")
 MAX_SYNTHETIC_VALUES = 2_000_000_000  # samples x values per sample: beyond it the arrays do not fit in memory
 MAX_HISTOGRAM_BINS = 200  # per tensor, kind and epoch in the database: more would not be readable anyway
+MAX_EPOCHS = 100_000  # a typo like 1e20 must be an error, not an overflow of the run's step count in the database
 
 
 class SpecError(ValueError):
@@ -84,7 +85,7 @@ class RunSpec:
             raise SpecError(
                 "dataset", self.dataset, f"model {self.model!r} trains on {', '.join(allowed)}"
             )
-        _check_int("epochs", self.epochs, low=1)
+        _check_int("epochs", self.epochs, low=1, high=MAX_EPOCHS)
         self._check_synthetic()
         train_size = self.train_size()
         _check_int("batch_size", self.batch_size, low=1)
@@ -154,12 +155,13 @@ class RunSpec:
             raise SpecError("synthetic_shape", self.synthetic_shape, f"each size must be in {low}..4096")
         if modality != "sequence" and (dims[0] < 4 or dims[1] < 4):
             raise SpecError("synthetic_shape", self.synthetic_shape, "images must be at least 4x4")
-        values = (self.synthetic_size or DATASETS[self.dataset].train_size) * 1.25
+        samples = self.synthetic_size or DATASETS[self.dataset].train_size
+        values = samples * 1.25  # the test split adds a quarter
         for d in dims:
             values *= d
         if values > MAX_SYNTHETIC_VALUES:
             raise SpecError("synthetic_shape", self.synthetic_shape,
-                            f"with {self.synthetic_size} samples this is {values:,.0f} values; too large for memory")
+                            f"with {samples:,} training samples this is {values:,.0f} values; too large for memory")
 
     def synthetic(self) -> bool:
         """Whether the dataset is generated from the spec's declared shape and size."""
@@ -201,7 +203,7 @@ class RunSpec:
     @classmethod
     def with_model_defaults(cls, framework: str, model: str, dataset: str, **overrides: Any) -> "RunSpec":
         """A spec that takes the model's recommended hyper-parameters unless overridden (None = default)."""
-        if model not in MODELS:
+        if not isinstance(model, str) or model not in MODELS:  # a list from a spec file cannot be looked up
             _check_choice("model", model, tuple(MODELS))
         values = dict(MODELS[model].defaults)
         values.update({k: v for k, v in overrides.items() if v is not None})

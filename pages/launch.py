@@ -11,7 +11,7 @@ from engine.catalog import (
 from engine import devices
 from engine.devices import check_available
 from engine.launch import launch
-from engine.scheduler import cpu_slots, runs_per_gpu
+from engine.scheduler import cpu_slots, runs_per_gpu, scheduling_enabled
 from engine.spec import RunSpec, SpecError
 from pages import common
 from pages.launch_plan import PRECISION_LABELS, build_matrix, describe_matrix, data_files_note, run_names, \
@@ -26,6 +26,15 @@ CONV_MODELS = ", ".join(name for name, info in MODELS.items() if info.conv)
 
 def framework_choice_label(choice: str) -> str:
     return "Both (identical settings)" if choice == BOTH else framework_label(choice)
+
+
+def setting_problem() -> str | None:
+    """What is wrong with ARENA_RUNS_PER_GPU, ARENA_CPU_SLOTS or ARENA_SCHEDULER, if anything (the CLI asks too)."""
+    try:
+        runs_per_gpu(), cpu_slots(), scheduling_enabled()
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def launch_matrix(specs: list[RunSpec]) -> tuple[list[int], str | None]:
@@ -65,18 +74,20 @@ synthetic = info.kind == "synthetic"
 classification = info.task == "classification"
 
 # Keys of model-dependent widgets include the model and dataset: switching either pre-fills its defaults.
+# Number inputs carry no min or max: Streamlit silently resets a value outside them to the default, so
+# RunSpec checks the ranges and the form names the field and the value instead.
 prefix = f"{model}.{dataset}"
 settings: dict = {"model": model, "dataset": dataset}
 
 with st.container(border=True):
     st.markdown(f"**Training** · starting from {model}'s recommended settings")
     c1, c2, c3 = st.columns(3)
-    settings["epochs"] = c1.number_input("Epochs", min_value=1, max_value=1000, value=defaults["epochs"], step=1,
+    settings["epochs"] = c1.number_input("Epochs", value=defaults["epochs"], step=1,
                                          key=f"{prefix}.epochs")
     size_hint = "the synthetic training set size below" if synthetic else f"{info.train_size:,}: the training set"
-    settings["batch_size"] = c2.number_input("Batch size", min_value=1, value=defaults["batch_size"], step=1,
+    settings["batch_size"] = c2.number_input("Batch size", value=defaults["batch_size"], step=1,
                                              key=f"{prefix}.batch_size", help=f"At most {size_hint}.")
-    settings["lr"] = c3.number_input("Learning rate", min_value=0.0, value=float(defaults["lr"]), step=1e-4,
+    settings["lr"] = c3.number_input("Learning rate", value=float(defaults["lr"]), step=1e-4,
                                      format="%g", key=f"{prefix}.lr",
                                      help="Must be > 0. Type small values directly, e.g. 0.0001.")
     c1, c2, c3 = st.columns(3)
@@ -92,10 +103,10 @@ with st.container(border=True):
                                            "See Devices for what is busy.")
     c1, c2, _ = st.columns(3)
     settings["max_steps_per_epoch"] = int(c1.number_input(
-        "Max steps per epoch", min_value=0, value=0, step=1, key=f"{prefix}.max_steps",
+        "Max steps per epoch", value=0, step=1, key=f"{prefix}.max_steps",
         help="0 trains on the whole training set each epoch; a cap makes quick looks.")) or None
     if not classification:
-        settings["noise"] = c2.number_input("Noise", min_value=0.0, value=0.0, step=0.01, format="%g",
+        settings["noise"] = c2.number_input("Noise", value=0.0, step=0.01, format="%g",
                                             key=f"{prefix}.noise",
                                             help="Standard deviation of Gaussian noise added to the targets.")
 
@@ -135,15 +146,15 @@ with st.container(border=True):
     st.markdown("**Measurement**")
     c1, c2, c3 = st.columns(3)
     settings["warmup_steps"] = int(c1.number_input(
-        "Warm-up steps", min_value=0, max_value=100_000, value=10, step=1, key="warmup_steps",
+        "Warm-up steps", value=10, step=1, key="warmup_steps",
         help="The first steps (compilation, tracing, allocator warm-up) are timed apart and left out of "
              "throughput and step-time percentiles."))
     settings["inference_iters"] = int(c2.number_input(
-        "Inference iterations", min_value=0, max_value=100_000, value=30, step=1, key="inference_iters",
+        "Inference iterations", value=30, step=1, key="inference_iters",
         help="Timed forward passes at batch 1 and at the training batch size after training; 0 skips them."))
     if classification:
         settings["target_accuracy"] = c3.number_input(
-            "Target accuracy", min_value=0.01, max_value=1.0, value=float(defaults.get("target_accuracy", 0.9)),
+            "Target accuracy", value=float(defaults.get("target_accuracy", 0.9)),
             step=0.01, format="%.2f", key=f"{prefix}.target_accuracy",
             help="Time to target: wall time until the test accuracy first reaches this fraction (checked "
                  "after every epoch).")
@@ -151,7 +162,7 @@ with st.container(border=True):
         c3.caption("Time to target needs a classification dataset.")
     c1, c2, c3 = st.columns(3)
     settings["sample_hz"] = float(c1.number_input(
-        "Memory samples per second", min_value=0.0, max_value=100.0, value=10.0, step=1.0, format="%g",
+        "Memory samples per second", value=10.0, step=1.0, format="%g",
         key="sample_hz", help="How often the runner reads NVML, the framework allocator and the host (RSS, CPU). "
                               "Exact per-epoch peaks come from the allocators' own counters either way; 0 turns "
                               "the trace off."))
@@ -177,10 +188,10 @@ if synthetic:
         settings["synthetic_shape"] = c1.text_input(
             "Input shape", value=MODELS[model].synthetic_shape or "", key=f"{prefix}.synthetic_shape",
             help="Sequence length, e.g. 32." if sequence else "Height x width x channels, e.g. 32x32x3.")
-        settings["synthetic_classes"] = int(c2.number_input("Classes", min_value=2, max_value=1000, value=10, step=1,
+        settings["synthetic_classes"] = int(c2.number_input("Classes", value=10, step=1,
                                                             key=f"{prefix}.synthetic_classes"))
         settings["synthetic_size"] = int(c3.number_input(
-            "Training samples", min_value=8, max_value=10_000_000, value=SYNTHETIC_DEFAULT_SIZE, step=256,
+            "Training samples", value=SYNTHETIC_DEFAULT_SIZE, step=256,
             key=f"{prefix}.synthetic_size", help="The test split holds a quarter as many."))
 
 # The preview validates on every change; submitting validates again and only then queues.
@@ -200,11 +211,18 @@ if problem is None:
 if submitted and problem is None:
     try:
         check_available(specs[0].device)
+        if files is not None and not files[0]:  # the runner would fail at once: refuse here, as the CLI does
+            raise SpecError("dataset", dataset, "its files are not in the data directory (the note above says how "
+                                                "to fetch them)")
     except SpecError as exc:
         problem = exc
+setting = setting_problem() if submitted and problem is None else None
 if problem is not None:
     message = spec_error_message(problem, submitted=submitted)
     (preview.error if submitted else preview.warning)(message, icon=":material/error:")
+elif setting is not None:
+    preview.error(f"{common.escape_markdown(setting)}. Fix it in the dashboard's environment and restart the "
+                  "dashboard. Nothing was queued.", icon=":material/error:")
 elif submitted:
     try:
         run_ids, group_tag = launch_matrix(specs)

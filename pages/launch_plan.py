@@ -19,8 +19,9 @@ FIELD_LABELS = {
     "tf32": "TF32", "layout": "Layout", "deterministic": "Deterministic", "same_init": "Same initial weights",
     "warmup_steps": "Warm-up steps", "target_accuracy": "Target accuracy", "inference_iters": "Inference iterations",
     "synthetic_shape": "Input shape", "synthetic_classes": "Classes", "synthetic_size": "Training samples",
-    "matrix": "Runs in the matrix", "sample_hz": "Samples per second", "tf_memory_growth": "TF memory growth",
-    "on_divergence": "On a non-finite loss", "layer_stats": "Layer statistics", "histogram_bins": "Histogram bins",
+    "matrix": "Runs in the matrix", "sample_hz": "Memory samples per second",
+    "tf_memory_growth": "TensorFlow memory growth", "on_divergence": "NaN or infinite loss",
+    "layer_stats": "Layer statistics", "histogram_bins": "Histogram bins",
 }
 PRECISION_LABELS = {"fp32": "fp32", "mixed": "mixed (bf16 or fp16)"}
 
@@ -102,7 +103,10 @@ def data_files_note(dataset: str) -> Optional[tuple[bool, str]]:
     if DATASETS[dataset].kind != "file":
         return None
     where = datafiles.data_dir() / dataset
-    missing = missing_data_files(dataset)
+    try:
+        missing = missing_data_files(dataset)
+    except datafiles.DataFileError as exc:  # a bad ARENA_DATA_VERIFY: the files cannot be judged until it is fixed
+        return False, f"{exc}."
     if not missing:
         return True, f"Files found in `{where}`; the runner verifies them when it reads them."
     listed = ", ".join(f"`{name}`" for name in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3

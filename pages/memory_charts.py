@@ -5,6 +5,7 @@ Colour says which run (a shade of its framework's colour, as in every chart); da
 """
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -233,7 +234,8 @@ def memory_figure(samples: SampleSet, runs: Sequence[Run], clocks: dict[int, Ste
 def _end_markers(fig: go.Figure, run: Run, place: Placer, top: pd.DataFrame, scale: float) -> None:
     """A red ✕ at the last sample of a run that ran out of memory; a diamond where the loss went non-finite."""
     if run.reason == OUT_OF_MEMORY:
-        text = "out of memory: " + (common.error_summary(run.error) or "no error text recorded")
+        # Plotly renders its own tags (<b>, <br>) in hover text: an error message is escaped to stay text.
+        text = "out of memory: " + html.escape(common.error_summary(run.error) or "no error text recorded", quote=False)
         last = top.iloc[-1]
         fig.add_trace(go.Scatter(
             x=place.x([last["time"]]), y=[last["value"] / scale], mode="markers",

@@ -7,13 +7,18 @@ import io
 import os
 import pickle
 import struct
+import tarfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
 
 from engine.data import load
-from engine.datafiles import NOT_VERIFIED, OFFICIAL_MD5, VERIFIED, DataFileError, data_dir
+from engine.datafiles import (
+    CIFAR_ARCHIVE, CIFAR_FOLDER, CIFAR_PYTHON_FOLDER, NOT_VERIFIED, OFFICIAL_MD5, VERIFIED, DataFileError, data_dir,
+    missing,
+)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -40,40 +45,46 @@ def write_mnist(directory: Path, gz: bool = True, n_train: int = 6, n_test: int 
     return arrays
 
 
-class _Python2Pickler(pickle._Pickler):
-    """Writes bytes as Python 2 str (BINSTRING), as cPickle wrote the official batches: a Python 3 pickle
-    would not exercise the latin1 path (str keys, array data arriving as str) the real files take."""
-
-    dispatch = dict(pickle._Pickler.dispatch)
-
-    def save_python2_str(self, obj: bytes) -> None:
-        self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = save_python2_str
+CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
 
-def cifar_batch_bytes(images: np.ndarray, labels: list[int], python2: bool = False) -> bytes:
-    """A CIFAR-10 python batch: a pickled dict of (N, 3072) uint8 rows (CHW) and a list of labels."""
-    batch = {b"data": images, b"labels": labels, b"batch_label": b"testing batch 1 of 1"}
-    if not python2:
-        return pickle.dumps(batch)
-    out = io.BytesIO()
-    _Python2Pickler(out, protocol=2).dump(batch)
-    return out.getvalue()
+def cifar_batch_bytes(images: np.ndarray, labels) -> bytes:
+    """A CIFAR-10 binary batch: per image a label byte, then its 3072 pixels (1024 red, green, blue, row-major)."""
+    return np.column_stack([np.asarray(labels, dtype=np.uint8), images.astype(np.uint8)]).tobytes()
 
 
-def write_cifar(directory: Path, per_batch: int = 3, python2: bool = False, seed: int = 0) -> dict:
-    """cifar-10-batches-py/ with five small training batches and a test batch; returns (data, labels) by name."""
+def make_tar_gz(path: Path, files: dict[str, bytes], symlinks: Optional[dict[str, str]] = None) -> None:
+    """A .tar.gz of regular files (and symlinks), written the way tar writes them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, link in (symlinks or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, link
+            tar.addfile(info)
+
+
+def write_cifar(directory: Path, per_batch: int = 3, packed: bool = True, seed: int = 0) -> dict:
+    """CIFAR-10's binary version with small batches, as cifar-10-binary.tar.gz (packed) or its unpacked
+    cifar-10-batches-bin/; returns (images (N, 3072), labels) by batch name."""
     rng = np.random.default_rng(seed)
-    folder = directory / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
-    batches = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+    batches, files = {}, {}
+    for name in CIFAR_BATCHES:
         images = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, 10, per_batch)]
-        (folder / name).write_bytes(cifar_batch_bytes(images, labels, python2))
+        files[f"{CIFAR_FOLDER}/{name}.bin"] = cifar_batch_bytes(images, labels)
         batches[name] = (images, labels)
+    files[f"{CIFAR_FOLDER}/batches.meta.txt"] = b"\n".join([b"airplane", b"automobile", b"bird", b"cat", b"deer",
+                                                          b"dog", b"frog", b"horse", b"ship", b"truck", b""])
+    if packed:
+        make_tar_gz(directory / CIFAR_ARCHIVE, {**files, f"{CIFAR_FOLDER}/readme.html": b"<p>not needed</p>"})
+    else:
+        for name, data in files.items():
+            (directory / name).parent.mkdir(parents=True, exist_ok=True)
+            (directory / name).write_bytes(data)
     return batches
 
 
@@ -214,9 +225,9 @@ def test_data_dir_defaults_to_arena_home(monkeypatch, tmp_path):
     assert data_dir() == tmp_path / "elsewhere"
 
 
-@pytest.mark.parametrize("python2", [False, True], ids=["python3-pickle", "python2-pickle"])
-def test_cifar_batches_load_as_nhwc_with_the_official_split(data_root, python2):
-    batches = write_cifar(data_root / "cifar10", python2=python2)
+@pytest.mark.parametrize("packed", [True, False], ids=["archive", "unpacked"])
+def test_cifar_batches_load_as_nhwc_with_the_official_split(data_root, packed):
+    batches = write_cifar(data_root / "cifar10", packed=packed)
     data = load("cifar10", seed=0)
     assert data.x_train.shape == (15, 32, 32, 3) and data.x_test.shape == (3, 32, 32, 3)
     assert data.x_train.dtype == np.float32 and data.x_train.flags.c_contiguous and data.y_train.dtype == np.int64
@@ -230,11 +241,40 @@ def test_cifar_batches_load_as_nhwc_with_the_official_split(data_root, python2):
     assert data.info["data_checksums"] == NOT_VERIFIED and len(data.info["data_sha256"]) == 64
 
 
-def test_cifar_checksum_mismatch_is_an_error(data_root, monkeypatch):
+def test_cifar_read_from_the_archive_or_unpacked_has_one_digest(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARENA_DATA_VERIFY", "0")
+    digests = []
+    for packed in (True, False):
+        monkeypatch.setenv("ARENA_DATA_DIR", str(tmp_path / str(packed)))
+        write_cifar(tmp_path / str(packed) / "cifar10", packed=packed)
+        digests.append(load("cifar10", seed=0).info["data_sha256"])
+    assert digests[0] == digests[1]
+
+
+def test_missing_cifar_batches_are_named(data_root):
+    with pytest.raises(DataFileError, match=r"cifar10: missing cifar-10-binary.tar.gz \(or its unpacked "
+                                            r"cifar-10-batches-bin/.*python -m engine download cifar10"):
+        load("cifar10", seed=0)
+
+
+def test_cifar_archive_is_verified_against_the_published_md5(data_root, monkeypatch):
     monkeypatch.setenv("ARENA_DATA_VERIFY", "1")
     write_cifar(data_root / "cifar10")
-    with pytest.raises(DataFileError, match=r"data_batch_1: MD5 [0-9a-f]{32} does not match the official "
-                                            r"c99cafc152244af753f735de768cd75f"):
+    archive = data_root / "cifar10" / CIFAR_ARCHIVE
+    actual = hashlib.md5(archive.read_bytes()).hexdigest()
+    with pytest.raises(DataFileError, match=rf"{CIFAR_ARCHIVE}: MD5 {actual} does not match the official "
+                                            r"c32a1d4ab5d03f1284b67883e8d87530"):
+        load("cifar10", seed=0)
+    monkeypatch.setitem(OFFICIAL_MD5["cifar10"], CIFAR_ARCHIVE, actual)  # stand-in: only the real file has it
+    assert load("cifar10", seed=0).info["data_checksums"] == VERIFIED
+
+
+def test_unpacked_cifar_cannot_be_verified_so_verification_refuses_it(data_root, monkeypatch):
+    monkeypatch.setenv("ARENA_DATA_VERIFY", "1")
+    write_cifar(data_root / "cifar10", packed=False)
+    assert "cannot be verified" in missing("cifar10")[0]
+    with pytest.raises(DataFileError, match=r"cifar-10-batches-bin: unpacked, and the official MD5 is of "
+                                            r"cifar-10-binary.tar.gz"):
         load("cifar10", seed=0)
 
 
@@ -248,25 +288,55 @@ class _RunsACommand:
         return (os.system, (self.command,))
 
 
-def test_a_cifar_batch_that_calls_os_system_is_refused_without_running_it(data_root, tmp_path):
-    write_cifar(data_root / "cifar10")
+def test_the_python_version_is_not_read_and_the_error_says_how_to_get_the_binary_one(data_root, tmp_path):
     marker = tmp_path / "pwned"
+    folder = data_root / "cifar10" / CIFAR_PYTHON_FOLDER
+    folder.mkdir(parents=True)
     hostile = pickle.dumps({b"data": _RunsACommand(f"touch {marker}"), b"labels": []})
-    (data_root / "cifar10" / "cifar-10-batches-py" / "data_batch_3").write_bytes(hostile)
-    with pytest.raises(DataFileError, match=rf"data_batch_3: not a CIFAR-10 batch, unpickling stopped: "
-                                            rf"refused global {os.system.__module__}\.system"):
+    for name in CIFAR_BATCHES:
+        (folder / name).write_bytes(hostile)
+    with pytest.raises(DataFileError) as caught:
         load("cifar10", seed=0)
+    message = str(caught.value)
+    assert f"{folder} holds the python version, which Arena no longer reads" in message
+    assert "unpickling a file can run any code" in message and "python -m engine download cifar10" in message
     assert not marker.exists()
     pickle.loads(hostile)  # the control: plain unpickling really would have run it
     assert marker.exists()
 
 
-def test_a_cifar_batch_holding_something_else_is_refused(data_root):
-    write_cifar(data_root / "cifar10")
-    folder = data_root / "cifar10" / "cifar-10-batches-py"
-    (folder / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.float64), b"labels": [0, 1]}))
-    with pytest.raises(DataFileError, match=r"test_batch: data is float64 array of \(2, 3072\); expected a uint8"):
+def test_a_pickle_renamed_as_a_binary_batch_is_refused_without_running_it(data_root, tmp_path):
+    write_cifar(data_root / "cifar10", packed=False)
+    marker = tmp_path / "pwned"
+    hostile = pickle.dumps({b"data": _RunsACommand(f"touch {marker}"), b"labels": []})
+    (data_root / "cifar10" / CIFAR_FOLDER / "data_batch_3.bin").write_bytes(hostile)
+    with pytest.raises(DataFileError, match=rf"data_batch_3.bin: {len(hostile)} bytes is not a whole number of "
+                                            r"3073-byte CIFAR-10 records"):
         load("cifar10", seed=0)
-    (folder / "test_batch").write_bytes(b"\x80\x02}q\x00")  # a pickle cut short
-    with pytest.raises(DataFileError, match=r"test_batch: not a readable CIFAR-10 batch"):
+    assert not marker.exists()
+
+
+def test_a_damaged_cifar_batch_or_archive_is_named(data_root):
+    write_cifar(data_root / "cifar10", packed=False)
+    folder = data_root / "cifar10" / CIFAR_FOLDER
+    (folder / "test_batch.bin").write_bytes((folder / "test_batch.bin").read_bytes()[:-100])
+    with pytest.raises(DataFileError, match=r"test_batch.bin: 9119 bytes is not a whole number"):
+        load("cifar10", seed=0)
+    (folder / "test_batch.bin").write_bytes(cifar_batch_bytes(np.zeros((2, 3072), np.uint8), [3, 12]))
+    with pytest.raises(DataFileError, match=r"test_batch.bin: label 12 outside 0..9"):
+        load("cifar10", seed=0)
+    (data_root / "cifar10" / CIFAR_ARCHIVE).write_bytes(b"\x1f\x8b\x08\x00 cut short")  # the archive wins
+    with pytest.raises(DataFileError, match=rf"{CIFAR_ARCHIVE}: not a readable .tar.gz archive"):
+        load("cifar10", seed=0)
+
+
+def test_an_archive_with_a_link_or_without_a_batch_is_refused(data_root):
+    archive = data_root / "cifar10" / CIFAR_ARCHIVE
+    batches = {f"{CIFAR_FOLDER}/{name}.bin": cifar_batch_bytes(np.zeros((1, 3072)), [0]) for name in CIFAR_BATCHES}
+    make_tar_gz(archive, {k: v for k, v in batches.items() if "data_batch_1" not in k},
+                symlinks={f"{CIFAR_FOLDER}/data_batch_1.bin": "/etc/passwd"})
+    with pytest.raises(DataFileError, match=r"cifar-10-batches-bin/data_batch_1.bin is not one regular file"):
+        load("cifar10", seed=0)
+    make_tar_gz(archive, {k: v for k, v in batches.items() if "test_batch" not in k})
+    with pytest.raises(DataFileError, match=r"cifar-10-batches-bin/test_batch.bin not in the archive"):
         load("cifar10", seed=0)

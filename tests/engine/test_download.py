@@ -7,21 +7,19 @@ import os
 import socket
 import subprocess
 import sys
-import tarfile
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pytest
 
 from engine.data import load
-from engine.datafiles import CIFAR_ARCHIVE, OFFICIAL_MD5
+from engine.datafiles import CIFAR_ARCHIVE, CIFAR_PYTHON_FOLDER, OFFICIAL_MD5, DataFileError
 from engine.download import DownloadError, download
 from tests.conftest import REPO_ROOT
-from tests.engine.test_datafiles import write_cifar, write_mnist
+from tests.engine.test_datafiles import make_tar_gz, write_cifar, write_mnist
 
 
 def md5(path: Path) -> str:
@@ -102,66 +100,40 @@ def test_mirror_may_name_the_dataset_and_defaults_to_the_environment(server, tmp
     assert len(files_under(tmp_path / "data" / "mnist")) == 4
 
 
-def make_tar_gz(path: Path, files: dict[str, bytes], symlinks: Optional[dict[str, str]] = None) -> None:
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for name, link in (symlinks or {}).items():
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = tarfile.SYMTYPE, link
-            tar.addfile(info)
+def cifar_archive(served: Path) -> dict:
+    """cifar-10-binary.tar.gz of small batches in served/; returns the checksum table that matches it."""
+    write_cifar(served)
+    return {"cifar10": {CIFAR_ARCHIVE: md5(served / CIFAR_ARCHIVE)}}
 
 
-def cifar_archive(served: Path, tmp_path: Path) -> dict:
-    """cifar-10-python.tar.gz of small batches in served/; returns checksums for the archive and its batches."""
-    write_cifar(tmp_path / "made")
-    folder = tmp_path / "made" / "cifar-10-batches-py"
-    files = {f"cifar-10-batches-py/{p.name}": p.read_bytes() for p in sorted(folder.iterdir())}
-    files["cifar-10-batches-py/readme.html"] = b"<p>not needed</p>"
-    make_tar_gz(served / CIFAR_ARCHIVE, files)
-    table = {name: hashlib.md5(data).hexdigest() for name, data in files.items() if not name.endswith(".html")}
-    return {"cifar10": {CIFAR_ARCHIVE: md5(served / CIFAR_ARCHIVE), **table}}
-
-
-def test_cifar_archive_is_verified_unpacked_and_removed(server, tmp_path, monkeypatch):
+def test_cifar_archive_is_fetched_verified_and_kept_packed(server, tmp_path, monkeypatch):
     url, served, requested = server
-    checksums = cifar_archive(served, tmp_path)
+    checksums = cifar_archive(served)
+    (tmp_path / "data" / "cifar10" / CIFAR_PYTHON_FOLDER).mkdir(parents=True)  # left from an older Arena
     lines: list[str] = []
     target = download("cifar10", tmp_path / "data", url, checksums=checksums, report=lines.append)
-    kept = [p.relative_to(target).as_posix() for p in files_under(target)]
-    assert kept == sorted(name for name in checksums["cifar10"] if name != CIFAR_ARCHIVE)  # no archive, no scratch
-    assert [p.name for p in target.iterdir()] == ["cifar-10-batches-py"]
+    assert [p.relative_to(target).as_posix() for p in files_under(target)] == [CIFAR_ARCHIVE]  # nothing unpacked
+    assert md5(target / CIFAR_ARCHIVE) == checksums["cifar10"][CIFAR_ARCHIVE]
+    assert f"{target / CIFAR_PYTHON_FOLDER} holds CIFAR-10's python version (pickles)" in lines[-1]
     monkeypatch.setenv("ARENA_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("ARENA_DATA_VERIFY", "0")
     assert load("cifar10", 0).x_train.shape == (15, 32, 32, 3)
 
     requested.clear()
     download("cifar10", tmp_path / "data", url, checksums=checksums, report=lines.append)
-    assert requested == [] and "already present" in lines[-1]
+    assert requested == [] and any("already present" in line for line in lines[-2:])
 
 
-def test_archive_members_that_would_escape_are_refused_and_nothing_is_kept(server, tmp_path):
+def test_an_archive_is_never_unpacked_so_a_member_cannot_escape(server, tmp_path, monkeypatch):
     url, served, _ = server
-    escaping_file = {"../escaped": b"x"}, None
-    symlink = {}, {"cifar-10-batches-py/link": "/etc/passwd"}
-    for files, symlinks in (escaping_file, symlink):
-        make_tar_gz(served / CIFAR_ARCHIVE, files, symlinks)
-        archive_md5 = md5(served / CIFAR_ARCHIVE)
-        checksums = {"cifar10": {CIFAR_ARCHIVE: archive_md5, "cifar-10-batches-py/test_batch": "0" * 32}}
-        with pytest.raises(DownloadError, match=r"archive member .* is not a plain file or directory inside"):
-            download("cifar10", tmp_path / "data", url, checksums=checksums, report=lambda line: None)
-        assert files_under(tmp_path / "data") == [] and not (tmp_path / "escaped").exists()
-
-
-def test_an_archive_whose_batches_do_not_match_keeps_nothing(server, tmp_path):
-    url, served, _ = server
-    checksums = cifar_archive(served, tmp_path)
-    checksums["cifar10"]["cifar-10-batches-py/data_batch_2"] = "0" * 32
-    with pytest.raises(DownloadError, match=r"cifar-10-batches-py/data_batch_2 from the archive is not the expected"):
-        download("cifar10", tmp_path / "data", url, checksums=checksums, report=lambda line: None)
-    assert files_under(tmp_path / "data") == []
+    make_tar_gz(served / CIFAR_ARCHIVE, {"../escaped": b"x"}, {"cifar-10-batches-bin/link": "/etc/passwd"})
+    checksums = {"cifar10": {CIFAR_ARCHIVE: md5(served / CIFAR_ARCHIVE)}}
+    target = download("cifar10", tmp_path / "data", url, checksums=checksums, report=lambda line: None)
+    assert files_under(tmp_path) == [target / CIFAR_ARCHIVE] + sorted(files_under(served))  # no escaped file
+    monkeypatch.setenv("ARENA_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ARENA_DATA_VERIFY", "0")
+    with pytest.raises(DataFileError, match=r"data_batch_1.bin.* not in the archive; it is not CIFAR-10's binary"):
+        load("cifar10", 0)
 
 
 def test_http_errors_and_bad_mirrors_name_the_url(server, tmp_path):
@@ -197,9 +169,9 @@ def test_command_reports_an_unreachable_mirror_clearly(tmp_path):
         port = probe.getsockname()[1]
     out = run_download("cifar10", "--mirror", f"http://127.0.0.1:{port}/", "--dir", str(tmp_path / "data"))
     assert out.returncode == 1
-    assert f"could not fetch http://127.0.0.1:{port}/cifar-10-python.tar.gz" in out.stderr
+    assert f"could not fetch http://127.0.0.1:{port}/cifar-10-binary.tar.gz" in out.stderr
     assert "--mirror" in out.stderr
-    assert f"copy cifar-10-batches-py by hand into {tmp_path / 'data' / 'cifar10'}" in out.stderr
+    assert f"copy cifar-10-binary.tar.gz by hand into {tmp_path / 'data' / 'cifar10'}" in out.stderr
     assert files_under(tmp_path / "data") == []
 
 

@@ -50,7 +50,7 @@ def test_file_datasets_are_looked_for_in_the_data_directory(tmp_path, monkeypatc
     assert launch_plan.data_files_note("digits") is None  # bundled: nothing to fetch
     present, note = launch_plan.data_files_note("cifar10")
     assert not present and "python -m engine download cifar10" in note and str(tmp_path / "cifar10") in note
-    assert "`cifar-10-batches-py/data_batch_1`" in note and "and 3 more" in note
+    assert "`cifar-10-binary.tar.gz (or its unpacked cifar-10-batches-bin/" in note
     mnist = tmp_path / "mnist"
     mnist.mkdir()
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
