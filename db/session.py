@@ -9,6 +9,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.migrate import upgrade_to_head
+from db.urls import validate
 
 ENV_DB_URL = "ARENA_DB_URL"
 ENV_HOME = "ARENA_HOME"
@@ -33,7 +34,7 @@ def resolve_db_url(url: Optional[str] = None) -> str:
 
 def make_engine(url: Optional[str] = None) -> Engine:
     """Create an engine and bring its schema to head (db.migrate); SQLite gets WAL, foreign keys, a busy timeout."""
-    url = resolve_db_url(url)
+    url = validate(resolve_db_url(url))  # a bad URL is named before anything connects or is created
     is_sqlite = url.startswith("sqlite")
     if is_sqlite:
         path = url.split("///", 1)[1] if "///" in url else ""
