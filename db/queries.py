@@ -5,16 +5,18 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import pandas as pd
-from sqlalchemy import case, delete, insert, select, update
+from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from db import chunks
 from db.models import (
     ACTIVE_STATUSES,
+    CANCELLED,
     ERROR,
     OUT_OF_MEMORY,
     FAILED,
     FINISHED,
+    LOST,
     QUEUED,
     RUNNING,
     RUN_NAME_MAX,
@@ -227,22 +229,30 @@ def update_run(s: Session, run_id: int, **values: Any) -> None:
     s.execute(update(Run).where(Run.id == run_id).values(**values))
 
 
-def finish_run(s: Session, run_id: int, summary: dict[str, Any]) -> None:
-    """Mark a running run finished with its summary."""
-    s.execute(
+def finish_run(s: Session, run_id: int, summary: dict[str, Any]) -> bool:
+    """Mark an active run finished with its summary; False if it had already ended (a reader found it lost)."""
+    result = s.execute(
         update(Run)
-        .where(Run.id == run_id)
-        .values(status=FINISHED, finished_at=utcnow(), summary=summary, heartbeat_at=utcnow())
+        .where(Run.id == run_id, Run.status.in_(ACTIVE_STATUSES))
+        # error=None: a cancel asked for too late to stop the run leaves no "cancelled by" text behind.
+        .values(status=FINISHED, finished_at=utcnow(), summary=summary, heartbeat_at=utcnow(), error=None)
+        .execution_options(synchronize_session=False)
     )
+    return result.rowcount == 1
 
 
 def fail_run(s: Session, run_id: int, error: str, summary: Optional[dict[str, Any]] = None,
-             reason: str = ERROR, status: str = FAILED) -> None:
-    """Mark an active run failed (or diverged), keeping everything it recorded; the error says why."""
+             reason: str = ERROR, status: str = FAILED) -> bool:
+    """Mark an active run failed (or diverged), keeping everything it recorded; the error says why.
+
+    False if the run had already ended: an ended run is never rewritten.
+    """
     values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error, "reason": reason}
     if summary is not None:
         values["summary"] = summary
-    s.execute(update(Run).where(Run.id == run_id, Run.status.in_(ACTIVE_STATUSES)).values(**values))
+    result = s.execute(update(Run).where(Run.id == run_id, Run.status.in_(ACTIVE_STATUSES)).values(**values)
+                       .execution_options(synchronize_session=False))
+    return result.rowcount == 1
 
 
 def delete_run(s: Session, run_id: int) -> None:
@@ -368,35 +378,112 @@ def final_metrics(s: Session, run_ids: Sequence[int]) -> dict[int, dict[str, flo
     return result
 
 
+# A runner beats every 0.5 s (engine/recorder.py). A run on another host is lost once its last
+# heartbeat is this old: room for a flush held up by a busy database, yet a reader polling every
+# 2 s reports a killed runner within 15 s. Hosts sharing a database need clocks within seconds (NTP).
+LOST_AFTER = timedelta(seconds=8)
+# A runner started on another host beats only once it has imported its code and claimed its run.
+CLAIM_GRACE = timedelta(seconds=60)
+# Why a run was lost (Run.reason): its runner on this host ended without a result; its heartbeat stopped.
+PROCESS_GONE, NO_HEARTBEAT = "process_gone", "no_heartbeat"
+
+
 def reap_orphans(
     s: Session,
     hostname: str,
     is_alive: Callable[[int], bool],
-    stale_after: timedelta = timedelta(minutes=2),
+    stale_after: timedelta = LOST_AFTER,
 ) -> list[int]:
-    """Fail active runs whose runner is gone, so no run stays "running" forever.
+    """End active runs whose runner is gone as lost, so no run stays "running" forever; return their ids.
 
-    A run on this host is orphaned when its process is not alive; a run elsewhere when its
-    heartbeat is older than ``stale_after`` (a runner beats at least once a second).
+    A run on this host is gone as soon as its process is (a live runner is never lost, however long
+    its first step compiles); a run on another host once its heartbeat is older than stale_after.
+    A queued run without a process waits, it is not lost. A runner whose log says memory ran out
+    ends failed · out_of_memory, one asked to cancel ends cancelled; every point stays. Each run ends
+    through a conditional UPDATE: two readers reaping at once end it once, and a runner that beat
+    since this reader looked is left alone.
     """
     now = utcnow()
     reaped = []
-    for run in s.scalars(select(Run).where(Run.status.in_(ACTIVE_STATUSES))):
+    # A list: every row read before the first UPDATE, so no read snapshot is held open under a write.
+    for run in list(s.scalars(select(Run).where(Run.status.in_(ACTIVE_STATUSES)).order_by(Run.id))):
+        if run.status == QUEUED and run.pid is None:
+            continue  # queued, not launched yet: nothing has died
+        last = run.heartbeat_at or run.started_at or run.created_at
         if run.hostname == hostname and run.pid is not None:
             if is_alive(run.pid):
                 continue
-            why = f"runner process {run.pid} on {hostname} ended without reporting a result"
+            unchanged = Run.pid == run.pid
+            reason = PROCESS_GONE
+            why = (f"runner process {run.pid} on {hostname} ended without reporting a result "
+                   f"(last heartbeat {last:%Y-%m-%d %H:%M:%S} UTC)")
         else:
-            last = run.heartbeat_at or run.created_at
-            if run.status == QUEUED and run.pid is None:
-                continue  # queued, not launched yet: nothing has died
-            if now - last < stale_after:
+            limit = stale_after if run.status == RUNNING else max(stale_after, CLAIM_GRACE)
+            if now - last <= limit:
                 continue
-            why = f"no heartbeat from runner on {run.hostname} since {last:%Y-%m-%d %H:%M:%S} UTC"
+            unchanged = func.coalesce(Run.heartbeat_at, Run.started_at, Run.created_at) < now - limit
+            reason = NO_HEARTBEAT
+            runner = f"runner process {run.pid}" if run.pid is not None else "runner"
+            why = (f"no heartbeat from {runner} on {run.hostname} since "
+                   f"{last:%Y-%m-%d %H:%M:%S} UTC ({(now - last).total_seconds():.0f} s before "
+                   f"{now:%H:%M:%S} UTC)")
         tail = _log_tail(run.log_path)
-        fail_run(s, run.id, why + tail, reason=OUT_OF_MEMORY if _says_out_of_memory(tail) else ERROR)
-        reaped.append(run.id)
+        values: dict[str, Any]
+        if run.cancel_requested_at is not None:  # the runner died between the request and recording it
+            values = dict(status=CANCELLED, reason=None, error=f"{run.error or 'cancelled'}; {why}")
+        elif _says_out_of_memory(tail):
+            values = dict(status=FAILED, reason=OUT_OF_MEMORY, error=why + tail)
+        else:
+            values = dict(status=LOST, reason=reason, error=why + tail)
+        result = s.execute(
+            update(Run).where(Run.id == run.id, Run.status.in_(ACTIVE_STATUSES), unchanged)
+            .values(finished_at=now, **values).execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            reaped.append(run.id)
     return reaped
+
+
+# Cancelling -----------------------------------------------------------------------------------
+def request_cancel(s: Session, run_id: int, text: str) -> Optional[str]:
+    """Ask a run to stop; return the status it had (None: no such run).
+
+    A queued run is cancelled at once (a runner started for it finds it no longer queued). A running
+    one gets cancel_requested_at, which its runner reads at its next heartbeat, and the text (who
+    and when) its end will keep; a second request keeps the first one's.
+    """
+    before = s.scalar(select(Run.status).where(Run.id == run_id))
+    if before not in ACTIVE_STATUSES:
+        return before
+    now = utcnow()
+    s.execute(update(Run).where(Run.id == run_id, Run.status == QUEUED)
+              .values(status=CANCELLED, finished_at=now, cancel_requested_at=now, error=text, reason=None)
+              .execution_options(synchronize_session=False))
+    s.execute(update(Run).where(Run.id == run_id, Run.status == RUNNING, Run.cancel_requested_at.is_(None))
+              .values(cancel_requested_at=now, error=text).execution_options(synchronize_session=False))
+    return before
+
+
+def cancel_requested(s: Session, run_id: int) -> Optional[datetime]:
+    """When someone asked the run to stop, or None."""
+    return s.scalar(select(Run.cancel_requested_at).where(Run.id == run_id))
+
+
+def end_cancelled(s: Session, run_id: int, summary: Optional[dict[str, Any]] = None) -> bool:
+    """End an active run that was asked to stop as cancelled, keeping its points (and summary so far).
+
+    False if it had already ended or nobody asked: its runner and its canceller may both try.
+    """
+    # The request's "cancelled by ..." text stays; a request written without one still says what happened.
+    values: dict[str, Any] = {"status": CANCELLED, "finished_at": utcnow(), "reason": None,
+                              "error": func.coalesce(Run.error, "cancelled")}
+    if summary is not None:
+        values["summary"] = summary
+    result = s.execute(
+        update(Run).where(Run.id == run_id, Run.status.in_(ACTIVE_STATUSES), Run.cancel_requested_at.is_not(None))
+        .values(**values).execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
 
 
 # What a runner that died of memory exhaustion leaves in its log: TensorFlow's C++ runtime aborts

@@ -16,9 +16,9 @@ from sqlalchemy import Select, String, case, func, select, type_coerce
 from sqlalchemy.orm import Session
 
 from db import queries
-from db.models import DIVERGED, FAILED, QUEUED, MetricPoint, Run
+from db.models import DIVERGED, FAILED, LOST, QUEUED, MetricPoint, Run
 
-ENDED_EARLY = (FAILED, DIVERGED)  # statuses whose error is worth reading
+ENDED_EARLY = (FAILED, DIVERGED, LOST)  # statuses whose error is worth reading
 # Results the table shows: the last value of these per-epoch metrics, and the median of THROUGHPUT.
 LAST_METRICS = ("test_accuracy", "phi_estimate", "phi_true", "train_loss")
 THROUGHPUT = "samples_per_s"

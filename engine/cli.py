@@ -1,4 +1,4 @@
-"""`python -m engine {run,runs,models,scheduler,export,parity,download}`: Arena from the command line, through the same runner path."""
+"""`python -m engine {run,runs,cancel,models,scheduler,export,parity,download}`: Arena from the command line, through the same runner path."""
 from __future__ import annotations
 
 import argparse
@@ -12,10 +12,12 @@ from typing import Any, Optional, Sequence
 from db import queries
 from db.models import ACTIVE_STATUSES, FINISHED
 from db.session import make_sessionmaker
-from engine import PROJECT_ROOT, child_env, datafiles, devices
+from engine import PROJECT_ROOT, child_env, datafiles, devices, specfile
 from engine.catalog import DATASETS, FRAMEWORKS, LAYOUTS, MODELS, MODES, OPTIMIZERS, PRECISIONS, framework_label
 from engine.export import FORMATS as EXPORT_FORMATS, open_tensorboard_command, write_export
-from engine.launch import default_url_for, queue_runs, reap, stop_run
+from db.urls import DatabaseURLError
+from engine.launch import default_url_for, queue_runs, reap
+from engine.launch import ALREADY_ENDED, CANCEL_GRACE_S, CANCEL_REQUESTED, cancel_runs
 from engine.scheduler import LEASE_NAME, cpu_slots, ensure_running, runs_per_gpu, scheduling_enabled
 from engine.matrix import expand, parse_seeds
 from engine.spec import RunSpec, SpecError
@@ -33,10 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "The database's scheduler (this command's, or a dashboard's if one is open) places each "
                     "run on a free GPU or the CPU (ARENA_RUNS_PER_GPU, ARENA_CPU_SLOTS); Ctrl-C stops them.")
     all_modes = sorted({m for modes in MODES.values() for m in modes})
-    run.add_argument("--framework", required=True, nargs="+",
-                     help=f"one or more of {', '.join(FRAMEWORKS)}, or 'both'")
-    run.add_argument("--model", required=True, help=f"one of {', '.join(MODELS)}")
-    run.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
+    # Required unless --spec names them (build_specs says which is missing).
+    run.add_argument("--framework", nargs="+", help=f"one or more of {', '.join(FRAMEWORKS)}, or 'both'")
+    run.add_argument("--model", help=f"one of {', '.join(MODELS)}")
+    run.add_argument("--dataset", help=f"one of {', '.join(DATASETS)}")
+    run.add_argument("--spec", metavar="FILE",
+                     help="one run from a .json or .toml file of spec fields (framework, model, dataset, epochs, ...; "
+                          "a run's stored spec is one) instead of the flags; fields left out take the model's defaults")
     run.add_argument("--epochs", type=int, help="default: the model's (see `models`)")
     run.add_argument("--batch-size", type=int)
     run.add_argument("--lr", type=float)
@@ -75,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list stored runs with their final metrics")
     runs.add_argument("--limit", type=_positive_int, default=None, help="show only the N newest runs")
     _common(runs)
+
+    cancel = sub.add_parser(
+        "cancel", help="cancel runs, keeping every point they recorded (exit 0 once each is cancelled or had ended)",
+        description=f"A queued run leaves the queue. A running run's runner on this machine gets SIGTERM with every "
+                    f"process it started, SIGKILL after {CANCEL_GRACE_S:g} s; a runner on another machine stops at "
+                    f"its next heartbeat. A run that had already ended stays as it was (exit 0); an unknown run id "
+                    f"exits 2 and cancels nothing.")
+    cancel.add_argument("run_ids", nargs="+", type=_positive_int, metavar="RUN_ID", help="as `runs` lists them")
+    _common(cancel)
 
     models = sub.add_parser("models", help="models and datasets, with parameter counts per framework")
     _common(models)
@@ -130,8 +144,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from engine import download
         return download.main(argv[1:])
     args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except DatabaseURLError as exc:  # named before anything connected or was created
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return cmd_run(args)
+    if args.command == "cancel":
+        return cmd_cancel(args)
     if args.command == "runs":
         return cmd_runs(args)
     if args.command == "scheduler":
@@ -142,7 +166,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def build_specs(args: argparse.Namespace) -> list[RunSpec]:
-    """The run's spec, or the matrix's specs; raises SpecError naming a bad value."""
+    """The run's spec, or the matrix's specs; raises SpecError (or SpecFileError) naming a bad value."""
+    if args.spec is not None:
+        return [_spec_from_file(args)]
+    absent = [flag for flag in ("framework", "model", "dataset") if getattr(args, flag) is None]
+    if absent:
+        raise ValueError(f"give {', '.join(f'--{flag}' for flag in absent)} (framework, model and dataset "
+                         f"name a run), or a spec file with --spec FILE")
     if args.seed is not None and args.seeds is not None:
         raise SpecError("seeds", args.seeds, "give --seed or --seeds, not both")
     frameworks = list(FRAMEWORKS) if args.framework == ["both"] else args.framework
@@ -159,6 +189,19 @@ def build_specs(args: argparse.Namespace) -> list[RunSpec]:
         layer_stats=None if args.layer_stats is None else args.layer_stats == "on", histogram_bins=args.histogram_bins,
     )
     return expand(base, frameworks, args.mode, args.precision or ["fp32"], seeds)
+
+
+_NOT_SPEC_OPTIONS = ("command", "spec", "db", "json")  # run options a spec file does not replace
+
+
+def _spec_from_file(args: argparse.Namespace) -> RunSpec:
+    """The --spec file's run; flags that would set its fields too are an error rather than a silent winner."""
+    given = [name for name, value in vars(args).items()
+             if name not in _NOT_SPEC_OPTIONS and value is not None and value is not False]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(f"--spec {args.spec} defines the whole run; drop {flags} (set them in the file instead)")
+    return specfile.load(args.spec)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -187,9 +230,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         _follow(sessions, run_ids, scheduler)
     except KeyboardInterrupt:
-        print("stopping the runs (Ctrl-C) ...", file=sys.stderr, flush=True)
-        for run_id in run_ids:
-            stop_run(sessions, run_id)
+        print("cancelling the runs (Ctrl-C) ...", file=sys.stderr, flush=True)
+        cancel_runs(sessions, run_ids, via="Ctrl-C")
         _wait_until_ended(sessions, run_ids, timeout_s=60)
     finally:
         if scheduler is not None:
@@ -329,6 +371,43 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"{r['run_id']:>5}  {r['status']:<8}  {r['framework']:<10}  {r['mode'] or '':<8}  "
               f"{r['precision']:<5}  {r['model']:<11}  {r['dataset']:<16}  "
               f"{r['epochs']:>7}  {shown}", file=sys.stdout if not args.json else sys.stderr)
+    if args.json:
+        print(json.dumps(records))
+    return 0
+
+
+# How long `cancel` waits for a runner on another machine to stop (it reads the request at its next heartbeat).
+REMOTE_CANCEL_WAIT_S = 5.0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel runs; exit 2 naming run ids that do not exist (nothing is cancelled then), else 0."""
+    url = default_url_for(args.db)
+    sessions = make_sessionmaker(url)
+    run_ids = list(dict.fromkeys(args.run_ids))
+    with sessions.begin() as s:
+        unknown = [run_id for run_id in run_ids if queries.get_run(s, run_id) is None]
+    if unknown:
+        print(f"error: no run {', '.join(map(str, unknown))} in {url}; nothing was cancelled", file=sys.stderr)
+        return 2
+    outcomes = cancel_runs(sessions, run_ids, via="python -m engine cancel")
+    asked = [run_id for run_id, outcome in outcomes.items() if outcome == CANCEL_REQUESTED]
+    if asked:
+        _wait_until_ended(sessions, asked, timeout_s=REMOTE_CANCEL_WAIT_S)
+    with sessions.begin() as s:
+        runs = {run_id: queries.get_run(s, run_id) for run_id in run_ids}
+    records = []
+    for run_id, outcome in outcomes.items():
+        run = runs[run_id]
+        status = run.status if run is not None else "deleted"
+        if outcome == ALREADY_ENDED:
+            said = f"had already ended: {status}"
+        elif status in ACTIVE_STATUSES:
+            said = f"asked to stop: its runner on {run.hostname} does at its next heartbeat"
+        else:
+            said = f"{status} at step {run.step}, every point kept" if run is not None else status
+        print(f"run {run_id} {said}", file=sys.stderr)
+        records.append({"run_id": run_id, "outcome": outcome, "status": status})
     if args.json:
         print(json.dumps(records))
     return 0

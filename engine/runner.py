@@ -1,22 +1,31 @@
 """`python -m engine.runner RUN_ID [--db URL]`: train one stored run in this process.
 
 One run, one process, one framework. The run goes queued -> running -> finished | failed |
-diverged; a failure (exception, out of memory, SIGTERM, Ctrl-C) stores the traceback and a reason
-and keeps every point recorded so far. Normally the scheduler starts it, placed on a device.
+diverged | cancelled; a failure (exception, out of memory, SIGTERM, Ctrl-C) stores the traceback and
+a reason and keeps every point recorded so far. A run someone asked to cancel (engine.launch.cancel_runs,
+on any machine: the recorder reads the request at every heartbeat) stops the same way and ends
+cancelled. A run a reader has already ended (lost while this runner was out of touch) stays as it
+is: its outcome here only goes to the log. Normally the scheduler starts it, placed on a device.
 """
 from __future__ import annotations
 
+import _thread
 import argparse
+import contextlib
 import os
 import signal
 import socket
 import sys
+import threading
 import traceback
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, NoReturn, Optional
+
+import psutil
+from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
-from db.models import DIVERGED, FAILED, NON_FINITE_LOSS, OUT_OF_MEMORY, ERROR
+from db.models import CANCELLED, DIVERGED, FAILED, NON_FINITE_LOSS, OUT_OF_MEMORY, ERROR
 from db.session import make_sessionmaker, resolve_db_url
 from engine import environment
 from engine.data import load_spec
@@ -27,11 +36,17 @@ from engine.spec import RunSpec
 
 
 class Stopped(BaseException):
-    """Raised in the main thread when the runner is asked to stop (SIGTERM)."""
+    """Raised in the main thread when the runner is asked to stop (SIGTERM, or a cancel request it read)."""
 
 
 def _on_sigterm(signum, _frame):
     raise Stopped(f"stopped by signal {signal.Signals(signum).name}")
+
+
+# A cancelled runner stops at the main thread's next bytecode; one stuck longer in a native call
+# (a long compile) is ended this long after the request by its recorder thread.
+CANCEL_DEADLINE_S = 10.0
+EXIT_CANCELLED = 128 + signal.SIGTERM  # as a shell reports a process SIGTERM ended
 
 
 # Set by the scheduler (engine/scheduler.py placement_env) for the process it starts.
@@ -41,7 +56,7 @@ ENV_NVML_INDEX = "ARENA_NVML_INDEX"  # NVML ignores CUDA_VISIBLE_DEVICES: the ph
 
 
 def execute(run_id: int, db_url: Optional[str] = None) -> int:
-    """Claim and train one queued run; return the exit code (0 = finished)."""
+    """Claim and train one queued run; return the exit code (0 = finished, EXIT_CANCELLED, 2 = not queued)."""
     sessions = make_sessionmaker(resolve_db_url(db_url))
     pid, hostname = os.getpid(), socket.gethostname()
     with sessions.begin() as s:
@@ -53,7 +68,7 @@ def execute(run_id: int, db_url: Optional[str] = None) -> int:
         print(f"run {run_id} {state}; nothing to do", file=sys.stderr)
         return 2
 
-    recorder = Recorder(sessions, run_id).start()
+    recorder = Recorder(sessions, run_id, on_cancel=_stop_when_cancelled(sessions, run_id)).start()
     instruments: Optional[Instruments] = None
     backend = None
     summary: dict = {}
@@ -84,13 +99,17 @@ def execute(run_id: int, db_url: Optional[str] = None) -> int:
         _stop(instruments, recorder, summary)
         with sessions.begin() as s:
             if "diverged_at_step" in summary:  # on_divergence="continue": trained to the end, still diverged
-                queries.fail_run(s, run_id, f"the loss became non-finite at step {summary['diverged_at_step']}; "
-                                            f"training went on (on_divergence=continue)", summary,
-                                 reason=NON_FINITE_LOSS, status=DIVERGED)
+                recorded = queries.fail_run(
+                    s, run_id, f"the loss became non-finite at step {summary['diverged_at_step']}; "
+                               f"training went on (on_divergence=continue)", summary,
+                    reason=NON_FINITE_LOSS, status=DIVERGED)
             else:
-                queries.finish_run(s, run_id, summary)
+                recorded = queries.finish_run(s, run_id, summary)
+        if not recorded:
+            _say_not_recorded(sessions, run_id, "diverged" if "diverged_at_step" in summary else "finished")
         return 1 if "diverged_at_step" in summary else 0
     except BaseException as exc:  # noqa: BLE001 - every way out must leave the run ended, not running
+        _ignore_further_sigterms()
         error = "".join(traceback.format_exception(exc))
         try:
             _stop(instruments, recorder, summary)
@@ -98,9 +117,66 @@ def execute(run_id: int, db_url: Optional[str] = None) -> int:
             error += f"\n(could not write the last buffered points: {flush_exc})"
         status, reason = _outcome(exc, backend)
         with sessions.begin() as s:
-            queries.fail_run(s, run_id, error, summary or None, reason=reason, status=status)
-        print(error, file=sys.stderr)
+            # Asked to cancel: whatever stopped the run (Stopped, or a worker the canceller's SIGTERM ended) is that.
+            cancelled = queries.cancel_requested(s, run_id) is not None
+            if cancelled:
+                recorded = queries.end_cancelled(s, run_id, summary or None)
+            else:
+                recorded = queries.fail_run(s, run_id, error, summary or None, reason=reason, status=status)
+        print(error + (f"run {run_id} cancelled\n" if cancelled else ""), file=sys.stderr)
+        if not recorded:
+            _say_not_recorded(sessions, run_id, CANCELLED if cancelled else status)
+        if cancelled:
+            return EXIT_CANCELLED
         return 130 if isinstance(exc, KeyboardInterrupt) else 1
+
+
+def _stop_when_cancelled(sessions: sessionmaker[Session], run_id: int) -> Callable[[], None]:
+    """What the recorder calls from its thread once it reads a cancel request for the run."""
+    def on_cancel() -> None:
+        print(f"run {run_id}: cancel requested; stopping", file=sys.stderr, flush=True)
+        _thread.interrupt_main(signal.SIGTERM)  # Stopped in the main thread, as on SIGTERM; execute() ends the run
+        deadline = threading.Timer(CANCEL_DEADLINE_S, _end_unresponsive, (sessions, run_id))
+        deadline.daemon = True  # a runner that ends in time exits without waiting for it
+        deadline.start()
+    return on_cancel
+
+
+def _end_unresponsive(sessions: sessionmaker[Session], run_id: int) -> None:
+    """The main thread did not stop in time: record the cancel, then end the processes it started and this one."""
+    print(f"run {run_id}: still running {CANCEL_DEADLINE_S:g} s after the cancel request; ending the process",
+          file=sys.stderr, flush=True)
+    try:
+        with sessions.begin() as s:
+            queries.end_cancelled(s, run_id)
+    finally:
+        _exit_now(EXIT_CANCELLED)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End this process and every process it started at once, without the interpreter's teardown."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    os._exit(code)
+
+
+def _ignore_further_sigterms() -> None:
+    """Let no second SIGTERM cut the run's final write short (a canceller's SIGKILL still ends a slow one)."""
+    # A cancel brings two: the recorder's own stop and the canceller's signal.
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:  # installed by main(), in the main thread
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _say_not_recorded(sessions: sessionmaker[Session], run_id: int, outcome: str) -> None:
+    """Log that the run had already ended (a reader found it lost, its heartbeat stale): it stays as it is."""
+    with sessions.begin() as s:
+        run = queries.get_run(s, run_id)
+        status = run.status if run is not None else "deleted"
+    print(f"run {run_id} {outcome} here, but it was already {status}: an ended run is never rewritten, so "
+          f"this outcome is not recorded (every point is)", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -173,7 +249,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--db", help="SQLAlchemy URL (default: ARENA_DB_URL or the embedded SQLite file)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    return execute(args.run_id, args.db)
+    code = execute(args.run_id, args.db)
+    if code == EXIT_CANCELLED:
+        # Recorded: go now. A framework's teardown takes most of a second, which a canceller waiting
+        # out its 3 s deadline cannot spare; the workers it started go with it.
+        _exit_now(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -15,16 +15,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from db.models import (
     ACTIVE_STATUSES,
+    CANCELLED,
     DIVERGED,
     FAILED,
     FINISHED,
+    LOST,
     NON_FINITE_LOSS,
     OUT_OF_MEMORY,
     QUEUED,
     RUNNING,
     Run,
 )
-from db.session import make_sessionmaker
+from db.session import make_sessionmaker, resolve_db_url
+from db.urls import DatabaseURLError
+from db.urls import validate as validate_db_url
 from engine.catalog import FRAMEWORKS, default_mode, framework_label
 from engine.launch import default_url_for
 from engine.loop import steps_per_epoch
@@ -49,11 +53,14 @@ SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "star")
 
 # Plain symbols, not emoji: table cells are drawn on a canvas, where emoji fonts are often missing.
 STATUS_BADGES = {QUEUED: "○ queued", RUNNING: "● running", FINISHED: "✓ finished", FAILED: "✗ failed",
-                 DIVERGED: "△ diverged"}
+                 DIVERGED: "△ diverged", CANCELLED: "■ cancelled", LOST: "? lost"}
+# Cancelled is a user's choice, not a fault: slate, not red; lost (a runner that vanished) its own pink.
 STATUS_COLORS = {QUEUED: "#6B7280", RUNNING: "#B45309", FINISHED: "#15803D", FAILED: "#B91C1C",
-                 DIVERGED: "#7C3AED"}
-# Why a run ended early, in words; a plain error adds nothing to "failed", so it has none.
-REASON_LABELS = {OUT_OF_MEMORY: "out of memory", NON_FINITE_LOSS: "loss not finite"}
+                 DIVERGED: "#7C3AED", CANCELLED: "#475569", LOST: "#BE185D"}
+# Why a run ended early, in words; a plain error adds nothing to "failed", so it has none. A lost
+# run says whether its process ended (this host saw it go) or its heartbeat stopped (another host's).
+REASON_LABELS = {OUT_OF_MEMORY: "out of memory", NON_FINITE_LOSS: "loss not finite",
+                 queries.PROCESS_GONE: "process ended", queries.NO_HEARTBEAT: "no heartbeat"}
 
 # Per-epoch metrics: loading only these skips the thousands of per-step losses a run records.
 EPOCH_METRICS = (
@@ -107,7 +114,15 @@ def _sessionmaker_for(url: str) -> sessionmaker[Session]:
 
 
 def sessions() -> sessionmaker[Session]:
-    """One sessionmaker (and engine) per process and database URL."""
+    """One sessionmaker (and engine) per process and database URL; a bad URL stops the page with what to fix."""
+    try:
+        validate_db_url(resolve_db_url())
+    except DatabaseURLError as exc:
+        st.error(f"**The database cannot be used.** {escape_markdown(str(exc))}. Set `ARENA_DB_URL` to a "
+                 "SQLite file (`sqlite:////path/to/arena.db`) or a PostgreSQL server "
+                 "(`postgresql+psycopg://user@host/arena`), or unset it for the embedded default, and restart.",
+                 icon=":material/database:")
+        st.stop()
     return _sessionmaker_for(db_url())
 
 
@@ -156,7 +171,7 @@ def status_color(status: str) -> str:
 
 
 def status_words(run: Run) -> str:
-    """The status with why it ended early: "failed · out of memory", "diverged at step 12", "finished"."""
+    """The status with why it ended early: "failed · out of memory", "diverged at step 12", "lost · no heartbeat"."""
     words = run.status
     if run.status == DIVERGED and (run.summary or {}).get("diverged_at_step") is not None:
         words += f" at step {run.summary['diverged_at_step']}"

@@ -1,4 +1,4 @@
-"""Runs: every run with live progress; filter, name, tag and note them, select rows to compare, stop or delete them."""
+"""Runs: every run with live progress; filter, name, tag and note them; compare, cancel or delete selected ones."""
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +13,7 @@ import streamlit as st
 from db import queries, run_table
 from db.models import ACTIVE_STATUSES, DIVERGED, FINISHED, NON_FINITE_LOSS, QUEUED, RUNNING
 from engine.catalog import FRAMEWORKS, default_mode, framework_label
-from engine.launch import reap, stop_run
+from engine.launch import ALREADY_ENDED, CANCEL_REQUESTED, CANCELLED_NOW, cancel_runs, reap
 from pages import common, run_filters
 
 TABLE_KEY = "runs_table"
@@ -27,6 +27,11 @@ FAILURES_SHOWN = 5
 ROWS_SHOWN = 15  # rows in view before the table scrolls; the table virtualises the rest
 ROW_HEIGHT_PX = 35
 NAMES_LISTED = 20  # run ids spelled out in a delete confirmation before "and N more"
+CANCEL_TOASTS = {  # what cancel_runs did, per run
+    CANCELLED_NOW: "Cancelled run #{run_id}; its points are kept.",
+    CANCEL_REQUESTED: "Asked run #{run_id} to stop: its runner does at its next heartbeat.",
+    ALREADY_ENDED: "Run #{run_id} had already ended.",
+}
 ENDED_EARLY = run_table.ENDED_EARLY
 
 COLUMNS = {
@@ -35,7 +40,8 @@ COLUMNS = {
     "tags": st.column_config.ListColumn("Tags", width=130),
     "status": st.column_config.TextColumn("Status", width=150, help="Failed runs say why when Arena can tell "
                                                                      "(out of memory); diverged: the loss became "
-                                                                     "NaN or infinite"),
+                                                                     "NaN or infinite; lost: its runner stopped "
+                                                                     "reporting (killed, machine gone)"),
     "framework": st.column_config.TextColumn("Framework", width=95),
     "experiment": st.column_config.TextColumn("Model / data", width=120),
     "mode": st.column_config.TextColumn("Mode", width=70, help="How the training step ran (eager, graph, "
@@ -248,9 +254,9 @@ def table_height(rows: int) -> int:
 
 
 def actions(sessions, selected: pd.DataFrame) -> None:
-    """Compare, edit, tag, stop or delete the selected runs."""
+    """Compare, edit, tag, cancel or delete the selected runs."""
     if selected.empty:
-        st.caption("Tick runs in the first column to compare, edit, tag, stop or delete them.")
+        st.caption("Tick runs in the first column to compare, edit, tag, cancel or delete them.")
         return
     ids = sorted(selected["id"].astype(int).tolist())
     active = selected.loc[selected["status"].isin(ACTIVE_STATUSES), "id"].astype(int).tolist()
@@ -264,12 +270,12 @@ def actions(sessions, selected: pd.DataFrame) -> None:
     if row.button(f"Tag {len(ids)}…", icon=":material/sell:", key="runs_tag_open",
                   help="Add tags to every selected run"):
         _open(BULK_TAG_KEY, ids)
-    if active and row.button(f"Stop {len(active)} active", icon=":material/stop_circle:"):
-        for run_id in active:
-            stopped = stop_run(sessions, run_id)
-            st.toast(f"Asked run #{run_id} to stop." if stopped else f"Run #{run_id} had already ended.")
+    if active and row.button(f"Cancel {len(active)} active", icon=":material/stop_circle:",
+                             help="Stop them now, keeping every point they recorded: queued runs leave the queue"):
+        for run_id, outcome in cancel_runs(sessions, active, via="Runs page").items():
+            st.toast(CANCEL_TOASTS.get(outcome, "Run #{run_id} no longer exists.").format(run_id=run_id))
     if done and row.button(f"Delete {len(done)}…", icon=":material/delete:",
-                           help="Only runs that have ended can be deleted; stop active ones first."):
+                           help="Only runs that have ended can be deleted; cancel active ones first."):
         st.session_state[CONFIRM_DELETE_KEY] = done
 
 

@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from db import queries
-from db.models import DIVERGED, FAILED, FINISHED
+from db.models import DIVERGED, FAILED, FINISHED, LOST
 from db.session import make_sessionmaker
 from engine.launch import launch, reap, runner_alive, stop_run
 from engine.spec import RunSpec
@@ -151,7 +151,7 @@ def test_a_waiting_run_can_be_stopped_before_it_starts(arena_db):
     wait_for(sessions, first, done, timeout=60)
 
 
-def test_killed_runner_is_reaped_as_failed_and_keeps_points(arena_db):
+def test_killed_runner_is_reaped_as_lost_and_keeps_points(arena_db):
     sessions = make_sessionmaker(arena_db)
     spec = RunSpec(framework="torch", model="cnn", dataset="digits", epochs=200)
     (run_id,) = launch(sessions, [spec], arena_db)
@@ -164,7 +164,7 @@ def test_killed_runner_is_reaped_as_failed_and_keeps_points(arena_db):
         run = queries.get_run(s, run_id)
         points = queries.metric_frame(s, [run_id], ["step/train_loss"])
         samples = queries.sample_frame(s, [run_id], "host", "rss")
-    assert run.status == FAILED and f"runner process {run.pid}" in run.error
+    assert (run.status, run.reason) == (LOST, "process_gone") and f"runner process {run.pid}" in run.error
     assert len(points) >= 5 and len(samples) > 0
 
 

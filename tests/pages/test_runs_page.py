@@ -127,7 +127,7 @@ def test_delete_asks_first_then_removes_the_run(runs_db, open_page):
     assert doomed not in set(at.dataframe[0].value["id"])
 
 
-def test_stop_button_stops_an_active_run(stop_launched_runs, open_page):
+def test_cancel_button_cancels_an_active_run(stop_launched_runs, open_page):
     url = stop_launched_runs
     sessions = make_sessionmaker(url)
     (run_id,) = launch(sessions, [RunSpec.with_model_defaults("torch", "cnn", "digits", epochs=200)], url)
@@ -135,10 +135,10 @@ def test_stop_button_stops_an_active_run(stop_launched_runs, open_page):
     at = open_page(RUNS_PAGE, runs=str(run_id))
     assert "Updating every" in at.caption[0].value  # live while a run is active
 
-    next(b for b in at.button if b.label == "Stop 1 active").click().run()
+    next(b for b in at.button if b.label == "Cancel 1 active").click().run()
 
-    wait_until(lambda: run_status(url, run_id)[0] == "failed", what=f"run {run_id} to stop")
-    assert "SIGTERM" in run_status(url, run_id)[1]
+    wait_until(lambda: run_status(url, run_id)[0] == "cancelled", what=f"run {run_id} to be cancelled")
+    assert "cancelled by" in run_status(url, run_id)[1]
 
 
 # Made-up runs ---------------------------------------------------------------------------------
