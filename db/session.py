@@ -42,7 +42,8 @@ def make_engine(url: Optional[str] = None) -> Engine:
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
         url,
-        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000} if is_sqlite else {},
+        # PostgreSQL: an unroutable host fails in seconds, not after the system's TCP timeout.
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000} if is_sqlite else {"connect_timeout": 10},
         pool_pre_ping=not is_sqlite,
     )
     if is_sqlite:

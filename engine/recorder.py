@@ -2,29 +2,108 @@
 
 A background thread flushes at least every FLUSH_INTERVAL_S, with the run's progress and a
 heartbeat in the same transaction, so a killed runner loses at most that much and the dashboard
-can tell a live runner from a dead one.
+can tell a live runner from a dead one. A flush that fails keeps its rows for the next one; a
+database that takes nothing for GIVE_UP_AFTER_S ends the run with the reason (disk full,
+read-only file, unreachable server) instead of letting it train on unrecorded. Each flush also
+reads whether someone asked the run to stop, so a runner on any machine hears of it within a beat.
 """
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+import sys
 import threading
 import time
-from typing import Any, Optional
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Optional
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
 
 FLUSH_INTERVAL_S = 0.5
+# Long enough to ride out a database server's restart or a writer holding the lock; short enough
+# that a run on a full disk does not burn hours of compute on points nobody will see.
+GIVE_UP_AFTER_S = 30.0
+KINDS = ("metric_points", "samples", "tensor_stats")  # what counts() counts, per kind
+
+# SQLite's error names (extended codes share the prefix), in words someone fixing the database can act on.
+_SQLITE_REASONS = (
+    ("SQLITE_FULL", "the disk is full"),
+    ("SQLITE_READONLY", "the database is read-only"),
+    ("SQLITE_CANTOPEN", "the database file cannot be opened"),
+    ("SQLITE_IOERR", "a disk I/O error"),
+    ("SQLITE_BUSY", "the database is locked by another writer"),
+    ("SQLITE_LOCKED", "the database is locked by another writer"),
+    ("SQLITE_CORRUPT", "the database file is damaged"),
+    ("SQLITE_NOTADB", "the file is not a SQLite database"),
+)
+_OS_REASONS = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+               errno.ENOENT: "the file or its directory does not exist", errno.ECONNREFUSED: "connection refused"}
+
+
+class RecorderError(RuntimeError):
+    """The run's points could not be written to its database; the message names the database and why."""
+
+
+def database_error(exc: BaseException, url: str) -> str:
+    """'<url, password masked>: <why, in words> (<the driver's own words>)' for a failed database call."""
+    parsed = make_url(url)
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    said = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    if parsed.password:
+        said = said.replace(str(parsed.password), "***")
+    name = getattr(cause, "sqlite_errorname", None) or ""
+    reason = next((words for prefix, words in _SQLITE_REASONS if name.startswith(prefix)), None)
+    if isinstance(cause, ModuleNotFoundError):
+        reason = f"the database driver {cause.name} is not installed"
+    elif isinstance(cause, OSError):
+        reason = _OS_REASONS.get(cause.errno)
+    if reason is not None and parsed.get_backend_name() == "sqlite":
+        try:
+            detail = _sqlite_file_problem(parsed.database or "", reason)
+        except OSError:  # the file system would not say either: the driver's words must do
+            detail = None
+        reason += f"; {detail}" if detail else ""
+    where = parsed.render_as_string(hide_password=True)
+    return f"{where}: {reason} ({said})" if reason else f"{where}: {said}"
+
+
+def _sqlite_file_problem(database: str, reason: str) -> Optional[str]:
+    """What the file system says about a SQLite file SQLite could not use (None: nothing more to say)."""
+    if not database or database == ":memory:":
+        return None
+    path = Path(database.removeprefix("file:").split("?", 1)[0]).expanduser()
+    if not path.parent.is_dir():
+        return f"its directory {path.parent} does not exist"
+    if reason == "the disk is full":
+        return f"{shutil.disk_usage(path.parent).free:,} bytes free in {path.parent}"
+    if not path.exists():
+        return f"{path} does not exist"
+    if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+        return f"{path.parent} is on a read-only file system"
+    try:
+        os.close(os.open(path, os.O_RDWR))
+    except OSError as exc:
+        return f"{path} cannot be opened for writing: {exc.strerror}"
+    return None
 
 
 class Recorder:
     """Thread-safe metric/sample buffer for one run (the loop's MetricSink)."""
 
     def __init__(self, session_factory: sessionmaker[Session], run_id: int,
-                 flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
+                 flush_interval_s: float = FLUSH_INTERVAL_S, give_up_after_s: float = GIVE_UP_AFTER_S,
+                 on_cancel: Optional[Callable[[], None]] = None) -> None:
         self._sessions = session_factory
         self.run_id = run_id
         self._interval = flush_interval_s
+        self._give_up_after_s = give_up_after_s
         self._lock = threading.Lock()
         self._metrics: list[dict[str, Any]] = []
         self._samples: list[dict[str, Any]] = []
@@ -32,7 +111,15 @@ class Recorder:
         self._progress: Optional[tuple[int, int]] = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"recorder-{run_id}", daemon=True)
-        self.flush_error: Optional[BaseException] = None
+        self.flush_error: Optional[RecorderError] = None  # the last failed flush's, until one succeeds
+        # Handed to the recorder and committed, per kind: the run's summary carries them (counts()).
+        self._produced = dict.fromkeys(KINDS, 0)
+        self._stored = dict.fromkeys(KINDS, 0)
+        self._failed_flushes = 0
+        self._failing_since: Optional[float] = None  # monotonic time of the first failure in a row
+        # Called once, from the flush thread, after a flush finds the run asked to stop.
+        self._on_cancel = on_cancel
+        self.cancel_requested_at: Optional[datetime] = None
 
     # MetricSink -------------------------------------------------------------------------
     def step_metrics(self, name: str, points: list[tuple[int, int, float, float]]) -> None:
@@ -41,6 +128,7 @@ class Recorder:
                      wall_time=ended_at, value=value) for step, epoch, value, ended_at in points]
         with self._lock:
             self._metrics.extend(rows)
+            self._produced["metric_points"] += len(rows)
 
     def epoch_metrics(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
         now = time.time()
@@ -48,25 +136,43 @@ class Recorder:
                 for name, value in metrics.items()]
         with self._lock:
             self._metrics.extend(rows)
+            self._produced["metric_points"] += len(rows)
 
     def progress(self, epoch: int, step: int) -> None:
+        """Note the run's progress; raise RecorderError once the database has taken nothing for too long."""
         with self._lock:
             self._progress = (epoch, step)
+            failing_since, error = self._failing_since, self.flush_error
+        # Raised here, in the training thread, so the run ends with the reason rather than trains on unrecorded.
+        if failing_since is not None and time.monotonic() - failing_since > self._give_up_after_s:
+            raise RecorderError(f"{error}; nothing could be written for {time.monotonic() - failing_since:.0f} s, "
+                                f"so the run stops") from error
 
     # Samples from the monitor thread ----------------------------------------------------
     def samples(self, rows: list[tuple[float, str, str, float, str]]) -> None:
         """Add (time, source, name, value, unit) readings."""
         with self._lock:
+            before = len(self._samples)
             self._samples.extend(
                 dict(run_id=self.run_id, time=t, source=src, name=name, value=value, unit=unit)
                 for t, src, name, value, unit in rows
             )
+            self._produced["samples"] += len(self._samples) - before
 
     def tensor_stats(self, rows: list[dict[str, Any]]) -> None:
         """Add per-layer statistics: dicts with epoch, step, layer, kind, numel, norm, mean, std, min, max,
         histogram (TensorStat's columns but run_id)."""
         with self._lock:
             self._tensor_stats.extend({**row, "run_id": self.run_id} for row in rows)
+            self._produced["tensor_stats"] += len(rows)
+
+    def counts(self) -> dict[str, Any]:
+        """Points produced (handed to the recorder) and stored (committed) per kind, and the flushes that failed."""
+        with self._lock:
+            counts: dict[str, Any] = {kind: {"produced": self._produced[kind], "stored": self._stored[kind]}
+                                      for kind in KINDS}
+            counts["failed_flushes"] = self._failed_flushes
+        return counts
 
     # Lifecycle --------------------------------------------------------------------------
     def start(self) -> "Recorder":
@@ -74,14 +180,17 @@ class Recorder:
         return self
 
     def close(self) -> None:
-        """Stop the flush thread and write whatever is still buffered."""
+        """Stop the flush thread and write whatever is still buffered (RecorderError when that fails)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
         self.flush()
 
     def flush(self) -> None:
-        """Write buffered rows, progress and a heartbeat in one transaction."""
+        """Write buffered rows, progress and a heartbeat in one transaction: all of them or, failing, none.
+
+        A failed flush keeps its rows for the next one and raises RecorderError naming the database and why.
+        """
         with self._lock:
             metrics, self._metrics = self._metrics, []
             samples, self._samples = self._samples, []
@@ -96,17 +205,43 @@ class Recorder:
                 queries.add_system_samples(s, samples)
                 queries.add_tensor_stats(s, tensor_stats)
                 queries.update_run(s, self.run_id, **values)
-        except Exception:
+                requested = queries.cancel_requested(s, self.run_id)
+        except Exception as exc:
             # Keep the rows for the next attempt rather than dropping recorded points.
             with self._lock:
                 self._metrics[:0] = metrics
                 self._samples[:0] = samples
                 self._tensor_stats[:0] = tensor_stats
-            raise
+                self._failed_flushes += 1
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                pending = len(self._metrics) + len(self._samples) + len(self._tensor_stats)
+            error = RecorderError(f"run {self.run_id}: {pending:,} points wait to be written to "
+                                  f"{database_error(exc, self._url())}")
+            self.flush_error = error
+            raise error from exc
+        with self._lock:
+            for kind, rows in zip(KINDS, (metrics, samples, tensor_stats)):
+                self._stored[kind] += len(rows)
+            self._failing_since, self.flush_error = None, None
+        self.cancel_requested_at = requested
+
+    def _url(self) -> str:
+        # Unmasked, so that database_error can mask the password wherever the driver repeats it.
+        return self._sessions.kw["bind"].url.render_as_string(hide_password=False)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
+            failing = self.flush_error is not None
             try:
                 self.flush()
-            except Exception as exc:  # retried on the next tick; surfaced at close()
-                self.flush_error = exc
+                if failing:  # the outage is over and nothing was lost: say so beside the error in the log
+                    print(f"arena recorder: run {self.run_id}: writing again; every point kept", file=sys.stderr,
+                          flush=True)
+            except Exception as exc:  # retried on the next tick; progress() gives up in time
+                if not failing:
+                    print(f"arena recorder: {exc}; retrying every {self._interval:g} s for up to "
+                          f"{self._give_up_after_s:g} s", file=sys.stderr, flush=True)
+            if self.cancel_requested_at is not None and self._on_cancel is not None:
+                on_cancel, self._on_cancel = self._on_cancel, None
+                on_cancel()

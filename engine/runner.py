@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Callable, NoReturn, Optional
 
 import psutil
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
@@ -31,7 +32,7 @@ from engine import environment
 from engine.data import load_spec
 from engine.monitor import EpochMeter, HostPeak, Monitor
 from engine.nvml import Nvml
-from engine.recorder import Recorder
+from engine.recorder import Recorder, database_error
 from engine.spec import RunSpec
 
 
@@ -57,15 +58,27 @@ ENV_NVML_INDEX = "ARENA_NVML_INDEX"  # NVML ignores CUDA_VISIBLE_DEVICES: the ph
 
 def execute(run_id: int, db_url: Optional[str] = None) -> int:
     """Claim and train one queued run; return the exit code (0 = finished, EXIT_CANCELLED, 2 = not queued)."""
-    sessions = make_sessionmaker(resolve_db_url(db_url))
+    url = resolve_db_url(db_url)
+    parsed = make_url(url)
     pid, hostname = os.getpid(), socket.gethostname()
-    with sessions.begin() as s:
-        run = queries.get_run(s, run_id)
-        claimed = run is not None and queries.claim_run(s, run_id, pid, hostname)
-        spec_dict = dict(run.spec) if run is not None else {}
+    if parsed.get_backend_name() == "sqlite" and parsed.database and not os.path.exists(parsed.database):
+        # A runner opens its run's database; making a new, empty one there would only hide the loss.
+        print(f"run {run_id}: the database file {parsed.database} does not exist (moved or deleted since the run "
+              f"was queued?); nothing to do", file=sys.stderr)
+        return 3
+    try:
+        sessions = make_sessionmaker(url)
+        with sessions.begin() as s:
+            run = queries.get_run(s, run_id)
+            claimed = run is not None and queries.claim_run(s, run_id, pid, hostname)
+            spec_dict = dict(run.spec) if run is not None else {}
+    except Exception as exc:  # unreachable, read-only, full: which database and why, not a traceback
+        print(f"run {run_id}: cannot claim the run in {database_error(exc, url)}", file=sys.stderr)
+        return 3
     if not claimed:
         state = "does not exist" if run is None else f"is {run.status}, not queued"
-        print(f"run {run_id} {state}; nothing to do", file=sys.stderr)
+        print(f"run {run_id} {state} in {parsed.render_as_string(hide_password=True)}; nothing to do",
+              file=sys.stderr)
         return 2
 
     recorder = Recorder(sessions, run_id, on_cancel=_stop_when_cancelled(sessions, run_id)).start()
@@ -116,14 +129,21 @@ def execute(run_id: int, db_url: Optional[str] = None) -> int:
         except Exception as flush_exc:  # still mark the run failed, and say that points may be missing
             error += f"\n(could not write the last buffered points: {flush_exc})"
         status, reason = _outcome(exc, backend)
-        with sessions.begin() as s:
-            # Asked to cancel: whatever stopped the run (Stopped, or a worker the canceller's SIGTERM ended) is that.
-            cancelled = queries.cancel_requested(s, run_id) is not None
-            if cancelled:
-                recorded = queries.end_cancelled(s, run_id, summary or None)
-            else:
-                recorded = queries.fail_run(s, run_id, error, summary or None, reason=reason, status=status)
-        print(error + (f"run {run_id} cancelled\n" if cancelled else ""), file=sys.stderr)
+        print(error, file=sys.stderr, flush=True)  # first: the log keeps why even when the database takes nothing
+        try:
+            with sessions.begin() as s:
+                # Asked to cancel: whatever stopped the run (Stopped, or a worker the canceller's SIGTERM ended) is that.
+                cancelled = queries.cancel_requested(s, run_id) is not None
+                if cancelled:
+                    recorded = queries.end_cancelled(s, run_id, summary or None)
+                else:
+                    recorded = queries.fail_run(s, run_id, error, summary or None, reason=reason, status=status)
+        except Exception as store_exc:  # a reader ends the run from this log once the database takes writes again
+            print(f"run {run_id}: its end could not be stored either: {database_error(store_exc, url)}",
+                  file=sys.stderr, flush=True)
+            return 1
+        if cancelled:
+            print(f"run {run_id} cancelled", file=sys.stderr)
         if not recorded:
             _say_not_recorded(sessions, run_id, CANCELLED if cancelled else status)
         if cancelled:
@@ -240,7 +260,10 @@ def _outcome(exc: BaseException, backend) -> tuple[str, str]:
 def _stop(instruments: Optional[Instruments], recorder: Recorder, summary: dict) -> None:
     if instruments is not None:
         instruments.stop(summary)
-    recorder.close()
+    try:
+        recorder.close()
+    finally:
+        summary["recorded"] = recorder.counts()  # produced and stored points per kind: what, if anything, was lost
 
 
 def main(argv: Optional[list[str]] = None) -> int:
