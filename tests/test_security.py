@@ -8,16 +8,14 @@ import http.client
 import os
 import re
 import socket
-import subprocess
-import sys
 import textwrap
-import time
 import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 
+from tests import dashboard
 from tests.conftest import REPO_ROOT
 
 SCANNED = ["engine", "db", "pages", "bench", "app.py"]
@@ -150,38 +148,16 @@ def test_make_run_binds_localhost_unless_told_otherwise():
 
 
 # The started dashboard ---------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`streamlit run app.py` with only a port on the command line: the rest comes from .streamlit/config.toml."""
     home = tmp_path_factory.mktemp("security")
-    port = free_port()
-    env = {**os.environ, "ARENA_HOME": str(home), "ARENA_DB_URL": f"sqlite:///{home / 'arena.db'}"}
+    env = dashboard.arena_env(home, f"sqlite:///{home / 'arena.db'}")
     env = {k: v for k, v in env.items() if not k.startswith("STREAMLIT_")}  # no option from the environment
-    log = open(home / "streamlit.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
-                               cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("dashboard did not start:\n" + (home / "streamlit.log").read_text())
-        time.sleep(0.3)
+    port = dashboard.free_port()
+    process, _ = dashboard.start_dashboard(home / "streamlit.log", env, options=(), port=port)
     yield process, port
-    process.terminate()
-    process.wait(timeout=20)
-    log.close()
+    dashboard.stop_dashboard(process)
 
 
 def test_the_dashboard_listens_on_127_0_0_1_only(server):

@@ -5,13 +5,7 @@ Debian's Chromium with Playwright (never a downloaded browser).
 """
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -19,7 +13,7 @@ import pytest
 
 from db import queries
 from db.session import make_sessionmaker
-from tests.conftest import REPO_ROOT
+from tests.dashboard import arena_env, start_dashboard, stop_dashboard
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -33,41 +27,13 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def dashboard(tmp_path):
     """A live dashboard on 127.0.0.1:<free port> with its own database; yields (base URL, db URL)."""
-    port = free_port()
     db_url = f"sqlite:///{tmp_path / 'arena.db'}"
-    env = {**os.environ, "ARENA_DB_URL": db_url, "ARENA_HOME": str(tmp_path / "home")}
-    log = open(tmp_path / "streamlit.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise RuntimeError("dashboard did not start:\n" + (tmp_path / "streamlit.log").read_text())
-        time.sleep(0.3)
+    server, base = start_dashboard(tmp_path / "streamlit.log", arena_env(tmp_path / "home", db_url))
     yield base, db_url
-    server.terminate()
-    server.wait(timeout=20)
-    log.close()
+    stop_dashboard(server)
 
 
 @pytest.fixture

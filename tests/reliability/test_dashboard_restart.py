@@ -8,13 +8,10 @@ every point the runner produced in the database.
 """
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
@@ -25,8 +22,8 @@ from db.models import FINISHED, RUNNING
 from db.session import make_sessionmaker
 from engine.launch import queue_runs
 from engine.spec import RunSpec
-from tests.conftest import REPO_ROOT
-from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, free_port
+from tests import dashboard
+from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.reliability import assert_nothing_lost, stored_points
 
 pytestmark = [
@@ -47,28 +44,7 @@ RUN_TIMEOUT_S = 600  # only stops a hang
 
 def start_dashboard(tmp_path: Path, db_url: str, name: str) -> tuple[subprocess.Popen, str]:
     """`streamlit run app.py` on a free port against db_url; (process, base URL) once it answers."""
-    port = free_port()
-    env = {**os.environ, "ARENA_DB_URL": db_url, "ARENA_HOME": str(tmp_path / "home")}
-    log = open(tmp_path / f"{name}.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1", "--server.port",
-         str(port), "--server.headless", "true", "--server.fileWatcherType", "none",
-         "--browser.gatherUsageStats", "false"],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    log.close()  # the child has its own copy
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return server, base
-        except OSError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise RuntimeError(f"dashboard {name} did not start:\n" + (tmp_path / f"{name}.log").read_text())
-        time.sleep(0.3)
+    return dashboard.start_dashboard(tmp_path / f"{name}.log", dashboard.arena_env(tmp_path / "home", db_url))
 
 
 def wait_for(condition, timeout_s: float, what: str):
