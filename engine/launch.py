@@ -113,7 +113,10 @@ def runner_alive(pid: int) -> bool:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
             return False
-        return RUNNER_MODULE in " ".join(process.cmdline())
+        cmdline = process.cmdline()
+        # Empty while the process is between vfork and the end of its exec (Popen has returned by
+        # then, so the scheduler may already look): it is the runner on its way, not a stranger.
+        return not cmdline or RUNNER_MODULE in " ".join(cmdline)
     except psutil.NoSuchProcess:
         return False
     except psutil.AccessDenied:

@@ -2,6 +2,7 @@
 import math
 import os
 import signal
+import sys
 import time
 
 import numpy as np
@@ -178,3 +179,23 @@ def test_stopped_run_records_why_and_keeps_points(arena_db):
     assert run.status == FAILED and "stopped by signal SIGTERM" in run.error
     with sessions.begin() as s:
         assert len(queries.metric_frame(s, [run_id], ["step/train_loss"])) >= 5
+
+
+def test_a_runner_caught_between_vfork_and_exec_counts_as_alive(monkeypatch):
+    """/proc/PID/cmdline is empty for a moment after Popen returns (vfork): that runner must not be reaped as lost."""
+    import engine.launch as launch_module
+
+    class Seen:
+        def __init__(self, cmdline):
+            self._cmdline = cmdline
+
+        def status(self):
+            return psutil.STATUS_RUNNING
+
+        def cmdline(self):
+            return self._cmdline
+
+    for cmdline, alive in (([], True), ([sys.executable, "-m", "engine.runner", "3"], True),
+                           ([sys.executable, "-m", "http.server"], False)):  # a pid reused by something else
+        monkeypatch.setattr(launch_module.psutil, "Process", lambda pid, c=cmdline: Seen(c))
+        assert launch_module.runner_alive(4242) is alive
