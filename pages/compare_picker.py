@@ -10,7 +10,7 @@ import streamlit as st
 from db import run_table
 from engine.catalog import framework_label
 from engine.launch import reap
-from pages import common, run_filters
+from pages import common, run_filters, runs  # runs: its table helpers (importing it draws nothing)
 
 SELECTED_KEY = "compare_selected"  # session state: the chosen run ids, in the order they were chosen
 TABLE_ROWS = 8  # rows in view before the table scrolls
@@ -44,20 +44,17 @@ def default_selection(frame: pd.DataFrame) -> list[int]:
 
 def picker_table(frame: pd.DataFrame) -> pd.DataFrame:
     """The picker's rows in display form (names and tags stay text: a table cell never renders markup)."""
-    mode = frame["summary_mode"].fillna(frame["spec_mode"]).fillna("")
     return pd.DataFrame({
         "id": frame["id"],
         "name": frame["name"].fillna(""),
         "framework": frame["framework"].map(framework_label),
         "experiment": frame["model"] + " / " + frame["dataset"],
-        "mode": mode,
+        "mode": runs.modes(frame),
         "precision": frame["precision"].fillna("fp32"),
         "seed": frame["seed"],
-        "status": frame["status"].map(common.status_badge) + frame["reason"].map(
-            lambda reason: f" · {common.REASON_LABELS[reason]}" if reason in common.REASON_LABELS else "").where(
-            frame["status"] != "diverged", ""),
+        "status": runs.status_texts(frame),
         "group": frame["group_tag"].fillna(""),
-        "tags": frame["tags"].map(lambda tags: list(tags) if isinstance(tags, (list, tuple)) else []),
+        "tags": frame["tags"],  # lists already (run_table.runs_overview)
         "created": pd.to_datetime(frame["created_at"]).dt.tz_localize("UTC"),
     }, columns=list(COLUMNS))
 
