@@ -26,9 +26,8 @@ from db.models import (
     RUNNING,
     Run,
 )
-from db.session import make_sessionmaker, resolve_db_url
+from db.session import make_sessionmaker
 from db.urls import DatabaseURLError
-from db.urls import validate as validate_db_url
 from engine.catalog import FRAMEWORKS, default_mode, framework_label
 from engine.launch import default_url_for
 from engine.loop import steps_per_epoch
@@ -116,14 +115,14 @@ def _sessionmaker_for(url: str) -> sessionmaker[Session]:
 def sessions() -> sessionmaker[Session]:
     """One sessionmaker (and engine) per process and database URL; a bad URL stops the page with what to fix."""
     try:
-        validate_db_url(resolve_db_url())
+        url = db_url()  # validated on the way (engine.launch.default_url_for)
     except DatabaseURLError as exc:
         st.error(f"**The database cannot be used.** {escape_markdown(str(exc))}. Set `ARENA_DB_URL` to a "
                  "SQLite file (`sqlite:////path/to/arena.db`) or a PostgreSQL server "
                  "(`postgresql+psycopg://user@host/arena`), or unset it for the embedded default, and restart.",
                  icon=":material/database:")
         st.stop()
-    return _sessionmaker_for(db_url())
+    return _sessionmaker_for(url)
 
 
 def epoch_metrics(s: Session, run_ids: Sequence[int]) -> dict[int, dict[str, list[float]]]:
