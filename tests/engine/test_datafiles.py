@@ -142,12 +142,6 @@ def test_missing_files_say_what_where_and_how_to_fetch_them(data_root):
     assert "python -m engine download mnist" in message and "ARENA_DATA_DIR" in message
 
 
-def test_missing_cifar_batches_are_named(data_root):
-    with pytest.raises(DataFileError, match=r"cifar10: missing cifar-10-batches-py/data_batch_1.*"
-                                            r"python -m engine download cifar10"):
-        load("cifar10", seed=0)
-
-
 def test_bad_idx_magic_names_the_file(data_root):
     write_mnist(data_root / "mnist")
     (data_root / "mnist" / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x1f\x8b\x08\x00not idx"))
