@@ -65,7 +65,7 @@ def start_runner(sessions: sessionmaker[Session], run_id: int, db_url: str,
     """Start the runner process for a placed run; its output goes to a per-run log file.
 
     The process gets its own session so it outlives whoever started it (dashboard, CLI), a page
-    reload or a closed browser; stop_run() stops it. extra_env carries the placement
+    reload or a closed browser; cancel_runs() stops it. extra_env carries the placement
     (CUDA_VISIBLE_DEVICES and friends).
     """
     log_dir = arena_home() / "logs"
@@ -139,7 +139,8 @@ def reap(sessions: sessionmaker[Session]) -> list[int]:
 def stop_run(sessions: sessionmaker[Session], run_id: int) -> bool:
     """Stop a run as failed: a waiting one leaves the queue; a started one's runner gets SIGTERM and records the stop.
 
-    cancel_runs is the user's stop (the run ends cancelled); this one is the CLI's Ctrl-C.
+    cancel_runs is the user's stop (Runs page, Ctrl-C, `engine cancel`: the run ends cancelled); this
+    one ends a run the way an outside SIGTERM (a shutdown) does, and tests use it for that path.
     """
     with sessions.begin() as s:
         if queries.cancel_waiting(s, run_id):
