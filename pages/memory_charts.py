@@ -292,8 +292,10 @@ def gauge_figure(samples: SampleSet, runs: Sequence[Run], clocks: dict[int, Step
 
 
 # Tables -----------------------------------------------------------------------------------------
-def peak_cell(run: Run, series: Series, samples: SampleSet, epoch_peaks: pd.DataFrame) -> Optional[str]:
-    """A run's peak of one series: exact from the run summary or its epochs, else the largest sample ("sampled")."""
+def peak_bytes(run: Run, series: Series, samples: SampleSet,
+               epoch_peaks: pd.DataFrame) -> Optional[tuple[float, bool]]:
+    """A run's peak of one series and whether it is exact: from the run summary or its epochs (exact),
+    else the largest sample (sampled); None when nothing was recorded."""
     exact = (run.summary or {}).get("peak_bytes") or {}
     keys = [f"{source}_{series.name}" for source in series.sources]
     found = [float(exact[key]) for key in keys if exact.get(key) is not None]
@@ -302,10 +304,19 @@ def peak_cell(run: Run, series: Series, samples: SampleSet, epoch_peaks: pd.Data
                            & epoch_peaks["name"].isin([PEAK_METRIC_PREFIX + key for key in keys])]["value"].dropna()
         found = [float(rows.max())] if not rows.empty else []
     if found:
-        return format_bytes(max(found))
+        return max(found), True
     names = [series.name] + (["peak_allocated"] if series.name == "allocated" else [])  # the allocator's own peak
     rows = samples.points(run.id, series.sources, names)["value"]
-    return None if rows.empty else f"{format_bytes(float(rows.max()))} (sampled)"
+    return None if rows.empty else (float(rows.max()), False)
+
+
+def peak_cell(run: Run, series: Series, samples: SampleSet, epoch_peaks: pd.DataFrame) -> Optional[str]:
+    """peak_bytes as the peaks table shows it: "512.0 MiB", or "512.0 MiB (sampled)"."""
+    peak = peak_bytes(run, series, samples, epoch_peaks)
+    if peak is None:
+        return None
+    value, exact = peak
+    return format_bytes(value) if exact else f"{format_bytes(value)} (sampled)"
 
 
 def peaks_table(samples: SampleSet, epoch_peaks: pd.DataFrame, runs: Sequence[Run]) -> pd.DataFrame:

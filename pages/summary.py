@@ -245,19 +245,8 @@ def memory_peaks(runs: Sequence[Run], samples_frame: pd.DataFrame,
 
 def _peak(run: Run, series: memory_charts.Series, samples: memory_charts.SampleSet,
           epoch_peaks: pd.DataFrame) -> Optional[Peak]:
-    # As memory_charts.peak_cell: the run summary's peak, else its epochs' peaks, else the largest sample.
-    exact = (run.summary or {}).get("peak_bytes") or {}
-    keys = [f"{source}_{series.name}" for source in series.sources]
-    found = [float(exact[key]) for key in keys if exact.get(key) is not None]
-    if not found and not epoch_peaks.empty:
-        names = [memory_charts.PEAK_METRIC_PREFIX + key for key in keys]
-        rows = epoch_peaks[(epoch_peaks["run_id"] == run.id) & epoch_peaks["name"].isin(names)]["value"].dropna()
-        found = [float(rows.max())] if not rows.empty else []
-    if found:
-        return Peak(max(found), exact=True)
-    names = [series.name] + (["peak_allocated"] if series.name == "allocated" else [])
-    rows = samples.points(run.id, series.sources, names)["value"]
-    return None if rows.empty else Peak(float(rows.max()), exact=False)
+    peak = memory_charts.peak_bytes(run, series, samples, epoch_peaks)  # the memory section's own reading
+    return None if peak is None else Peak(peak[0], exact=peak[1])
 
 
 def _number(value: Any) -> float:
