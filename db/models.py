@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Run lifecycle: queued -> running -> finished | failed | diverged | cancelled | lost. "active"
@@ -18,6 +18,10 @@ ACTIVE_STATUSES = (QUEUED, RUNNING)
 # Why a run failed, when Arena can tell (Run.reason): results worth comparing, not just errors.
 OUT_OF_MEMORY, NON_FINITE_LOSS, ERROR = "out_of_memory", "non_finite_loss", "error"
 RUN_NAME_MAX, TAG_MAX, TAGS_MAX = 200, 64, 32  # characters of a name, of one tag; tags per run
+# Row ids of the tables every run keeps adding to (revision 0006). PostgreSQL's INTEGER is 32-bit:
+# runners sampling at 10 Hz on a busy cluster pass 2^31 system samples within months. SQLite's
+# INTEGER PRIMARY KEY is the 64-bit rowid already, and only that exact type makes it the rowid.
+ROW_ID = BigInteger().with_variant(Integer, "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -82,13 +86,14 @@ class MetricPoint(Base):
 
     __tablename__ = "metric_points"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(ROW_ID, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(64))
     step: Mapped[int] = mapped_column(Integer)
     epoch: Mapped[int] = mapped_column(Integer)
     wall_time: Mapped[float] = mapped_column(Float)  # unix seconds
-    # NULL means NaN: SQLite stores a NaN as NULL, and a diverged loss is a point worth keeping.
+    # NULL means NaN: SQLite stores a NaN as NULL (PostgreSQL keeps it as NaN), and a diverged loss is a point
+    # worth keeping. Readers take both as NaN.
     value: Mapped[Optional[float]] = mapped_column(Float)
 
     run: Mapped[Run] = relationship(back_populates="metrics")
@@ -112,7 +117,7 @@ class MetricChunk(Base):
 
     __tablename__ = "metric_chunks"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(ROW_ID, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(64))
     first_step: Mapped[int] = mapped_column(Integer)
@@ -133,7 +138,7 @@ class SystemSample(Base):
 
     __tablename__ = "system_samples"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(ROW_ID, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     time: Mapped[float] = mapped_column(Float)  # unix seconds
     source: Mapped[str] = mapped_column(String(32))  # host | nvml | torch | tensorflow
@@ -155,7 +160,7 @@ class TensorStat(Base):
 
     __tablename__ = "tensor_stats"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(ROW_ID, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     epoch: Mapped[int] = mapped_column(Integer)
     step: Mapped[int] = mapped_column(Integer)  # optimizer steps done when the statistics were taken

@@ -84,7 +84,7 @@ def list_runs(
 # Names, notes and tags -----------------------------------------------------------------------
 def clean_name(name: Optional[str]) -> Optional[str]:
     """A run name as stored: stripped, None when empty; ValueError naming it when too long."""
-    name = (name or "").strip()
+    name = _without_nul("run name", (name or "").strip())
     if len(name) > RUN_NAME_MAX:
         raise ValueError(f"run name {name[:40]!r}... is {len(name)} characters long; the limit is {RUN_NAME_MAX}")
     return name or None
@@ -96,7 +96,7 @@ def clean_tags(tags: Iterable[str]) -> list[str]:
     for tag in tags:
         if not isinstance(tag, str):
             raise ValueError(f"tag {tag!r} is not text")
-        tag = tag.strip()
+        tag = _without_nul("tag", tag.strip())
         if not tag or tag in cleaned:
             continue
         if len(tag) > TAG_MAX:
@@ -109,24 +109,38 @@ def clean_tags(tags: Iterable[str]) -> list[str]:
     return cleaned
 
 
+def _without_nul(what: str, text: str) -> str:
+    # PostgreSQL text cannot hold a NUL character: refused on every backend, so a run's names read the same on each.
+    if "\x00" in text:
+        raise ValueError(f"{what} {text[:40]!r} contains a NUL character (\\x00), which a database cannot store")
+    return text
+
+
+def _storable(text: str) -> str:
+    """Text Arena copies from elsewhere (a traceback, a log), with any NUL shown as U+FFFD: PostgreSQL refuses NUL."""
+    return text.replace("\x00", "\ufffd")
+
+
 def annotate_run(s: Session, run_id: int, *, name: Any = ..., notes: Any = ..., tags: Any = ...) -> None:
     """Rename a run, set its notes or its tags (only the ones given); values are validated first."""
     values: dict[str, Any] = {}
     if name is not ...:
         values["name"] = clean_name(name)
     if notes is not ...:
-        values["notes"] = (notes or "").strip() or None
+        values["notes"] = _without_nul("notes", (notes or "").strip()) or None
     if tags is not ...:
         values["tags"] = clean_tags(tags or []) or None
     if values:
         s.execute(update(Run).where(Run.id == run_id).values(**values))
 
 
-def set_launch_info(s: Session, run_id: int, pid: int, hostname: str, log_path: str) -> None:
-    """Record the runner process that was started for a queued run."""
-    s.execute(
-        update(Run).where(Run.id == run_id).values(pid=pid, hostname=hostname, log_path=log_path)
-    )
+def set_launch_info(s: Session, run_id: int, pid: int, hostname: str, log_path: str,
+                    placed_device: Optional[str] = None) -> None:
+    """Record the runner process that was started for a queued run (and its device, when a cluster chose it)."""
+    values: dict[str, Any] = dict(pid=pid, hostname=hostname, log_path=log_path)
+    if placed_device is not None:
+        values["placed_device"] = placed_device
+    s.execute(update(Run).where(Run.id == run_id).values(**values))
 
 
 def claim_run(s: Session, run_id: int, pid: int, hostname: str) -> bool:
@@ -152,8 +166,8 @@ def placed_active_runs(s: Session, hostname: str) -> list[Run]:
         Run.status.in_(ACTIVE_STATUSES), Run.placed_device.is_not(None), Run.hostname == hostname)))
 
 
-def place_run(s: Session, run_id: int, device: str, hostname: str) -> bool:
-    """Give a queued, unplaced run a device on this host; False if someone else moved it first."""
+def place_run(s: Session, run_id: int, device: str, hostname: Optional[str]) -> bool:
+    """Give a queued, unplaced run a device on a host (None: a cluster picks it); False if another moved it first."""
     result = s.execute(
         update(Run)
         .where(Run.id == run_id, Run.status == QUEUED, Run.placed_device.is_(None))
@@ -163,15 +177,32 @@ def place_run(s: Session, run_id: int, device: str, hostname: str) -> bool:
     return result.rowcount == 1
 
 
-def unplace_unstarted(s: Session, older_than: timedelta) -> list[int]:
-    """Put placed runs that never got a process back in the queue (their scheduler died in between)."""
+def unplace_unstarted(s: Session, older_than: timedelta, keep: Sequence[str] = ()) -> list[int]:
+    """Put placed runs that never got a process back in the queue (their scheduler died in between).
+
+    Runs placed on a device in keep are left alone: they wait in a cluster's queue, which says when they are lost.
+    """
     cutoff = utcnow() - older_than
     stale = list(s.scalars(select(Run.id).where(
-        Run.status == QUEUED, Run.placed_device.is_not(None), Run.pid.is_(None), Run.heartbeat_at < cutoff)))
+        Run.status == QUEUED, Run.placed_device.is_not(None), Run.placed_device.not_in(keep), Run.pid.is_(None),
+        Run.heartbeat_at < cutoff)))
     if stale:
         s.execute(update(Run).where(Run.id.in_(stale), Run.pid.is_(None))
                   .values(placed_device=None, hostname=None).execution_options(synchronize_session=False))
     return stale
+
+
+def placed_unstarted(s: Session, devices: Sequence[str]) -> list[int]:
+    """Queued runs placed on one of these devices with no process yet (in a cluster's queue), oldest first."""
+    return list(s.scalars(select(Run.id).where(
+        Run.status == QUEUED, Run.placed_device.in_(devices), Run.pid.is_(None)).order_by(Run.id)))
+
+
+def unplace(s: Session, run_id: int) -> bool:
+    """Put a placed run that has no process back in the queue; False if it has started or ended meanwhile."""
+    result = s.execute(update(Run).where(Run.id == run_id, Run.status == QUEUED, Run.pid.is_(None))
+                       .values(placed_device=None, hostname=None).execution_options(synchronize_session=False))
+    return result.rowcount == 1
 
 
 def cancel_waiting(s: Session, run_id: int) -> bool:
@@ -210,6 +241,8 @@ def acquire_lease(s: Session, name: str, holder: str, hostname: str, pid: int, t
         dialect_insert(SchedulerLease)
         .values(name=name, holder=holder, hostname=hostname, pid=pid, acquired_at=now, expires_at=now + ttl)
         .on_conflict_do_nothing(index_elements=["name"])
+        # SQLAlchemy keeps an INSERT's rowcount only when asked: psycopg 3 reports -1 once the cursor is closed.
+        .execution_options(preserve_rowcount=True)
     )
     return inserted.rowcount == 1
 
@@ -247,7 +280,7 @@ def fail_run(s: Session, run_id: int, error: str, summary: Optional[dict[str, An
 
     False if the run had already ended: an ended run is never rewritten.
     """
-    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error, "reason": reason}
+    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": _storable(error), "reason": reason}
     if summary is not None:
         values["summary"] = summary
     result = s.execute(update(Run).where(Run.id == run_id, Run.status.in_(ACTIVE_STATUSES)).values(**values)
@@ -327,11 +360,12 @@ def metric_frame(s: Session, run_ids: Sequence[int], names: Optional[Sequence[st
     if names:
         query = query.where(MetricPoint.name.in_(list(names)))
         chunk_query = chunk_query.where(MetricChunk.name.in_(list(names)))
-    query = query.order_by(MetricPoint.run_id, MetricPoint.name, MetricPoint.step, MetricPoint.id)
+    query = query.order_by(MetricPoint.run_id, _code_point_order(s, MetricPoint.name), MetricPoint.step,
+                           MetricPoint.id)
     rows = pd.DataFrame(s.execute(query).all(), columns=chunks.FRAME_COLUMNS)
     rows["value"] = rows["value"].astype(float)  # NULL (how SQLite stores a NaN) becomes NaN
     packed = chunks.unpack(s.execute(chunk_query.order_by(
-        MetricChunk.run_id, MetricChunk.name, MetricChunk.first_step, MetricChunk.id)).all())
+        MetricChunk.run_id, _code_point_order(s, MetricChunk.name), MetricChunk.first_step, MetricChunk.id)).all())
     if packed.empty:
         return rows
     packed["name"] = packed["name"].astype(object)
@@ -340,6 +374,14 @@ def metric_frame(s: Session, run_ids: Sequence[int], names: Optional[Sequence[st
     # Both are ordered; merged, a stable sort keeps points recorded at one step in their order.
     frame = pd.concat([rows, packed], ignore_index=True)
     return frame.sort_values(["run_id", "name", "step"], kind="stable", ignore_index=True)
+
+
+def _code_point_order(s: Session, column):
+    """The column to ORDER BY in code point order, as SQLite and pandas sort text.
+
+    PostgreSQL sorts text by its database's collation: under en_US "loss_b" comes before "loss/a".
+    """
+    return column.collate("C") if s.get_bind().dialect.name == "postgresql" else column
 
 
 def metric_names(s: Session, run_ids: Sequence[int]) -> list[str]:
@@ -503,4 +545,5 @@ def _log_tail(log_path: Optional[str], lines: int = 20) -> str:
             tail = handle.readlines()[-lines:]
     except OSError:
         return ""
-    return "\n\nLast lines of the runner log:\n" + "".join(tail) if tail else ""
+    # A log cut short by a crash can end in NUL bytes (a file extended, never written).
+    return _storable("\n\nLast lines of the runner log:\n" + "".join(tail)) if tail else ""

@@ -1,9 +1,11 @@
 """Database URL resolution, engine and session factory (one per process)."""
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -45,12 +47,35 @@ def make_engine(url: Optional[str] = None) -> Engine:
         # PostgreSQL: an unroutable host fails in seconds, not after the system's TCP timeout.
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000} if is_sqlite else {"connect_timeout": 10},
         pool_pre_ping=not is_sqlite,
+        json_serializer=json_text,
     )
     if is_sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     # Created empty, older or current: every database is at the models' schema before anyone reads it.
     upgrade_to_head(engine)
     return engine
+
+
+def json_text(value: Any) -> str:
+    """A JSON column's text: a non-finite float (a diverged run's summary) is stored as null.
+
+    NaN and Infinity are no JSON: PostgreSQL refuses the document, and SQLite's JSON functions
+    (the Runs table reads fields with them) fail on it.
+    """
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -1,12 +1,15 @@
-"""Shared fixtures: every test gets its own SQLite file and ARENA_HOME (run logs) under tmp_path."""
+"""Shared fixtures: every test gets its own database (SQLite file, or PostgreSQL database) and ARENA_HOME (run logs)."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+
+from tests import postgres
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -15,6 +18,28 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def arena_db(tmp_path, monkeypatch) -> str:
     """A fresh SQLite database URL, also set as ARENA_DB_URL; ARENA_HOME points into tmp_path."""
     url = f"sqlite:///{tmp_path / 'arena.db'}"
+    monkeypatch.setenv("ARENA_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ARENA_DB_URL", url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The admin URL of the session's PostgreSQL server (tests/postgres.py); skips, or fails in CI, without one."""
+    yield from postgres.server()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database of its own for this test (dropped after it): its URL."""
+    with postgres.fresh_database(postgres_server) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path, monkeypatch) -> str:
+    """A fresh database of each backend Arena supports, also set as ARENA_DB_URL; ARENA_HOME points into tmp_path."""
+    url = f"sqlite:///{tmp_path / 'arena.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     monkeypatch.setenv("ARENA_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("ARENA_DB_URL", url)
     return url

@@ -16,8 +16,8 @@ def _points(run_id, name, steps, value=lambda step: step / 10):
             for step in steps]
 
 
-def test_step_series_round_trip_through_chunks_with_every_point_and_nan(arena_db):
-    sessions = make_sessionmaker(arena_db)
+def test_step_series_round_trip_through_chunks_with_every_point_and_nan(db_url):
+    sessions = make_sessionmaker(db_url)
     with sessions.begin() as s:
         a, b = queries.create_run(s, SPEC).id, queries.create_run(s, SPEC).id
     # Three flushes for run a (the recorder writes one chunk per series per flush), one for b.
@@ -45,8 +45,8 @@ def test_step_series_round_trip_through_chunks_with_every_point_and_nan(arena_db
     assert names == ["step/step_time_ms", "step/train_loss", "test_loss"]
 
 
-def test_points_stored_as_rows_by_older_versions_read_together_with_chunks(arena_db):
-    sessions = make_sessionmaker(arena_db)
+def test_points_stored_as_rows_by_older_versions_read_together_with_chunks(db_url):
+    sessions = make_sessionmaker(db_url)
     with sessions.begin() as s:
         run_id = queries.create_run(s, SPEC).id
         # An older Arena wrote per-step points as rows (a NaN became NULL): steps 0-9 as rows, 10-19 as a chunk.
@@ -59,8 +59,8 @@ def test_points_stored_as_rows_by_older_versions_read_together_with_chunks(arena
     assert math.isnan(frame["value"].iloc[3]) and frame["value"].iloc[15] == 1.5
 
 
-def test_deleting_a_run_deletes_its_chunks_and_no_other_run_s(arena_db):
-    sessions = make_sessionmaker(arena_db)
+def test_deleting_a_run_deletes_its_chunks_and_no_other_run_s(db_url):
+    sessions = make_sessionmaker(db_url)
     with sessions.begin() as s:
         gone, kept = queries.create_run(s, SPEC).id, queries.create_run(s, SPEC).id
         queries.add_metric_points(s, _points(gone, "step/train_loss", range(5)) + _points(kept, "step/train_loss",
@@ -74,8 +74,8 @@ def test_deleting_a_run_deletes_its_chunks_and_no_other_run_s(arena_db):
         assert queries.metric_frame(s, [gone]).empty
 
 
-def test_an_empty_selection_gives_an_empty_frame_with_the_columns(arena_db):
-    sessions = make_sessionmaker(arena_db)
+def test_an_empty_selection_gives_an_empty_frame_with_the_columns(db_url):
+    sessions = make_sessionmaker(db_url)
     with sessions.begin() as s:
         frame = queries.metric_frame(s, [])
     assert frame.empty and list(frame.columns) == ["run_id", "name", "step", "epoch", "wall_time", "value"]

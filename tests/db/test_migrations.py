@@ -1,4 +1,9 @@
-"""db/migrate.py and db/migrations: databases of every earlier Arena upgrade in place, rows intact, schema = models."""
+"""db/migrate.py and db/migrations: databases of every earlier Arena upgrade in place, rows intact, schema = models.
+
+The revisions run on both backends (db_url: a SQLite file and a PostgreSQL database). The
+databases from before revision tracking are frozen SQLite files (legacy_schemas/), and what
+their tests check is SQLite's (sqlite_master, rowid order, its write lock): those stay SQLite-only.
+"""
 from __future__ import annotations
 
 import json
@@ -9,17 +14,20 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import MetaData, create_engine, insert, inspect, select, text
+from sqlalchemy.engine import make_url
 
-from db import migrate, queries
+from db import migrate, queries, run_table
 from db.models import Base
 from db.session import make_sessionmaker
+from engine.spec import RunSpec
 from tests.conftest import REPO_ROOT
 
 # sqlite_master of databases that earlier Arena commits created (see each file's first line):
@@ -126,13 +134,60 @@ def revision_of(url: str) -> str | None:
     return revision
 
 
-def test_an_empty_database_is_built_by_the_revisions_and_equals_the_models(tmp_path):
-    url = f"sqlite:///{tmp_path / 'arena.db'}"
-    sessions = make_sessionmaker(url)
-    assert revision_of(url) == migrate.head_revision() == "0005"  # (a new revision updates this line)
-    assert schema_differences(url) == []
+def shape(url: str) -> dict[str, dict]:
+    """Every table's columns (Python type, length, nullable, key), indexes and foreign keys, as reflected."""
+    engine = create_engine(url)
+    inspector = inspect(engine)
+    tables = {}
+    for table in inspector.get_table_names():
+        primary = set(inspector.get_pk_constraint(table)["constrained_columns"])
+        tables[table] = {
+            "columns": {column["name"]: (column["type"].python_type, getattr(column["type"], "length", None),
+                                         column["nullable"], column["name"] in primary)
+                        for column in inspector.get_columns(table)},
+            "indexes": sorted((index["name"], tuple(index["column_names"]), bool(index["unique"]))
+                              for index in inspector.get_indexes(table)),
+            "foreign_keys": sorted((tuple(key["constrained_columns"]), key["referred_table"],
+                                    tuple(key["referred_columns"]), (key.get("options") or {}).get("ondelete"))
+                                   for key in inspector.get_foreign_keys(table)),
+        }
+    engine.dispose()
+    return tables
+
+
+def test_an_empty_database_is_built_by_the_revisions_and_equals_the_models(db_url):
+    sessions = make_sessionmaker(db_url)
+    assert revision_of(db_url) == migrate.head_revision() == "0007"  # (a new revision updates this line)
+    assert schema_differences(db_url) == []
     assert set(inspect(sessions.kw["bind"]).get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
     assert migrate.upgrade_to_head(sessions.kw["bind"]) == []  # the next start finds nothing to do
+    sessions.kw["bind"].dispose()
+
+
+def test_postgresql_gets_the_same_tables_columns_indexes_and_keys_as_sqlite(postgres_url, tmp_path):
+    sqlite_url = f"sqlite:///{tmp_path / 'arena.db'}"
+    for url in (sqlite_url, postgres_url):
+        make_sessionmaker(url).kw["bind"].dispose()
+    built = shape(postgres_url)
+    assert built == shape(sqlite_url)
+    assert set(built) == set(Base.metadata.tables) | {"alembic_version"}
+    for name, table in Base.metadata.tables.items():
+        assert list(built[name]["columns"]) == [column.name for column in table.columns]  # in the models' order
+
+
+def test_upgrading_a_database_at_head_again_changes_nothing(db_url):
+    make_sessionmaker(db_url).kw["bind"].dispose()
+    before = shape(db_url)
+    engine = create_engine(db_url)
+    config = migrate.alembic_config()
+    with engine.begin() as connection:  # Alembic itself, past upgrade_to_head's early return
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    assert migrate.upgrade_to_head(engine) == []
+    engine.dispose()
+    make_sessionmaker(db_url).kw["bind"].dispose()  # and a second start
+    assert shape(db_url) == before
+    assert revision_of(db_url) == migrate.head_revision()
 
 
 @pytest.mark.parametrize("name", sorted(MATCHES))
@@ -188,23 +243,113 @@ def test_an_issue_4_database_keeps_its_placements_failure_reasons_and_lease(tmp_
         assert queries.tensor_stat_frame(s, [1, 2]).empty  # a table 0004 added
 
 
-@pytest.mark.parametrize("revision", ["0001", "0002", "0003", "0004"])
-def test_a_database_stamped_at_an_earlier_revision_upgrades_from_there(tmp_path, revision):
+def test_non_finite_numbers_older_versions_wrote_into_sqlite_json_become_null_and_the_runs_table_reads(tmp_path):
     url = f"sqlite:///{tmp_path / 'arena.db'}"
     engine = create_engine(url)
+    config = migrate.alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0006")
+        spec = json.dumps(RunSpec(framework="torch", model="mlp", dataset="digits").to_dict())
+        connection.execute(text(
+            "INSERT INTO runs (id, status, framework, model, dataset, spec, summary, created_at, total_epochs, epoch, "
+            "step, total_steps) VALUES (1, 'diverged', 'torch', 'mlp', 'digits', :spec, :summary, "
+            "'2026-11-30 10:00:00', 1, 1, 5, 5)"),
+            {"spec": spec, "summary": '{"train_loss": NaN, "peak": Infinity, "epoch_time_s": 1.5, "x": "NaN"}'})
+    engine.dispose()
+
+    sessions = make_sessionmaker(url)  # upgrades to head
+
+    with sessions.begin() as s:
+        assert queries.get_run(s, 1).summary == {"train_loss": None, "peak": None, "epoch_time_s": 1.5, "x": "NaN"}
+        overview = run_table.runs_overview(s)
+    assert overview["id"].tolist() == [1]
+
+
+@pytest.mark.parametrize("revision", ["0001", "0002", "0003", "0004", "0005", "0006"])
+def test_a_database_stamped_at_an_earlier_revision_upgrades_from_there(db_url, revision):
+    engine = create_engine(db_url)
     config = migrate.alembic_config()
     with engine.begin() as connection:  # the first revisions only, run for real
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
     engine.dispose()
-    fill(tmp_path / "arena.db")
-    before = snapshot(tmp_path / "arena.db")
+    fill_rows(db_url)
+    before = table_rows(db_url)
 
-    make_sessionmaker(url)
+    make_sessionmaker(db_url).kw["bind"].dispose()
 
-    assert rows_now(tmp_path / "arena.db", before) == before
-    assert revision_of(url) == migrate.head_revision()
-    assert schema_differences(url) == []
+    assert table_rows(db_url, before) == before
+    assert revision_of(db_url) == migrate.head_revision()
+    assert schema_differences(db_url) == []
+
+
+def test_postgresql_point_tables_count_row_ids_past_2_to_the_31(postgres_url):
+    sessions = make_sessionmaker(postgres_url)  # built by every revision: 0006 widened 0001's and 0004's ids
+    with sessions.begin() as s:
+        for table in ("metric_points", "metric_chunks", "system_samples", "tensor_stats"):
+            s.execute(text("SELECT setval(pg_get_serial_sequence(:table, 'id'), :id)"), {"table": table, "id": 2**31})
+        run_id = queries.create_run(s, {"framework": "torch", "model": "mlp", "dataset": "digits", "epochs": 1}).id
+        queries.add_metric_points(s, [dict(run_id=run_id, name=name, step=1, epoch=1, wall_time=0.0, value=1.0)
+                                      for name in ("test_loss", "step/train_loss")])
+        queries.add_system_samples(s, [dict(run_id=run_id, time=0.0, source="host", name="rss", value=1.0, unit="B")])
+        queries.add_tensor_stats(s, [dict(run_id=run_id, epoch=1, step=1, layer="dense.kernel", kind="weight",
+                                          numel=4)])
+    with sessions.begin() as s:
+        ids = {table: s.execute(text(f"SELECT id FROM {table}")).scalar_one()
+               for table in ("metric_points", "metric_chunks", "system_samples", "tensor_stats")}
+        assert len(queries.metric_frame(s, [run_id])) == 2
+    assert ids == dict.fromkeys(ids, 2**31 + 1)
+    sessions.kw["bind"].dispose()
+
+
+def fill_rows(url: str) -> None:
+    """Rows in every table the database has, through SQLAlchemy: any backend (ids are the database's)."""
+    engine = create_engine(url)
+    tables = MetaData()
+    tables.reflect(engine)
+    when = datetime(2026, 11, 21, 23, 30)
+    with engine.begin() as connection:
+        runs = tables.tables["runs"]
+        values = {"created_at": when, "status": "finished", "framework": "torch", "model": "mlp", "dataset": "digits",
+                  "spec": {"framework": "torch", "epochs": 3}, "epoch": 3, "total_epochs": 3, "step": 30,
+                  "placed_device": "cpu", "name": "run 1", "tags": ["baseline"]}
+        run_id = connection.execute(insert(runs).values({k: v for k, v in values.items() if k in runs.c})
+                                    .returning(runs.c.id)).scalar_one()
+        connection.execute(insert(tables.tables["metric_points"]), [
+            {"run_id": run_id, "name": "train_loss", "step": 10 * epoch, "epoch": epoch, "wall_time": 1000.0 + epoch,
+             "value": 1.0 / epoch} for epoch in (1, 2, 3)])
+        connection.execute(insert(tables.tables["system_samples"]).values(
+            run_id=run_id, time=1000.5, source="host", name="rss", value=1e8, unit="bytes"))
+        if "scheduler_lease" in tables.tables:
+            connection.execute(insert(tables.tables["scheduler_lease"]).values(
+                name="scheduler", holder="abc", hostname="h", pid=7, acquired_at=when, expires_at=when))
+        if "tensor_stats" in tables.tables:
+            connection.execute(insert(tables.tables["tensor_stats"]).values(
+                run_id=run_id, epoch=1, step=10, layer="dense_1.kernel", kind="weight", numel=64, norm=2.5,
+                histogram={"edges": [0.0, 1.0], "counts": [64]}))
+        if "metric_chunks" in tables.tables:
+            connection.execute(insert(tables.tables["metric_chunks"]).values(
+                run_id=run_id, name="step/loss", first_step=1, last_step=1, count=1, steps=b"\x01" + bytes(7),
+                epochs=b"\x01" + bytes(3), wall_times=bytes(8), values=bytes(8)))
+    engine.dispose()
+
+
+def table_rows(url: str, before: dict | None = None) -> dict[str, list[tuple]]:
+    """Every data table's rows in key order (only the columns of `before`'s rows, when given)."""
+    engine = create_engine(url)
+    tables = MetaData()
+    tables.reflect(engine)
+    rows = {}
+    with engine.connect() as connection:
+        for name, table in tables.tables.items():
+            if name == "alembic_version" or (before is not None and name not in before):
+                continue
+            columns = [table.c[column] for column in before[name][0]] if before else list(table.c)
+            query = select(*columns).order_by(*table.primary_key.columns)
+            rows[name] = ([column.name for column in columns], [tuple(row) for row in connection.execute(query)])
+    engine.dispose()
+    return rows
 
 
 def test_two_processes_opening_an_old_database_at_once_migrate_it_once(tmp_path):
@@ -244,7 +389,59 @@ def test_two_processes_opening_an_old_database_at_once_migrate_it_once(tmp_path)
     assert revision_of(f"sqlite:///{path}") == migrate.head_revision()
 
 
-def test_a_failing_revision_leaves_the_database_as_it_was_and_names_the_revision(tmp_path, monkeypatch):
+def test_two_processes_migrating_one_new_postgresql_database_at_once_both_start_and_it_migrates_once(postgres_url):
+    import psycopg  # here, not above: without it the SQLite tests of this module still run
+
+    child = (
+        "import logging, sys\n"
+        "from db.session import make_sessionmaker\n"
+        "logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')\n"
+        "make_sessionmaker(sys.argv[1])\n"
+    )
+    # Hold the migration lock until both processes wait for it: they really migrate at the same time.
+    blocker = psycopg.connect(make_url(postgres_url).set(drivername="postgresql").render_as_string(False),
+                              autocommit=True)
+    blocker.execute("SELECT pg_advisory_lock(%s)", [migrate.POSTGRES_LOCK_KEY])
+    processes = [
+        subprocess.Popen([sys.executable, "-c", child, postgres_url], cwd=REPO_ROOT, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+        for _ in range(2)
+    ]
+    try:
+        waiting, deadline = 0, time.monotonic() + 60
+        while waiting < 2 and time.monotonic() < deadline and all(p.poll() is None for p in processes):
+            time.sleep(0.1)
+            waiting = blocker.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                                      "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                                      ).fetchone()[0]
+    finally:
+        blocker.execute("SELECT pg_advisory_unlock(%s)", [migrate.POSTGRES_LOCK_KEY])
+        blocker.close()
+    outputs = [process.communicate(timeout=120) for process in processes]
+
+    assert waiting == 2, outputs  # both were held at the lock
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    assert sum(stderr.count("db.migrate: Upgraded") for _, stderr in outputs) == 1, outputs
+    assert revision_of(postgres_url) == migrate.head_revision()
+    assert schema_differences(postgres_url) == []
+
+
+def test_a_revision_failing_on_a_new_database_leaves_it_empty_and_names_the_revision(db_url, tmp_path, monkeypatch):
+    monkeypatch.setattr(migrate, "MIGRATIONS_DIR", broken_migrations(tmp_path))
+
+    with pytest.raises(migrate.MigrationError, match=r"failed in revision 0004 \(Compare .*disk full.*unchanged, "
+                                                     r"still at an empty database"):
+        make_sessionmaker(db_url)
+
+    # 0001-0003's tables, 0004's work and the stamp: all rolled back (DDL is transactional on both).
+    engine = create_engine(db_url)
+    assert inspect(engine).get_table_names() == []
+    engine.dispose()
+
+
+def broken_migrations(tmp_path: Path) -> Path:
+    """A copy of the migrations whose revision 0004 does its work, then fails."""
     broken = tmp_path / "migrations"
     shutil.copytree(migrate.MIGRATIONS_DIR, broken, ignore=shutil.ignore_patterns("__pycache__"))
     revision = broken / "versions" / "0004_compare.py"
@@ -254,7 +451,11 @@ def test_a_failing_revision_leaves_the_database_as_it_was_and_names_the_revision
         "    _upgrade()  # its tables, columns and index are made, then the disk fills\n"
         "    raise OSError('disk full')\n"
     ))
-    monkeypatch.setattr(migrate, "MIGRATIONS_DIR", broken)
+    return broken
+
+
+def test_a_failing_revision_leaves_the_database_as_it_was_and_names_the_revision(tmp_path, monkeypatch):
+    monkeypatch.setattr(migrate, "MIGRATIONS_DIR", broken_migrations(tmp_path))
     path = legacy_db(tmp_path, "850a401_first")
     fill(path)
     before = snapshot(path)
@@ -269,18 +470,32 @@ def test_a_failing_revision_leaves_the_database_as_it_was_and_names_the_revision
     assert snapshot(path) == before
 
 
-def test_a_database_a_newer_arena_upgraded_is_refused_unchanged(tmp_path):
-    url = f"sqlite:///{tmp_path / 'arena.db'}"
-    make_sessionmaker(url).kw["bind"].dispose()
-    with sqlite3.connect(tmp_path / "arena.db") as connection:
-        connection.execute("UPDATE alembic_version SET version_num = '0099'")
-    connection.close()
+def test_a_database_a_newer_arena_upgraded_is_refused_unchanged(db_url):
+    make_sessionmaker(db_url).kw["bind"].dispose()
+    engine = create_engine(db_url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    engine.dispose()
     with pytest.raises(migrate.MigrationError, match="at revision 0099, which this Arena does not know.*newer Arena"):
-        make_sessionmaker(url)
-    assert revision_of(url) == "0099"
+        make_sessionmaker(db_url)
+    assert revision_of(db_url) == "0099"
 
 
-def test_revisions_downgrade_and_upgrade_again(tmp_path):
+def test_every_revision_downgrades_to_an_empty_database_and_upgrades_again(db_url):
+    make_sessionmaker(db_url).kw["bind"].dispose()
+    engine = create_engine(db_url)
+    config = migrate.alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "base")
+        assert inspect(connection).get_table_names() == ["alembic_version"]
+    engine.dispose()
+    make_sessionmaker(db_url).kw["bind"].dispose()
+    assert revision_of(db_url) == migrate.head_revision()
+    assert schema_differences(db_url) == []
+
+
+def test_revisions_downgrade_and_upgrade_again_with_rows_in_sqlite(tmp_path):
     url = f"sqlite:///{tmp_path / 'arena.db'}"
     make_sessionmaker(url).kw["bind"].dispose()
     fill(tmp_path / "arena.db")

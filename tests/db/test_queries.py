@@ -1,12 +1,15 @@
-"""db/: schema, SQLite settings, lifecycle transitions, reaping and concurrent access on a real file."""
+"""db/: lifecycle transitions, reaping and concurrent access on each backend (SQLite, PostgreSQL); SQLite's settings."""
+import math
 import threading
 import time
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import text
 
 from db import queries
-from db.models import FAILED, FINISHED, QUEUED, RUNNING
+from db import run_table
+from db.models import DIVERGED, FAILED, FINISHED, LOST, NON_FINITE_LOSS, QUEUED, RUNNING
 from db.session import default_db_url, make_sessionmaker, resolve_db_url
 from engine.spec import RunSpec
 
@@ -23,7 +26,7 @@ def test_url_resolution_order(monkeypatch, tmp_path):
     assert resolve_db_url("sqlite:///explicit.db") == "sqlite:///explicit.db"
 
 
-def test_sqlite_runs_in_wal_with_foreign_keys_and_busy_timeout(arena_db):
+def test_sqlite_runs_in_wal_with_foreign_keys_and_busy_timeout(arena_db):  # pragmas: SQLite only
     sessions = make_sessionmaker(arena_db)
     with sessions.begin() as s:
         assert s.execute(text("PRAGMA journal_mode")).scalar() == "wal"
@@ -31,8 +34,8 @@ def test_sqlite_runs_in_wal_with_foreign_keys_and_busy_timeout(arena_db):
         assert s.execute(text("PRAGMA busy_timeout")).scalar() >= 5000
 
 
-def test_lifecycle_queued_running_finished(arena_db):
-    sessions = make_sessionmaker(arena_db)
+def test_lifecycle_queued_running_finished(db_url):
+    sessions = make_sessionmaker(db_url)
     with sessions.begin() as s:
         run_id = queries.create_run(s, SPEC).id
     with sessions.begin() as s:
@@ -56,8 +59,8 @@ def test_lifecycle_queued_running_finished(arena_db):
         assert frame["value"].tolist() == [9.0]
 
 
-def test_fail_keeps_points_and_does_not_overwrite_a_finished_run(arena_db):
-    sessions = make_sessionmaker(arena_db)
+def test_fail_keeps_points_and_does_not_overwrite_a_finished_run(db_url):
+    sessions = make_sessionmaker(db_url)
     with sessions.begin() as s:
         a, b = queries.create_run(s, SPEC).id, queries.create_run(s, SPEC).id
         queries.add_system_samples(s, [dict(run_id=a, time=1.0, source="host", name="rss", value=1.0, unit="bytes")])
@@ -71,8 +74,55 @@ def test_fail_keeps_points_and_does_not_overwrite_a_finished_run(arena_db):
         assert queries.get_run(s, b).status == FINISHED and queries.get_run(s, b).error is None
 
 
-def test_reaper_fails_runs_whose_runner_is_gone(arena_db, tmp_path):
-    sessions = make_sessionmaker(arena_db)
+def test_a_summary_with_non_finite_values_is_stored_with_them_as_null(db_url):
+    sessions = make_sessionmaker(db_url)
+    with sessions.begin() as s:
+        run_id = queries.create_run(s, SPEC).id
+        summary = {"diverged_at_step": 7, "final_loss": math.nan, "peaks": [1.0, math.inf], "energy_j": -math.inf}
+        assert queries.fail_run(s, run_id, "nan", summary, reason=NON_FINITE_LOSS, status=DIVERGED)
+    with sessions.begin() as s:
+        assert queries.get_run(s, run_id).summary == {"diverged_at_step": 7, "final_loss": None, "peaks": [1.0, None],
+                                                       "energy_j": None}
+        assert run_table.runs_overview(s)["diverged_at_step"].tolist() == [7]  # read by the database's JSON functions
+
+
+def test_text_with_nul_characters_is_refused_from_users_and_kept_visible_from_runners(db_url, tmp_path):
+    sessions = make_sessionmaker(db_url)
+    log = tmp_path / "run.log"
+    log.write_bytes(b"epoch 1\nKilled\n" + b"\0" * 16)  # a log cut short by a crash
+    with sessions.begin() as s:
+        failed, reaped = queries.create_run(s, SPEC).id, queries.create_run(s, SPEC).id
+        queries.claim_run(s, reaped, pid=111, hostname="here")
+        queries.update_run(s, reaped, log_path=str(log))
+        for values in ({"name": "a\x00b"}, {"notes": "x\x00"}, {"tags": ["ok", "t\x00"]}):
+            with pytest.raises(ValueError, match=r"contains a NUL character"):
+                queries.annotate_run(s, failed, **values)
+        queries.fail_run(s, failed, "ValueError: header b'\x00\x01'")
+    with sessions.begin() as s:
+        assert queries.reap_orphans(s, "here", is_alive=lambda pid: False) == [reaped]
+    with sessions.begin() as s:
+        assert queries.get_run(s, failed).error == "ValueError: header b'\ufffd\x01'"
+        run = queries.get_run(s, reaped)
+        assert run.status == LOST and run.error.endswith("Killed\n" + "\ufffd" * 16)
+
+
+def test_points_come_ordered_by_name_in_code_point_order_on_every_backend(db_url):
+    """As SQLite and pandas sort: PostgreSQL's en_US collation alone would put loss_b before loss/a."""
+    sessions = make_sessionmaker(db_url)
+    names = ["lossa", "loss_b", "Loss", "loss1", "loss/a", "lossC"]
+    with sessions.begin() as s:
+        run_id = queries.create_run(s, SPEC).id
+        queries.add_metric_points(s, [dict(run_id=run_id, name=prefix + name, step=1, epoch=1, wall_time=0.0,
+                                           value=1.0) for prefix in ("", "step/") for name in names])
+    with sessions.begin() as s:
+        per_epoch = queries.metric_frame(s, [run_id], names)["name"].tolist()
+        per_step = queries.metric_frame(s, [run_id], [f"step/{name}" for name in names])["name"].tolist()
+    assert per_epoch == sorted(names) == ["Loss", "loss/a", "loss1", "lossC", "loss_b", "lossa"]
+    assert per_step == [f"step/{name}" for name in sorted(names)]
+
+
+def test_reaper_fails_runs_whose_runner_is_gone(db_url, tmp_path):
+    sessions = make_sessionmaker(db_url)
     log = tmp_path / "run.log"
     log.write_text("epoch 1\nSegmentation fault\n")
     with sessions.begin() as s:
@@ -96,9 +146,9 @@ def test_reaper_fails_runs_whose_runner_is_gone(arena_db, tmp_path):
         assert queries.get_run(s, never_started).status == QUEUED
 
 
-def test_concurrent_writer_and_reader_never_see_database_is_locked(arena_db):
+def test_concurrent_writer_and_reader_never_fail_and_every_point_arrives(db_url):
     """A runner-like writer commits small batches while a dashboard-like reader polls."""
-    writer_sessions, reader_sessions = make_sessionmaker(arena_db), make_sessionmaker(arena_db)
+    writer_sessions, reader_sessions = make_sessionmaker(db_url), make_sessionmaker(db_url)
     with writer_sessions.begin() as s:
         run_id = queries.create_run(s, SPEC).id
     errors, stop = [], threading.Event()

@@ -4,7 +4,7 @@ import threading
 from datetime import timedelta
 
 from db import queries
-from db.models import FAILED, QUEUED, RUNNING, SchedulerLease
+from db.models import CANCELLED, FAILED, QUEUED, RUNNING, SchedulerLease
 from db.session import make_sessionmaker
 from engine.spec import RunSpec
 
@@ -12,8 +12,8 @@ SPEC = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=3).to_di
 TTL = timedelta(seconds=10)
 
 
-def test_lease_is_held_by_one_holder_until_it_expires_or_is_released(arena_db):
-    sessions = make_sessionmaker(arena_db)
+def test_lease_is_held_by_one_holder_until_it_expires_or_is_released(db_url):
+    sessions = make_sessionmaker(db_url)
     with sessions.begin() as s:
         assert queries.acquire_lease(s, "scheduler", "a", "host", 1, TTL)
     with sessions.begin() as s:
@@ -36,16 +36,18 @@ def test_lease_is_held_by_one_holder_until_it_expires_or_is_released(arena_db):
         assert queries.acquire_lease(s, "scheduler", "c", "host", 3, TTL)
 
 
-def test_racing_holders_never_both_get_the_lease(arena_db):
+def test_racing_holders_never_both_get_the_lease(db_url):
     winners: list[str] = []
     barrier = threading.Barrier(4, timeout=60)
 
     def contend(holder):
-        sessions = make_sessionmaker(arena_db)  # one engine per "process"
+        sessions = make_sessionmaker(db_url)  # one engine per "process"
         barrier.wait()
         for _ in range(20):
             with sessions.begin() as s:
-                if queries.acquire_lease(s, "scheduler", holder, "host", 1, TTL):
+                # A lease that cannot expire during the test: under load 20 rounds may outlast TTL, and then
+                # a second winner would be the lease working, not failing.
+                if queries.acquire_lease(s, "scheduler", holder, "host", 1, timedelta(hours=1)):
                     winners.append(holder)
 
     threads = [threading.Thread(target=contend, args=(f"h{i}",)) for i in range(4)]
@@ -56,8 +58,8 @@ def test_racing_holders_never_both_get_the_lease(arena_db):
     assert len(set(winners)) == 1 and len(winners) == 20
 
 
-def test_a_run_is_placed_once_and_claimed_once(arena_db):
-    sessions = make_sessionmaker(arena_db)
+def test_a_run_is_placed_once_and_claimed_once(db_url):
+    sessions = make_sessionmaker(db_url)
     with sessions.begin() as s:
         a, b = (queries.create_run(s, SPEC).id for _ in range(2))
     with sessions.begin() as s:
@@ -73,8 +75,8 @@ def test_a_run_is_placed_once_and_claimed_once(arena_db):
         assert queries.get_run(s, a).status == RUNNING and queries.get_run(s, a).pid == 11
 
 
-def test_a_placement_that_never_got_a_process_goes_back_to_the_queue(arena_db):
-    sessions = make_sessionmaker(arena_db)
+def test_a_placement_that_never_got_a_process_goes_back_to_the_queue(db_url):
+    sessions = make_sessionmaker(db_url)
     with sessions.begin() as s:
         a, b = (queries.create_run(s, SPEC).id for _ in range(2))
         queries.place_run(s, a, "cpu", "host")
@@ -86,8 +88,8 @@ def test_a_placement_that_never_got_a_process_goes_back_to_the_queue(arena_db):
         assert queries.get_run(s, a).placed_device is None and queries.get_run(s, b).placed_device == "cpu"
 
 
-def test_cancel_waiting_only_takes_runs_without_a_process(arena_db):
-    sessions = make_sessionmaker(arena_db)
+def test_cancel_waiting_only_takes_runs_without_a_process(db_url):
+    sessions = make_sessionmaker(db_url)
     with sessions.begin() as s:
         a, b = (queries.create_run(s, SPEC).id for _ in range(2))
         queries.set_launch_info(s, b, 99, "host", "")
@@ -98,8 +100,29 @@ def test_cancel_waiting_only_takes_runs_without_a_process(arena_db):
         assert queries.get_run(s, b).status == QUEUED
 
 
-def test_fail_run_records_reason_and_status(arena_db):
-    sessions = make_sessionmaker(arena_db)
+def test_a_cancel_request_ends_a_queued_run_at_once_and_a_running_one_through_its_runner_once(db_url):
+    sessions = make_sessionmaker(db_url)
+    with sessions.begin() as s:
+        waiting, running = (queries.create_run(s, SPEC).id for _ in range(2))
+        queries.claim_run(s, running, 11, "host")
+    with sessions.begin() as s:
+        assert queries.request_cancel(s, waiting, "cancelled by ann") == QUEUED
+        assert queries.request_cancel(s, running, "cancelled by ann") == RUNNING
+        assert queries.request_cancel(s, running, "cancelled by bob") == RUNNING  # the first request's text stays
+        assert queries.request_cancel(s, 999, "cancelled by ann") is None
+    with sessions.begin() as s:
+        assert queries.get_run(s, waiting).status == CANCELLED
+        assert queries.get_run(s, running).status == RUNNING and queries.cancel_requested(s, running) is not None
+        assert queries.end_cancelled(s, running, {"recorded": {}})
+        assert not queries.end_cancelled(s, running)  # its runner and its canceller may both try
+    with sessions.begin() as s:
+        run = queries.get_run(s, running)
+        assert (run.status, run.error, run.reason) == (CANCELLED, "cancelled by ann", None)
+        assert run.summary == {"recorded": {}}
+
+
+def test_fail_run_records_reason_and_status(db_url):
+    sessions = make_sessionmaker(db_url)
     with sessions.begin() as s:
         a = queries.create_run(s, SPEC).id
         queries.fail_run(s, a, "CUDA out of memory", {"peak_bytes": {"torch_allocated": 5.0}},
@@ -109,6 +132,7 @@ def test_fail_run_records_reason_and_status(arena_db):
 
 
 def test_an_older_database_gains_the_new_columns_and_keeps_its_rows(tmp_path):
+    # SQLite only: databases from before revision tracking are SQLite files (see test_migrations.py).
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as old:  # the runs table as the first release wrote it
         old.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, created_at DATETIME, started_at DATETIME, "

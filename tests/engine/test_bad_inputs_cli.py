@@ -6,7 +6,6 @@ problem, and that nothing was stored: the database still holds exactly the one r
 from __future__ import annotations
 
 import json
-from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -156,17 +155,17 @@ def test_flags_beside_a_spec_file_are_an_error_not_a_silent_override(one_run, tm
     assert f"--spec {path} defines the whole run; drop --epochs, --tf32" in stderr
 
 
-def hide_tensorflow(tmp_path: Path) -> str:
-    """A PYTHONPATH whose sitecustomize makes `import tensorflow` fail, as on a machine without it."""
-    site = tmp_path / "no-tensorflow"
+def hide_module(tmp_path: Path, name: str) -> str:
+    """A PYTHONPATH whose sitecustomize makes `import NAME` fail, as on a machine without it."""
+    site = tmp_path / f"no-{name}"
     site.mkdir()
-    (site / "sitecustomize.py").write_text("import sys\nsys.modules['tensorflow'] = None  # import raises\n")
+    (site / "sitecustomize.py").write_text(f"import sys\nsys.modules[{name!r}] = None  # import raises\n")
     return str(site)
 
 
 def test_a_spec_for_a_framework_that_is_not_installed_is_refused_before_queuing(one_run, tmp_path):
     path = spec_file(tmp_path, "tf.json", '{"framework": "tensorflow", "model": "mlp", "dataset": "digits"}')
-    env = {"PYTHONPATH": hide_tensorflow(tmp_path)}
+    env = {"PYTHONPATH": hide_module(tmp_path, "tensorflow")}
     probe = run_cli("run", "--spec", str(tmp_path / "absent.json"), env=env)
     assert "no such file" in probe.stderr  # the CLI itself still starts with tensorflow hidden
     stderr = refused(one_run, "run", "--spec", str(path), env=env)
@@ -181,19 +180,20 @@ def files_under(path: Path) -> list[Path]:
     return sorted(path.rglob("*"))
 
 
-@pytest.mark.parametrize("make_args, message", [
-    (lambda tmp: ["--db", "mysql://root:secret@db-host/arena"], "'mysql' is not supported"),
-    (lambda tmp: ["--db", f"sqlite:///{tmp / 'a-directory'}"], "a-directory is a directory"),
-    pytest.param(lambda tmp: ["--db", "postgresql+psycopg://arena:secret@db-host/arena"], "driver is not installed",
-                 marks=pytest.mark.skipif(find_spec("psycopg") is not None, reason="psycopg is installed here")),
-    (lambda tmp: ["--db", "not a url"], "cannot be parsed"),
+@pytest.mark.parametrize("make_args, message, hidden", [
+    (lambda tmp: ["--db", "mysql://root:secret@db-host/arena"], "'mysql' is not supported", None),
+    (lambda tmp: ["--db", f"sqlite:///{tmp / 'a-directory'}"], "a-directory is a directory", None),
+    # requirements.txt installs psycopg; a Python without it is made by hiding it.
+    (lambda tmp: ["--db", "postgresql+psycopg://arena:secret@db-host/arena"], "driver is not installed", "psycopg"),
+    (lambda tmp: ["--db", "not a url"], "cannot be parsed", None),
 ], ids=["mysql", "directory", "psycopg-missing", "unparseable"])
 def test_a_bad_database_url_is_named_with_its_password_masked_and_nothing_is_created(tmp_path, monkeypatch,
-                                                                                      make_args, message):
+                                                                                      make_args, message, hidden):
     monkeypatch.setenv("ARENA_HOME", str(tmp_path / "home"))  # whatever it would write stays in tmp_path
     (tmp_path / "a-directory").mkdir()
+    env = {"PYTHONPATH": hide_module(tmp_path, hidden)} if hidden else None
     before = files_under(tmp_path)
-    result = run_cli(*RUN, *make_args(tmp_path), timeout=CLI_TIMEOUT_S)
+    result = run_cli(*RUN, *make_args(tmp_path), env=env, timeout=CLI_TIMEOUT_S)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert "secret" not in result.stderr and "Traceback" not in result.stderr
     assert files_under(tmp_path) == before
