@@ -98,7 +98,18 @@ def ensure_router() -> None:
         return
     if getattr(PagesManager, "uses_pages_directory", False):
         st.set_page_config(**PAGE_CONFIG)
+        start_scheduler()  # app.py did not run, and would not start it until the user moves to another page
         st.navigation(router_pages(), position=NAVIGATION_POSITION)
+
+
+def start_scheduler() -> None:
+    """Start this dashboard's scheduler: it places queued runs (or waits while another process holds the lease)."""
+    from engine.scheduler import ensure_running
+
+    try:
+        ensure_running(sessions(), db_url())
+    except ValueError as exc:  # a bad ARENA_SCHEDULER / ARENA_EXECUTOR value: runs wait, and every page says why
+        st.error(f"The scheduler is not running: {exc}. Queued runs wait until it is fixed.", icon=":material/error:")
 
 
 # Database ---------------------------------------------------------------------------------

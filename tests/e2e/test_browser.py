@@ -6,6 +6,7 @@ Debian's Chromium with Playwright (never a downloaded browser).
 from __future__ import annotations
 
 import re
+import time
 import zipfile
 from pathlib import Path
 
@@ -115,3 +116,26 @@ def test_launch_a_run_watch_it_finish_and_compare_it(dashboard, page):
         metrics = archive.read("metrics.csv").decode().splitlines()
     assert download.value.suggested_filename == f"arena-runs-{run.id}.csv.zip"
     assert sum(1 for line in metrics if ",step/train_loss," in line) == 5
+
+
+
+def test_a_deep_link_opened_first_after_a_server_start_still_starts_the_scheduler(dashboard, page):
+    # Streamlit serves a pages/ link opened first without running app.py; the queue must not wait for a click.
+    from engine.launch import queue_runs
+    from engine.spec import RunSpec
+
+    base, db_url = dashboard
+    sessions = make_sessionmaker(db_url)
+    spec = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=1, max_steps_per_epoch=3, sample_hz=0)
+    run_id = queue_runs(sessions, [spec])[0]
+    page.goto(f"{base}/devices")
+    settled(page, page.get_by_text("Scheduler: this dashboard", exact=False))
+
+    def status() -> str:
+        with sessions.begin() as s:
+            return queries.get_run(s, run_id).status
+
+    deadline = time.monotonic() + 120
+    while status() != "finished" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert status() == "finished"
