@@ -18,6 +18,7 @@ from engine.export import FORMATS as EXPORT_FORMATS, open_tensorboard_command, w
 from db.urls import DatabaseURLError
 from engine.launch import default_url_for, queue_runs, reap
 from engine.launch import ALREADY_ENDED, CANCEL_GRACE_S, CANCEL_REQUESTED, cancel_runs
+from engine.ray_executor import executor_name
 from engine.scheduler import LEASE_NAME, cpu_slots, ensure_running, runs_per_gpu, scheduling_enabled
 from engine.matrix import expand, parse_seeds
 from engine.spec import RunSpec, SpecError
@@ -208,7 +209,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         specs = build_specs(args)
         devices.check_runnable(specs)
-        runs_per_gpu(), cpu_slots(), scheduling_enabled()  # bad scheduler settings are reported before queuing
+        # Bad scheduler settings are reported before queuing.
+        runs_per_gpu(), cpu_slots(), scheduling_enabled(), executor_name()
         absent = DATASETS[specs[0].dataset].kind == "file" and datafiles.missing_message(specs[0].dataset)
         if absent:
             raise SpecError("dataset", specs[0].dataset, absent)
@@ -301,12 +303,19 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     """Place queued runs until SIGTERM or Ctrl-C, then give the lease up."""
     import signal
 
-    from engine.scheduler import Scheduler
+    from engine.scheduler import Scheduler, configured_executor
 
     url = default_url_for(args.db)
-    scheduler = Scheduler(make_sessionmaker(url), url, interval_s=args.interval)
+    try:
+        executor = configured_executor()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    scheduler = Scheduler(make_sessionmaker(url), url, interval_s=args.interval, executor=executor)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it as Ctrl-C does
-    print(f"arena scheduler on {url} (pid {os.getpid()}); Ctrl-C stops it, runs go on", file=sys.stderr, flush=True)
+    where = "on the Ray cluster" if executor is not None else "on this machine"
+    print(f"arena scheduler on {url} (pid {os.getpid()}), runs {where}; Ctrl-C stops it, runs go on",
+          file=sys.stderr, flush=True)
     was_holding = None
     try:
         while True:

@@ -20,14 +20,32 @@ def gpu_count() -> tuple[int, str]:
         nvml.shutdown()
 
 
+def on_cluster() -> bool:
+    """Whether runs go to a Ray cluster (ARENA_EXECUTOR=ray): then this machine's GPUs are not the ones that count.
+
+    A value that is neither local nor ray counts as local here; the form and the CLI refuse it before queuing.
+    """
+    from engine.ray_executor import RAY, executor_name
+
+    try:
+        return executor_name() == RAY
+    except ValueError:
+        return False
+
+
 def device_choices() -> list[str]:
-    """Devices a user can pick on this machine: auto, cpu and one cuda:N per GPU."""
+    """Devices a user can pick: auto, cpu and one cuda:N per GPU of this machine (on a Ray cluster: auto, cpu)."""
+    if on_cluster():
+        return ["auto", "cpu"]
     count, _ = gpu_count()
     return ["auto", "cpu"] + [f"cuda:{i}" for i in range(count)]
 
 
 def device_labels() -> dict[str, str]:
     """What a device select shows for each choice: "cuda:0 — NVIDIA A100 (79.2 GiB free)"."""
+    if on_cluster():
+        return {"auto": "auto — a free GPU anywhere in the Ray cluster, else CPUs",
+                "cpu": "cpu — CPUs of a Ray node"}
     found = inventory()
     labels = {"auto": "auto — a free GPU, else the CPU", "cpu": f"cpu — {found.cpu_name}"}
     for gpu in found.gpus:
@@ -45,6 +63,9 @@ def check_available(device: str) -> None:
     """Raise SpecError naming the device when a cuda:N device does not exist here."""
     if not device.startswith("cuda:"):
         return
+    if on_cluster():
+        raise SpecError("device", device, "pins a GPU of one machine; with the Ray executor (ARENA_EXECUTOR=ray) "
+                                          "choose auto (a free GPU anywhere in the cluster) or cpu")
     index = int(device.split(":")[1])
     count, status = gpu_count()
     if index >= count:
@@ -60,7 +81,8 @@ def check_runnable(specs) -> None:
         # XLA lowers NCHW convolutions on the CPU itself; TensorFlow's own CPU kernels are NHWC-only.
         if (spec.framework == "tensorflow" and spec.uses_layout() and spec.layout == "channels_first"
                 and spec.mode != "xla"):
-            on_cpu = spec.device == "cpu" or (spec.device == "auto" and gpu_count()[0] == 0)
+            # On a Ray cluster "auto" takes a GPU when the cluster has one; the runner says so if it landed on a CPU.
+            on_cpu = spec.device == "cpu" or (spec.device == "auto" and not on_cluster() and gpu_count()[0] == 0)
             if on_cpu:
                 raise SpecError("layout", spec.layout, "TensorFlow runs NCHW convolutions only on a GPU and this "
                                                        "run would be on the CPU; choose channels_last or mode xla")

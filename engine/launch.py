@@ -27,6 +27,7 @@ from db.models import ACTIVE_STATUSES, RUNNING
 from db.session import arena_home
 from engine import PROJECT_ROOT, child_env
 from engine.loop import steps_per_epoch
+from engine.ray_executor import RAY_PLACEMENTS
 from engine.spec import RunSpec
 
 RUNNER_MODULE = "engine.runner"
@@ -61,12 +62,13 @@ def queue_runs(sessions: sessionmaker[Session], specs: Sequence[RunSpec], group_
 
 
 def start_runner(sessions: sessionmaker[Session], run_id: int, db_url: str,
-                 extra_env: Optional[dict[str, str]] = None) -> subprocess.Popen:
+                 extra_env: Optional[dict[str, str]] = None, record_device: bool = False) -> subprocess.Popen:
     """Start the runner process for a placed run; its output goes to a per-run log file.
 
     The process gets its own session so it outlives whoever started it (dashboard, CLI), a page
     reload or a closed browser; cancel_runs() stops it. extra_env carries the placement
-    (CUDA_VISIBLE_DEVICES and friends).
+    (CUDA_VISIBLE_DEVICES and friends); record_device stores its ARENA_PLACED_DEVICE with the process
+    (a cluster chose the device just now; the local scheduler recorded it when it placed the run).
     """
     log_dir = arena_home() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +87,8 @@ def start_runner(sessions: sessionmaker[Session], run_id: int, db_url: str,
             raise
     _children.append(process)
     with sessions.begin() as s:
-        queries.set_launch_info(s, run_id, process.pid, socket.gethostname(), str(log_path))
+        queries.set_launch_info(s, run_id, process.pid, socket.gethostname(), str(log_path),
+                                placed_device=env.get("ARENA_PLACED_DEVICE") if record_device else None)
     return process
 
 
@@ -175,8 +178,12 @@ def cancel_runs(sessions: sessionmaker[Session], run_ids: Iterable[int], via: st
     text = f"cancelled by {_user()}@{here} ({via}) at {queries.utcnow():%Y-%m-%d %H:%M:%S} UTC"
     outcomes: dict[int, str] = {}
     local: dict[int, Optional[int]] = {}  # run id -> its runner's pid on this machine, None when it is gone
+    in_ray_queue: list[int] = []  # handed to Ray, not started: their actors leave Ray's queue
     with sessions.begin() as s:
         for run_id in dict.fromkeys(run_ids):
+            waiting = queries.get_run(s, run_id)
+            if waiting is not None and waiting.placed_device in RAY_PLACEMENTS and waiting.pid is None:
+                in_ray_queue.append(run_id)
             before = queries.request_cancel(s, run_id, text)
             if before is None or before not in ACTIVE_STATUSES:
                 outcomes[run_id] = NO_SUCH_RUN if before is None else ALREADY_ENDED
@@ -194,7 +201,20 @@ def cancel_runs(sessions: sessionmaker[Session], run_ids: Iterable[int], via: st
                 outcomes[run_id] = CANCEL_REQUESTED
             else:
                 queries.end_cancelled(s, run_id)  # a no-op when the runner recorded it (or the run was queued)
+    if in_ray_queue:
+        _withdraw_from_ray(sessions, in_ray_queue)
     return outcomes
+
+
+def _withdraw_from_ray(sessions: sessionmaker[Session], run_ids: list[int]) -> None:
+    """Free Ray's queue of cancelled runs' actors; if Ray cannot be reached, each ends unstarted when Ray runs it."""
+    from engine.ray_executor import RayExecutor
+
+    url = sessions.kw["bind"].url.render_as_string(hide_password=False)
+    try:
+        RayExecutor().withdraw(url, run_ids)
+    except Exception as exc:  # the cancel stands either way: the actor starts no runner for a cancelled run
+        print(f"arena: could not withdraw runs {run_ids} from Ray's queue: {exc}", file=sys.stderr)
 
 
 def stop_process_trees(pids: Sequence[int], grace_s: float = CANCEL_GRACE_S) -> list[int]:

@@ -10,6 +10,10 @@ scheduler stops, and the next scheduler counts them when it places more.
 Placement, in queue order (oldest first): a run pinned to "cpu" or "cuda:N" waits for that
 device; "auto" takes the least-loaded GPU that no foreign process uses, or the CPU on a machine
 without GPUs. Each GPU takes ARENA_RUNS_PER_GPU runs (default 1), the CPU ARENA_CPU_SLOTS (default 1).
+
+That is the local executor. With ARENA_EXECUTOR=ray the lease holder hands queued runs to a Ray
+cluster instead, which places them on its machines (engine/ray_executor.py); the lease, the reaping
+of lost runs and the runner itself are the same.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from typing import Callable, Optional
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
+from engine.ray_executor import RAY, RAY_PLACEMENTS, RayExecutor, executor_name
 
 ENV_SCHEDULER = "ARENA_SCHEDULER"
 ENV_RUNS_PER_GPU = "ARENA_RUNS_PER_GPU"
@@ -149,8 +154,10 @@ class Scheduler:
 
     def __init__(self, sessions: sessionmaker[Session], db_url: str, launcher: Optional[Launcher] = None,
                  gpus: Optional[Callable[[], list[Gpu]]] = None, lease_ttl_s: float = LEASE_TTL_S,
-                 interval_s: float = TICK_INTERVAL_S) -> None:
+                 interval_s: float = TICK_INTERVAL_S, executor: Optional[RayExecutor] = None) -> None:
+        """executor: None places runs on this machine (the local executor); a RayExecutor hands them to Ray."""
         self._sessions = sessions
+        self._cluster = executor
         self._db_url = db_url
         self._launch = launcher or self._start_runner
         self._read_gpus = gpus or nvml_gpus
@@ -188,10 +195,12 @@ class Scheduler:
         if not self.holds_lease:
             return []
         reap(self._sessions)
+        if self._cluster is not None:
+            return self._hand_to_cluster(self._cluster)
         per_gpu, cpu_capacity = runs_per_gpu(), cpu_slots()
         gpus = self._current_gpus()
         with self._sessions.begin() as s:
-            queries.unplace_unstarted(s, timedelta(seconds=UNSTARTED_PLACEMENT_S))
+            queries.unplace_unstarted(s, timedelta(seconds=UNSTARTED_PLACEMENT_S), keep=RAY_PLACEMENTS)
             queued = [(run.id, run.spec.get("device", "auto")) for run in queries.unplaced_queue(s)]
             active = queries.placed_active_runs(s, self.hostname)
         if not queued:
@@ -214,6 +223,15 @@ class Scheduler:
                 continue  # the launcher has recorded the run as failed with why
             started.append(placement)
         return started
+
+    def _hand_to_cluster(self, cluster: RayExecutor) -> list[Placement]:
+        cluster.watch(self._sessions, self._db_url)
+        with self._sessions.begin() as s:
+            queued = [(run.id, run.spec.get("device", "auto")) for run in queries.unplaced_queue(s)]
+        if not queued:
+            return []
+        submitted = cluster.dispatch(self._sessions, self._db_url, queued)
+        return [Placement(run_id, where, {}) for run_id, where in submitted]
 
     def _current_gpus(self) -> list[Gpu]:
         # With GPUs, every tick (foreign processes come and go); without, now and then (none appear).
@@ -261,6 +279,11 @@ class Scheduler:
         self.holds_lease = False
 
 
+def configured_executor() -> Optional[RayExecutor]:
+    """The executor ARENA_EXECUTOR names: None for local (the default), a RayExecutor for ray."""
+    return RayExecutor() if executor_name() == RAY else None
+
+
 _running: dict[str, Scheduler] = {}
 _running_lock = threading.Lock()
 
@@ -275,7 +298,7 @@ def ensure_running(sessions: sessionmaker[Session], db_url: str) -> Optional[Sch
     with _running_lock:
         scheduler = _running.get(db_url)
         if scheduler is None:
-            scheduler = _running[db_url] = Scheduler(sessions, db_url)
+            scheduler = _running[db_url] = Scheduler(sessions, db_url, executor=configured_executor())
         return scheduler.start()
 
 

@@ -14,7 +14,8 @@ import streamlit as st
 
 from db import queries
 from db.models import ACTIVE_STATUSES, QUEUED, Run, SchedulerLease
-from engine import scheduler
+from engine import ray_executor, scheduler
+from engine.ray_executor import RAY_GPU, RAY_PLACEMENTS, RayNode
 from engine.nvml import GpuInfo, Inventory, inventory
 from pages import common
 
@@ -32,6 +33,16 @@ GPU_COLUMNS = {
     "temperature": st.column_config.TextColumn("Temp.", width=65),
     "power": st.column_config.TextColumn("Power / limit", width=120),
     "energy": st.column_config.TextColumn("Energy", width=90, help="Since the driver was loaded (Volta and newer)"),
+    "runs": st.column_config.TextColumn("Arena runs", width="medium"),
+}
+NODE_COLUMNS = {
+    "node": st.column_config.TextColumn("Node", width=130),
+    "address": st.column_config.TextColumn("Address", width=110),
+    "state": st.column_config.TextColumn("State", width=60),
+    "cpus": st.column_config.TextColumn("CPUs free", width=90),
+    "gpus": st.column_config.TextColumn("GPUs free", width=90),
+    "gpu type": st.column_config.TextColumn("GPU type", width=100),
+    "memory": st.column_config.TextColumn("Memory", width=90),
     "runs": st.column_config.TextColumn("Arena runs", width="medium"),
 }
 
@@ -105,10 +116,30 @@ def queue_table(queued: Sequence[Run]) -> pd.DataFrame:
     rows = []
     for position, run in enumerate(sorted(queued, key=lambda r: r.id), start=1):
         asked = (run.spec or {}).get("device", "auto")
-        rows.append({"position": position, "run": run_label(run), "asked for": asked,
-                     "state": f"starting on {run.placed_device}" if run.placed_device
-                     else f"waiting for {'a free device' if asked == 'auto' else asked}"})
+        rows.append({"position": position, "run": run_label(run), "asked for": asked, "state": queue_state(run, asked)})
     return pd.DataFrame(rows, columns=["position", "run", "asked for", "state"])
+
+
+def queue_state(run: Run, asked: str) -> str:
+    if run.placed_device in RAY_PLACEMENTS and run.pid is None:
+        return f"in Ray's queue, waiting for {'a free GPU' if run.placed_device == RAY_GPU else 'free CPUs'}"
+    if run.placed_device:
+        return f"starting on {run.placed_device}" + (f" ({run.hostname})" if run.hostname else "")
+    return f"waiting for {'a free device' if asked == 'auto' else asked}"
+
+
+def node_table(nodes: Sequence[RayNode], active: Sequence[Run]) -> pd.DataFrame:
+    """One row per Ray node: what it has, what is free, and the Arena runs on it (matched by host name)."""
+    def amount(free: Optional[float], total: float) -> str:
+        return f"{total:g}" if free is None else f"{free:g} of {total:g}"
+
+    rows = [{
+        "node": node.hostname, "address": node.address, "state": "alive" if node.alive else "dead",
+        "cpus": amount(node.cpus_free, node.cpus), "gpus": amount(node.gpus_free, node.gpus) if node.gpus else "—",
+        "gpu type": node.gpu_type or "—", "memory": f"{node.memory_bytes / GIB:.1f} GiB",
+        "runs": ", ".join(run_label(r) for r in active if r.hostname == node.hostname and r.pid is not None) or "—",
+    } for node in nodes]
+    return pd.DataFrame(rows, columns=list(NODE_COLUMNS))
 
 
 class GpuHistory:
@@ -193,10 +224,14 @@ def cpu_card(found: Inventory, active: Sequence[Run]) -> None:
             st.caption("No Arena run is on the CPU now.")
 
 
-def scheduler_card(lease: Optional[SchedulerLease], queued: Sequence[Run], now: datetime) -> None:
+def scheduler_card(lease: Optional[SchedulerLease], queued: Sequence[Run], now: datetime, on_ray: bool = False) -> None:
     st.subheader("Scheduler")
-    for variable, read in ((scheduler.ENV_RUNS_PER_GPU, scheduler.runs_per_gpu),
-                           (scheduler.ENV_CPU_SLOTS, scheduler.cpu_slots)):
+    local_settings = ((scheduler.ENV_RUNS_PER_GPU, scheduler.runs_per_gpu),
+                      (scheduler.ENV_CPU_SLOTS, scheduler.cpu_slots))
+    if on_ray:
+        st.caption("The scheduler hands queued runs to the Ray cluster, which places them "
+                   f"(`{scheduler.ENV_RUNS_PER_GPU}` and `{scheduler.ENV_CPU_SLOTS}` apply to the local executor).")
+    for variable, read in () if on_ray else local_settings:
         try:
             st.caption(f"`{variable}` = {read()}")
         except ValueError as exc:
@@ -224,6 +259,28 @@ def scheduler_card(lease: Optional[SchedulerLease], queued: Sequence[Run], now: 
         st.page_link(common.LAUNCH_PAGE, label="Launch a run", icon=":material/rocket_launch:")
 
 
+def cluster_card(active: Sequence[Run]) -> None:
+    """The Ray cluster's nodes and GPUs as Ray accounts for them (ARENA_EXECUTOR=ray)."""
+    st.subheader("Ray cluster")
+    address = ray_executor.ray_address()
+    try:
+        nodes = ray_executor.cluster_nodes()
+    except RuntimeError as exc:
+        st.error(f"{exc}. Queued runs wait until the cluster answers.", icon=":material/error:")
+        return
+    alive = [node for node in nodes if node.alive]
+    gpus = sum(node.gpus for node in alive)
+    st.caption(f"`{ray_executor.ENV_EXECUTOR}=ray` · address `{address}` · {len(alive)} node(s) alive, "
+               f"{sum(node.cpus for node in alive):g} CPUs, {gpus:g} GPUs. Each run asks Ray for "
+               f"{'1 GPU (auto) or ' if gpus else ''}{ray_executor.cpus_per_run():g} CPU(s) and runs where Ray "
+               "puts it; free counts are Ray's accounting, not measured load.")
+    if common.db_url().startswith("sqlite") and len(alive) > 1:
+        st.warning("The database is a SQLite file on this machine: runners on other nodes cannot open it. "
+                   "Point Arena at PostgreSQL (`ARENA_DB_URL=postgresql+psycopg://...`) — see README, Scaling out.",
+                   icon=":material/warning:")
+    st.dataframe(node_table(nodes, active), column_config=NODE_COLUMNS, hide_index=True, key="devices_nodes")
+
+
 def panel() -> None:
     found = inventory()
     history = gpu_history()
@@ -234,7 +291,15 @@ def panel() -> None:
     # A placed run still starting up already holds its device: it counts there, and in the queue.
     queued = [run for run in active if run.status == QUEUED]
 
-    st.subheader("GPUs")
+    try:
+        on_ray = ray_executor.executor_name() == ray_executor.RAY
+    except ValueError as exc:
+        on_ray = False
+        st.error(f"{exc}. Fix it and restart the dashboard; until then queued runs wait.",
+                 icon=":material/error:")
+    if on_ray:
+        cluster_card(active)
+    st.subheader("GPUs of this machine" if on_ray else "GPUs")
     if not found.available:
         st.info(f"No NVIDIA GPU visible: {found.reason}. Runs use the CPU.", icon=":material/memory:")
     elif not found.gpus:
@@ -247,7 +312,7 @@ def panel() -> None:
             gpu_card(gpu, active, history)
     st.subheader("CPU")
     cpu_card(found, active)
-    scheduler_card(lease, queued, common.utc_now())
+    scheduler_card(lease, queued, common.utc_now(), on_ray)
 
 
 common.ensure_router()

@@ -9,8 +9,9 @@ from engine.catalog import (
     default_mode, framework_label,
 )
 from engine import devices
-from engine.devices import check_available
+from engine.devices import check_available, on_cluster
 from engine.launch import launch
+from engine.ray_executor import executor_name
 from engine.scheduler import cpu_slots, runs_per_gpu, scheduling_enabled
 from engine.spec import RunSpec, SpecError
 from pages import common
@@ -29,9 +30,12 @@ def framework_choice_label(choice: str) -> str:
 
 
 def setting_problem() -> str | None:
-    """What is wrong with ARENA_RUNS_PER_GPU, ARENA_CPU_SLOTS or ARENA_SCHEDULER, if anything (the CLI asks too)."""
+    """What is wrong with ARENA_RUNS_PER_GPU, ARENA_CPU_SLOTS, ARENA_SCHEDULER or ARENA_EXECUTOR, if anything.
+
+    The CLI asks the same before it queues.
+    """
     try:
-        runs_per_gpu(), cpu_slots(), scheduling_enabled()
+        runs_per_gpu(), cpu_slots(), scheduling_enabled(), executor_name()
     except ValueError as exc:
         return str(exc)
     return None
@@ -240,11 +244,13 @@ if launched:
     what = f"{len(launched)} runs {run_names(launched)} as group `{group}`" if len(launched) > 1 else \
         f"run {run_names(launched)}"
     try:
-        capacity = f"{runs_per_gpu()} per GPU, {cpu_slots()} at a time on the CPU"
+        where = ("The Ray cluster places each on a node with a free GPU, else free CPUs" if on_cluster() else
+                 f"The scheduler places each on a free device ({runs_per_gpu()} per GPU, {cpu_slots()} at a time "
+                 "on the CPU)")
     except ValueError as exc:
-        capacity = f"but the scheduler cannot place runs: {exc}"
-    st.success(f"Queued {what}. The scheduler places each on a free device ({capacity}); each trains in its "
-               "own process in the background. Follow them live.", icon=":material/check_circle:")
+        where = f"The scheduler cannot place runs: {exc}"
+    st.success(f"Queued {what}. {where}; each trains in its own process in the background. Follow them live.",
+               icon=":material/check_circle:")
     c1, c2, _ = st.columns([1, 1, 3])
     with c1:
         st.page_link(common.RUNS_PAGE, label="Follow on Runs", icon=":material/table_rows:",
