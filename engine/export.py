@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
 from db.models import Run
+from db.session import finite
 
 FORMATS = ("csv", "json", "tensorboard")
 FILE_SUFFIXES = {"csv": ".csv.zip", "json": ".json", "tensorboard": ".tensorboard.zip"}
@@ -87,7 +88,7 @@ def export_json(s: Sessions, run_ids: Sequence[int]) -> bytes:
     document = {"arena_export": EXPORT_VERSION, "note": NON_FINITE_NOTE,
                 "exported_at": _iso(datetime.now(timezone.utc).replace(tzinfo=None)), "runs": runs}
     # allow_nan=False: a non-finite value _finite missed fails here instead of writing invalid JSON.
-    return json.dumps(_finite(document), allow_nan=False).encode("utf-8")
+    return json.dumps(finite(document), allow_nan=False).encode("utf-8")
 
 
 def export_tensorboard(s: Sessions, run_ids: Sequence[int]) -> bytes:
@@ -221,7 +222,7 @@ def _flatten(value: Any, prefix: str) -> dict[str, Any]:
             flat.update(_flatten(item, f"{prefix}.{key}"))
         return flat
     if isinstance(value, (list, tuple)):
-        return {prefix: json.dumps(_finite(list(value)))}
+        return {prefix: json.dumps(finite(list(value)))}
     return {prefix: value}
 
 
@@ -240,17 +241,6 @@ def _sample_series(frame: Optional[pd.DataFrame]) -> dict[str, dict[str, dict[st
         series.setdefault(str(source), {})[str(name)] = {
             "unit": group["unit"].iloc[0], "time": group["time"].tolist(), "value": group["value"].tolist()}
     return series
-
-
-def _finite(value: Any) -> Any:
-    """The value with every non-finite float (NaN, inf) replaced by None, through dicts and lists."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
 
 
 # TensorBoard ------------------------------------------------------------------------------
