@@ -43,6 +43,8 @@ NAMESPACE = "arena"
 # Run.placed_device of a run handed to Ray that has no process yet; the runner replaces it with its device.
 RAY_GPU, RAY_CPU = "ray:gpu", "ray:cpu"
 RAY_PLACEMENTS = (RAY_GPU, RAY_CPU)
+# How a run handed to Ray and not started yet reads on the pages.
+IN_RAY_QUEUE = {RAY_GPU: "in Ray's queue, waiting for a free GPU", RAY_CPU: "in Ray's queue, waiting for free CPUs"}
 CONNECT_TIMEOUT_S = 3.0
 # What Ray need not ship to workers: tests, pictures, local databases (it leaves out .git and .venv itself).
 SHIP_EXCLUDES = ["tests", "bench", "docs", "var", "screenshots", "**/__pycache__", "*.pyc",

@@ -31,6 +31,7 @@ from db.urls import DatabaseURLError
 from engine.catalog import FRAMEWORKS, default_mode, framework_label
 from engine.launch import default_url_for
 from engine.loop import steps_per_epoch
+from engine.ray_executor import IN_RAY_QUEUE
 from engine.spec import RunSpec, SpecError
 
 LAUNCH_PAGE, RUNS_PAGE, COMPARE_PAGE = "pages/launch.py", "pages/runs.py", "pages/compare.py"
@@ -242,6 +243,8 @@ def device_text(run: Run, queued_ids: Sequence[int] = ()) -> str:
     scheduler takes them). Runs stored before placement existed show the device their environment recorded.
     """
     if run.status == QUEUED:
+        if run.placed_device in IN_RAY_QUEUE:
+            return IN_RAY_QUEUE[run.placed_device]
         if run.placed_device:
             return f"starting on {run.placed_device}"
         asked = (run.spec or {}).get("device") or "auto"

@@ -15,7 +15,7 @@ import streamlit as st
 from db import queries
 from db.models import ACTIVE_STATUSES, QUEUED, Run, SchedulerLease
 from engine import ray_executor, scheduler
-from engine.ray_executor import RAY_GPU, RAY_PLACEMENTS, RayNode
+from engine.ray_executor import IN_RAY_QUEUE, RayNode
 from engine.nvml import GpuInfo, Inventory, inventory
 from pages import common
 
@@ -121,8 +121,8 @@ def queue_table(queued: Sequence[Run]) -> pd.DataFrame:
 
 
 def queue_state(run: Run, asked: str) -> str:
-    if run.placed_device in RAY_PLACEMENTS and run.pid is None:
-        return f"in Ray's queue, waiting for {'a free GPU' if run.placed_device == RAY_GPU else 'free CPUs'}"
+    if run.placed_device in IN_RAY_QUEUE:
+        return IN_RAY_QUEUE[run.placed_device]
     if run.placed_device:
         return f"starting on {run.placed_device}" + (f" ({run.hostname})" if run.hostname else "")
     return f"waiting for {'a free device' if asked == 'auto' else asked}"

@@ -14,6 +14,7 @@ from db import queries, run_table
 from db.models import ACTIVE_STATUSES, DIVERGED, FINISHED, NON_FINITE_LOSS, QUEUED, RUNNING
 from engine.catalog import FRAMEWORKS, default_mode, framework_label
 from engine.launch import ALREADY_ENDED, CANCEL_REQUESTED, CANCELLED_NOW, cancel_runs, reap
+from engine.ray_executor import IN_RAY_QUEUE
 from pages import common, run_filters
 
 TABLE_KEY = "runs_table"
@@ -141,6 +142,8 @@ def device_texts(frame: pd.DataFrame) -> pd.Series:
     text = placed.fillna(frame["environment_device"].fillna("").astype(str))
     starting = queued & placed.notna()
     text[starting] = "starting on " + placed[starting]
+    in_ray = queued & placed.isin(list(IN_RAY_QUEUE))
+    text[in_ray] = placed[in_ray].map(IN_RAY_QUEUE)
     waiting = queued & placed.isna()
     if waiting.any():
         asked = _or(frame.loc[waiting, "asked_device"], "auto")

@@ -89,6 +89,8 @@ def test_diverged_has_its_own_colour():
 @pytest.mark.parametrize("values, text", [
     (dict(status="running", placed_device="cuda:1"), "cuda:1"),
     (dict(status="queued", placed_device="cuda:0"), "starting on cuda:0"),
+    (dict(status="queued", placed_device="ray:gpu"), "in Ray's queue, waiting for a free GPU"),
+    (dict(status="queued", placed_device="ray:cpu"), "in Ray's queue, waiting for free CPUs"),
     (dict(id=7, status="queued"), "waiting for a free device (2nd in queue)"),  # spec device "auto"
     (dict(id=9, status="queued", spec={"device": "cuda:1"}), "waiting for cuda:1 (3rd in queue)"),
     (dict(status="finished", environment={"device": "cpu"}), "cpu"),  # stored before placement existed

@@ -199,6 +199,7 @@ def test_table_from_the_overview_matches_the_per_run_helpers(arena_db):
         made_up(sessions, "torch", "powerlaw", "powerlaw", status=FINISHED, started_at=started,
                 finished_at=now, epoch=4, step=40),
         made_up(sessions, status=RUNNING, total_steps=0, epoch=0, step=0, heartbeat_at=now),
+        made_up(sessions, status=QUEUED, placed_device="ray:gpu"),  # handed to Ray, waiting in its queue
     ]
     with sessions.begin() as s:  # stored before specs named a mode: the summary says it, or nothing does
         for summary in ({"mode": "xla"}, None):
@@ -238,7 +239,7 @@ def test_table_from_the_overview_matches_the_per_run_helpers(arena_db):
                 assert got == value, (run.id, column, value, got)
     assert table.loc[ids[1], "result"] == "NaN accuracy" and table.loc[ids[6], "result"] == "φ 1.4200 (true 1.5000)"
     assert table.loc[ids[2], "progress"] == 62.5 and table.loc[ids[1], "eta"] == "1 min 30 s"
-    assert list(table.loc[ids[8:10], "mode"]) == ["xla", "graph"]
+    assert list(table.loc[ids[9:11], "mode"]) == ["xla", "graph"]
 
 
 def test_names_and_tags_show_in_the_table_with_how_many_runs_there_are(arena_db, open_page, monkeypatch):
