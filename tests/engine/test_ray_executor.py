@@ -6,6 +6,7 @@ and hand it CUDA_VISIBLE_DEVICES, without pretending the run could use it.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -269,3 +270,16 @@ def test_the_devices_page_shows_the_cluster_s_nodes_and_gpus_from_ray(on_ray):
     assert (row["node"], row["state"], row["cpus"], row["gpus"]) == (HERE, "alive", "2 of 2", "1 of 1")
     captions = " ".join(caption.value for caption in at.caption)
     assert f"address `{on_ray['address']}`" in captions and "1 node(s) alive, 2 CPUs, 1 GPUs" in captions
+
+
+def test_the_cli_runs_both_frameworks_on_ray_and_waits_for_them(on_ray):
+    result = run_cli("run", "--framework", "both", "--model", "mlp", "--dataset", "digits", "--epochs", "1",
+                     "--max-steps-per-epoch", "5", "--device", "cpu", "--sample-hz", "0", "--json",
+                     env={"ARENA_SCHEDULER": "on"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(result.stdout.strip().splitlines()[-1])["runs"]
+    assert [run["status"] for run in runs] == [FINISHED, FINISHED]
+    sessions = on_ray["sessions"]
+    for run in runs:
+        stored = get(sessions, run["run_id"])
+        assert Path(stored.log_path).is_relative_to(on_ray["worker_home"]) and point_count(sessions, stored.id) > 0
