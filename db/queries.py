@@ -183,13 +183,10 @@ def unplace_unstarted(s: Session, older_than: timedelta, keep: Sequence[str] = (
     Runs placed on a device in keep are left alone: they wait in a cluster's queue, which says when they are lost.
     """
     cutoff = utcnow() - older_than
-    stale = list(s.scalars(select(Run.id).where(
+    stale = s.scalars(select(Run.id).where(
         Run.status == QUEUED, Run.placed_device.is_not(None), Run.placed_device.not_in(keep), Run.pid.is_(None),
-        Run.heartbeat_at < cutoff)))
-    if stale:
-        s.execute(update(Run).where(Run.id.in_(stale), Run.pid.is_(None))
-                  .values(placed_device=None, hostname=None).execution_options(synchronize_session=False))
-    return stale
+        Run.heartbeat_at < cutoff)).all()
+    return [run_id for run_id in stale if unplace(s, run_id)]
 
 
 def placed_unstarted(s: Session, devices: Sequence[str]) -> list[int]:

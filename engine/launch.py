@@ -62,13 +62,13 @@ def queue_runs(sessions: sessionmaker[Session], specs: Sequence[RunSpec], group_
 
 
 def start_runner(sessions: sessionmaker[Session], run_id: int, db_url: str,
-                 extra_env: Optional[dict[str, str]] = None, record_device: bool = False) -> subprocess.Popen:
+                 extra_env: Optional[dict[str, str]] = None) -> subprocess.Popen:
     """Start the runner process for a placed run; its output goes to a per-run log file.
 
     The process gets its own session so it outlives whoever started it (dashboard, CLI), a page
     reload or a closed browser; cancel_runs() stops it. extra_env carries the placement
-    (CUDA_VISIBLE_DEVICES and friends); record_device stores its ARENA_PLACED_DEVICE with the process
-    (a cluster chose the device just now; the local scheduler recorded it when it placed the run).
+    (CUDA_VISIBLE_DEVICES and friends); its ARENA_PLACED_DEVICE is stored with the process (the local
+    scheduler stored the same when it placed the run; on a cluster, the device was chosen just now).
     """
     log_dir = arena_home() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,7 @@ def start_runner(sessions: sessionmaker[Session], run_id: int, db_url: str,
     _children.append(process)
     with sessions.begin() as s:
         queries.set_launch_info(s, run_id, process.pid, socket.gethostname(), str(log_path),
-                                placed_device=env.get("ARENA_PLACED_DEVICE") if record_device else None)
+                                placed_device=env.get("ARENA_PLACED_DEVICE"))
     return process
 
 
@@ -181,14 +181,13 @@ def cancel_runs(sessions: sessionmaker[Session], run_ids: Iterable[int], via: st
     in_ray_queue: list[int] = []  # handed to Ray, not started: their actors leave Ray's queue
     with sessions.begin() as s:
         for run_id in dict.fromkeys(run_ids):
-            waiting = queries.get_run(s, run_id)
-            if waiting is not None and waiting.placed_device in RAY_PLACEMENTS and waiting.pid is None:
-                in_ray_queue.append(run_id)
             before = queries.request_cancel(s, run_id, text)
             if before is None or before not in ACTIVE_STATUSES:
                 outcomes[run_id] = NO_SUCH_RUN if before is None else ALREADY_ENDED
                 continue
             run = queries.get_run(s, run_id)
+            if run.placed_device in RAY_PLACEMENTS and run.pid is None:
+                in_ray_queue.append(run_id)
             on_this_machine = run.pid is not None and run.hostname == here
             if on_this_machine:
                 local[run_id] = run.pid if runner_alive(run.pid) else None

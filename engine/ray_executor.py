@@ -122,8 +122,7 @@ class RunActor:
                 run = queries.get_run(s, run_id)
                 if run is None or run.status != QUEUED:
                     return -1  # cancelled or deleted while it waited in Ray's queue: nothing to start
-            process = start_runner(sessions, run_id, db_url, extra_env=runner_env(ray.get_gpu_ids()),
-                                   record_device=True)
+            process = start_runner(sessions, run_id, db_url, extra_env=runner_env(ray.get_gpu_ids()))
             return process.wait()
         finally:
             sessions.kw["bind"].dispose()
@@ -182,8 +181,6 @@ def _check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None
 
 class RayExecutor:
     """Hands queued runs to Ray (see the module docstring); used by the scheduler that holds the lease."""
-
-    name = RAY
 
     def __init__(self, address: Optional[str] = None) -> None:
         self._address = address

@@ -201,7 +201,7 @@ class Scheduler:
         gpus = self._current_gpus()
         with self._sessions.begin() as s:
             queries.unplace_unstarted(s, timedelta(seconds=UNSTARTED_PLACEMENT_S), keep=RAY_PLACEMENTS)
-            queued = [(run.id, run.spec.get("device", "auto")) for run in queries.unplaced_queue(s)]
+            queued = _waiting(s)
             active = queries.placed_active_runs(s, self.hostname)
         if not queued:
             return []
@@ -227,7 +227,7 @@ class Scheduler:
     def _hand_to_cluster(self, cluster: RayExecutor) -> list[Placement]:
         cluster.watch(self._sessions, self._db_url)
         with self._sessions.begin() as s:
-            queued = [(run.id, run.spec.get("device", "auto")) for run in queries.unplaced_queue(s)]
+            queued = _waiting(s)
         if not queued:
             return []
         submitted = cluster.dispatch(self._sessions, self._db_url, queued)
@@ -277,6 +277,11 @@ class Scheduler:
             except Exception:
                 pass  # it expires on its own
         self.holds_lease = False
+
+
+def _waiting(s: Session) -> list[tuple[int, str]]:
+    """(run id, the device it asked for) of each unplaced queued run, oldest first."""
+    return [(run.id, run.spec.get("device", "auto")) for run in queries.unplaced_queue(s)]
 
 
 def configured_executor() -> Optional[RayExecutor]:
