@@ -140,6 +140,11 @@ def _sqlite_migration_pragmas(dbapi_connection, _record) -> None:
     # goes; with its own handling off, the BEGIN above makes every statement part of one transaction.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
+    # WAL like every other connection (db.session): a new file is still empty, so the WAL that other
+    # connections asked for is not recorded in it yet, and a migration writing it in rollback-journal
+    # mode makes their "PRAGMA journal_mode=WAL" fail at once with "database is locked" (SQLite
+    # skips the busy wait there) -- two processes opening a new database at once.
+    cursor.execute("PRAGMA journal_mode=WAL")
     # A batch-mode table copy drops the old table: with foreign keys on, that would cascade to its children.
     cursor.execute("PRAGMA foreign_keys=OFF")
     cursor.close()

@@ -21,10 +21,10 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import MetaData, create_engine, insert, inspect, select, text
+from sqlalchemy import MetaData, create_engine, event, insert, inspect, select, text
 from sqlalchemy.engine import make_url
 
-from db import migrate, queries, run_table
+from db import migrate, queries, run_table, session
 from db.models import Base
 from db.session import make_sessionmaker
 from engine.spec import RunSpec
@@ -241,6 +241,21 @@ def test_an_issue_4_database_keeps_its_placements_failure_reasons_and_lease(tmp_
         lease = queries.lease(s, "scheduler")
         assert (lease.holder, lease.pid, str(lease.expires_at)) == ("abc", 7, "2026-11-21 23:30:00")
         assert queries.tensor_stat_frame(s, [1, 2]).empty  # a table 0004 added
+
+
+def test_a_new_sqlite_database_opens_while_another_process_migrates_it(tmp_path):
+    # SQLite only: the journal mode is SQLite's. Found as a "database is locked" when four engines
+    # opened one new file at once: the migration wrote the still-empty file in rollback-journal mode.
+    url = f"sqlite:///{tmp_path / 'arena.db'}"
+    migrating = migrate._migration_engine(create_engine(url))
+    with migrating.connect() as connection, connection.begin():  # BEGIN IMMEDIATE, as a migration holds it
+        connection.execute(text("CREATE TABLE being_migrated (id INTEGER)"))
+        opener = create_engine(url, connect_args={"timeout": 5})
+        event.listen(opener, "connect", session._sqlite_pragmas)
+        with opener.connect() as other:  # what make_engine does first; failed at once before
+            assert other.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        opener.dispose()
+    migrating.dispose()
 
 
 def test_non_finite_numbers_older_versions_wrote_into_sqlite_json_become_null_and_the_runs_table_reads(tmp_path):
