@@ -1,6 +1,7 @@
 """Query functions. Each takes the session first and never commits: the caller owns the transaction."""
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -534,13 +535,23 @@ def _says_out_of_memory(log_tail: str) -> bool:
     return any(mark in log_tail for mark in _OUT_OF_MEMORY_MARKS)
 
 
+# The line engine.launch writes at the top of a runner's log; a run started again appends another.
+LOG_HEADER = "=== Arena run"
+LOG_TAIL_BYTES = 256 * 1024  # enough for the last lines; a chatty runner's log can grow to many megabytes
+
+
 def _log_tail(log_path: Optional[str], lines: int = 20) -> str:
+    """The last lines its runner wrote, from its last start on (never another run's lines)."""
     if not log_path:
         return ""
     try:
-        with open(log_path, encoding="utf-8", errors="replace") as handle:
-            tail = handle.readlines()[-lines:]
+        with open(log_path, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+            text = handle.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
+    own = text.splitlines(keepends=True)
+    starts = [index for index, line in enumerate(own) if line.startswith(LOG_HEADER)]
+    tail = own[starts[-1] + 1:][-lines:] if starts else own[-lines:]
     # A log cut short by a crash can end in NUL bytes (a file extended, never written).
     return _storable("\n\nLast lines of the runner log:\n" + "".join(tail)) if tail else ""

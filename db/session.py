@@ -1,13 +1,17 @@
 """Database URL resolution, engine and session factory (one per process)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
+import sqlite3
 from pathlib import Path
 from typing import Any, Optional
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.migrate import upgrade_to_head
@@ -27,6 +31,22 @@ def arena_home() -> Path:
 def default_db_url() -> str:
     """The embedded SQLite database: $ARENA_HOME/arena.db."""
     return f"sqlite:///{arena_home() / 'arena.db'}"
+
+
+def database_key(url: str) -> str:
+    """A short name for one database, the same in every process: its name and a hash of its URL (password left out).
+
+    Keys what Arena keeps per database outside it (run logs): two databases never share a file.
+    """
+    parsed = make_url(url)
+    canonical = parsed.render_as_string(hide_password=True)  # "***" for any password
+    stem = re.sub(r"[^A-Za-z0-9_-]", "_", Path(parsed.database or parsed.get_backend_name()).stem)[:40]
+    return f"{stem}-{hashlib.sha256(canonical.encode()).hexdigest()[:10]}"
+
+
+def run_log_path(url: str, run_id: int) -> Path:
+    """Where the runner of a run of this database writes its output: $ARENA_HOME/logs/<database key>/run-N.log."""
+    return arena_home() / "logs" / database_key(url) / f"run-{run_id}.log"
 
 
 def resolve_db_url(url: Optional[str] = None) -> str:
@@ -51,6 +71,7 @@ def make_engine(url: Optional[str] = None) -> Engine:
     )
     if is_sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "handle_error", _drop_broken_sqlite_connections)
     # Created empty, older or current: every database is at the models' schema before anyone reads it.
     upgrade_to_head(engine)
     return engine
@@ -88,6 +109,22 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB of page cache: the Runs table reads every run
     cursor.close()
+
+
+# SQLite errors after which a connection may see a file that is no longer the database (a WAL or
+# shared-memory index deleted under it, a damaged page in its cache): its pool is dropped, so the next
+# call opens fresh connections instead of failing forever. Busy, locked, full and constraint errors
+# leave the connection sound and keep it.
+SQLITE_BROKEN_CONNECTION = ("SQLITE_IOERR", "SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_CANTOPEN",
+                            "SQLITE_READONLY_DBMOVED", "SQLITE_READONLY_CANTINIT", "SQLITE_READONLY_RECOVERY")
+
+
+def _drop_broken_sqlite_connections(context) -> None:
+    """handle_error: treat a broken-file error like a lost server, so SQLAlchemy invalidates the pool."""
+    error = context.original_exception
+    name = getattr(error, "sqlite_errorname", None) or ""
+    if name.startswith(SQLITE_BROKEN_CONNECTION) or type(error) is sqlite3.DatabaseError:
+        context.is_disconnect = True
 
 
 def make_sessionmaker(url: Optional[str] = None) -> sessionmaker[Session]:

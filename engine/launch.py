@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
 from db.models import ACTIVE_STATUSES, RUNNING
-from db.session import arena_home
+from db.session import run_log_path
 from engine import PROJECT_ROOT, child_env
 from engine.loop import steps_per_epoch
 from engine.ray_executor import RAY_PLACEMENTS
@@ -70,14 +70,18 @@ def start_runner(sessions: sessionmaker[Session], run_id: int, db_url: str,
     (CUDA_VISIBLE_DEVICES and friends); its ARENA_PLACED_DEVICE is stored with the process (the local
     scheduler stored the same when it placed the run; on a cluster, the device was chosen just now).
     """
-    log_dir = arena_home() / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"run-{run_id}.log"
+    runner_url = absolute_db_url(db_url)
+    log_path = run_log_path(runner_url, run_id)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**child_env(), **(extra_env or {})}
     with open(log_path, "ab") as log:
+        # A run started again (Ray lost it before it began) appends: readers take the lines after the last header.
+        log.write(f"{queries.LOG_HEADER} {run_id} of {make_url(runner_url).render_as_string(hide_password=True)}, "
+                  f"started {queries.utcnow():%Y-%m-%d %H:%M:%S} UTC on {socket.gethostname()}\n".encode())
+        log.flush()
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", RUNNER_MODULE, str(run_id), "--db", absolute_db_url(db_url)],
+                [sys.executable, "-m", RUNNER_MODULE, str(run_id), "--db", runner_url],
                 cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )

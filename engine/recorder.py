@@ -9,21 +9,16 @@ reads whether someone asked the run to stop, so a runner on any machine hears of
 """
 from __future__ import annotations
 
-import errno
-import os
-import shutil
 import sys
 import threading
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Callable, Optional
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
+from db.errors import database_error
 
 FLUSH_INTERVAL_S = 0.5
 # Long enough to ride out a database server's restart or a writer holding the lock; short enough
@@ -31,67 +26,8 @@ FLUSH_INTERVAL_S = 0.5
 GIVE_UP_AFTER_S = 30.0
 KINDS = ("metric_points", "samples", "tensor_stats")  # what counts() counts, per kind
 
-# SQLite's error names (extended codes share the prefix), in words someone fixing the database can act on.
-_SQLITE_REASONS = (
-    ("SQLITE_FULL", "the disk is full"),
-    ("SQLITE_READONLY", "the database is read-only"),
-    ("SQLITE_CANTOPEN", "the database file cannot be opened"),
-    ("SQLITE_IOERR", "a disk I/O error"),
-    ("SQLITE_BUSY", "the database is locked by another writer"),
-    ("SQLITE_LOCKED", "the database is locked by another writer"),
-    ("SQLITE_CORRUPT", "the database file is damaged"),
-    ("SQLITE_NOTADB", "the file is not a SQLite database"),
-)
-_OS_REASONS = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
-               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-               errno.ENOENT: "the file or its directory does not exist", errno.ECONNREFUSED: "connection refused"}
-
-
 class RecorderError(RuntimeError):
     """The run's points could not be written to its database; the message names the database and why."""
-
-
-def database_error(exc: BaseException, url: str) -> str:
-    """'<url, password masked>: <why, in words> (<the driver's own words>)' for a failed database call."""
-    parsed = make_url(url)
-    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    said = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-    if parsed.password:
-        said = said.replace(str(parsed.password), "***")
-    name = getattr(cause, "sqlite_errorname", None) or ""
-    reason = next((words for prefix, words in _SQLITE_REASONS if name.startswith(prefix)), None)
-    if isinstance(cause, ModuleNotFoundError):
-        reason = f"the database driver {cause.name} is not installed"
-    elif isinstance(cause, OSError):
-        reason = _OS_REASONS.get(cause.errno)
-    if reason is not None and parsed.get_backend_name() == "sqlite":
-        try:
-            detail = _sqlite_file_problem(parsed.database or "", reason)
-        except OSError:  # the file system would not say either: the driver's words must do
-            detail = None
-        reason += f"; {detail}" if detail else ""
-    where = parsed.render_as_string(hide_password=True)
-    return f"{where}: {reason} ({said})" if reason else f"{where}: {said}"
-
-
-def _sqlite_file_problem(database: str, reason: str) -> Optional[str]:
-    """What the file system says about a SQLite file SQLite could not use (None: nothing more to say)."""
-    if not database or database == ":memory:":
-        return None
-    path = Path(database.removeprefix("file:").split("?", 1)[0]).expanduser()
-    if not path.parent.is_dir():
-        return f"its directory {path.parent} does not exist"
-    if reason == "the disk is full":
-        return f"{shutil.disk_usage(path.parent).free:,} bytes free in {path.parent}"
-    if not path.exists():
-        return f"{path} does not exist"
-    if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
-        return f"{path.parent} is on a read-only file system"
-    try:
-        os.close(os.open(path, os.O_RDWR))
-    except OSError as exc:
-        return f"{path} cannot be opened for writing: {exc.strerror}"
-    return None
 
 
 class Recorder:

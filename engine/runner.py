@@ -26,13 +26,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
+from db.errors import database_error
 from db.models import CANCELLED, DIVERGED, FAILED, NON_FINITE_LOSS, OUT_OF_MEMORY, ERROR
 from db.session import make_sessionmaker, resolve_db_url
 from engine import environment
 from engine.data import load_spec
 from engine.monitor import EpochMeter, HostPeak, Monitor
 from engine.nvml import Nvml
-from engine.recorder import Recorder, database_error
+from engine.recorder import Recorder
 from engine.spec import RunSpec
 
 

@@ -37,12 +37,17 @@ def files_under(path: Path) -> list[Path]:
                                                      "cannot be parsed"),
     ("sqlite://", "is an in-memory SQLite database: it lives in one process, so the runner processes would never"),
     ("sqlite:///:memory:", "is an in-memory SQLite database"),
+    ("sqlite:///file:memdb1?mode=memory&cache=shared&uri=true",
+     "has a URI filename (file:...): Arena opens SQLite databases by path"),
+    ("sqlite:///arena.db?timeout=1", "has parameters (timeout): Arena opens SQLite databases by path"),
 ], ids=["mysql", "ftp", "async-sqlite-driver", "postgresql-without-psycopg", "words", "port-not-a-number",
-        "sqlite-memory", "sqlite-memory-named"])
-def test_an_unsupported_or_unparseable_url_is_named_with_the_password_masked(url, message):
+        "sqlite-memory", "sqlite-memory-named", "sqlite-uri-in-memory", "sqlite-parameters"])
+def test_an_unsupported_or_unparseable_url_is_named_with_the_password_masked(url, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(DatabaseURLError) as caught:
         validate(url)
     assert message in str(caught.value) and "secret" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []  # nothing created, not even a file named like the URI
 
 
 def test_a_postgresql_url_without_its_driver_installed_says_how_to_install_it(monkeypatch):
@@ -73,8 +78,8 @@ def test_a_file_where_a_directory_of_the_path_should_be_is_named(tmp_path):
 
 def test_a_file_that_is_not_an_sqlite_database_is_named(tmp_path):
     (tmp_path / "notes.db").write_text("these are my notes")
-    with pytest.raises(DatabaseURLError, match=r"notes.db exists and is not an SQLite database \(it starts with "
-                                               r"b'these are my not'\)"):
+    with pytest.raises(DatabaseURLError, match=r"notes.db exists and is not an SQLite database \(SQLite says: "
+                                               r"file is not a database\)"):
         validate(f"sqlite:///{tmp_path / 'notes.db'}")
     assert (tmp_path / "notes.db").read_text() == "these are my notes"
 

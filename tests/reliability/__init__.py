@@ -5,6 +5,7 @@ Shared helpers: what a run stored, counted straight from the database, and the r
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -63,3 +64,67 @@ def row_digests(path: Path, run_id: Optional[int] = None) -> dict[str, str]:
                 digest.update(repr(row).encode())
             digests[table] = digest.hexdigest()
     return digests
+
+
+def integrity(path: Path) -> str:
+    """SQLite's own check of the whole file: "ok", or what is damaged."""
+    with closing(sqlite3.connect(path)) as connection:
+        return connection.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def held_deleted(pid: int, path: Path) -> list[str]:
+    """Files of a database (its -wal, its -shm) that process pid holds open although they were deleted.
+
+    What a process whose SQLite locks were dropped keeps after another process, believing itself
+    alone, checkpointed and removed them: its writes then go where no other process looks.
+    """
+    held = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(path)) and target.endswith("(deleted)"):
+            held.append(target)
+    return held
+
+
+def corrupt_schema(path: Path, corrupt: bool) -> None:
+    """Add (or remove) an unparseable table to a database's schema, through SQLite: every reader fails, then none.
+
+    A damaged file made on purpose and undone: readers in other connections see the schema change
+    (its version is bumped) and fail with "malformed database schema" (SQLITE_CORRUPT) until it is removed.
+    """
+    with closing(sqlite3.connect(path)) as connection:
+        connection.execute("PRAGMA writable_schema=ON")
+        if corrupt:
+            connection.execute("INSERT INTO sqlite_master VALUES ('table', 'broken', 'broken', 0, 'not sql')")
+        else:
+            connection.execute("DELETE FROM sqlite_master WHERE name = 'broken'")
+        version = connection.execute("PRAGMA schema_version").fetchone()[0]
+        connection.execute(f"PRAGMA schema_version = {version + 1}")
+        connection.commit()
+
+
+def copy_database(source: Path, target: Path) -> None:
+    """A consistent copy of a database, through SQLite's backup API: never a file copy (a WAL may hold rows)."""
+    with closing(sqlite3.connect(source)) as reading, closing(sqlite3.connect(target)) as writing:
+        reading.backup(writing)
+
+
+def file_bytes_unopened(path: Path) -> bytes:
+    """A database file's bytes, read only while this process holds no descriptor of it.
+
+    Closing a descriptor of the file drops every POSIX lock this process's SQLite connections hold
+    on it (SQLite's "How To Corrupt", section 2.2): with one open, reading it here is the bug.
+    """
+    held = [fd for fd in os.listdir("/proc/self/fd") if _names(fd, path)]
+    assert not held, f"this process holds {path} open (descriptors {held}): read it through SQLite instead"
+    return path.read_bytes()
+
+
+def _names(fd: str, path: Path) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}").startswith(str(path))
+    except OSError:  # the descriptor listdir itself used, already closed
+        return False

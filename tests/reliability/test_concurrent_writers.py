@@ -60,7 +60,7 @@ def test_four_runs_write_while_the_dashboard_reads_and_every_point_is_stored(are
 
     assert not errors, errors[:3]
     assert most_running == 4, "all four runs must write at once"
-    logs = {path.name: path.read_text() for path in (arena_home() / "logs").glob("run-*.log")}
+    logs = {path.name: path.read_text() for path in (arena_home() / "logs").rglob("run-*.log")}
     assert len(logs) == 4
     for text in [capfd.readouterr().err, *logs.values()]:
         assert LOCKED not in text

@@ -23,7 +23,7 @@ from db.session import make_sessionmaker
 from engine.launch import queue_runs
 from engine.spec import RunSpec
 from tests import dashboard
-from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.test_browser import CHROMIUM
 from tests.reliability import assert_nothing_lost, stored_points
 
 pytestmark = [
@@ -55,30 +55,6 @@ def wait_for(condition, timeout_s: float, what: str):
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.3)
     return result
-
-
-@pytest.fixture
-def browser_page(tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-        page.set_default_timeout(60_000)
-        yield page
-        page.screenshot(path=str(tmp_path / "last.png"), full_page=True)
-        browser.close()
-
-
-@pytest.fixture
-def servers():
-    """Every dashboard the test starts is gone after it, whatever happened."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for server in started:
-        if server.poll() is None:
-            server.kill()
-            server.wait(timeout=STOP_TIMEOUT_S)
 
 
 def test_the_run_outlives_its_dashboard_and_the_next_one_shows_it_live(tmp_path, browser_page, servers):

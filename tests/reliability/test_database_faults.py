@@ -9,11 +9,10 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import closing, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -22,13 +21,14 @@ from sqlalchemy import text
 
 from db import queries
 from db.models import FAILED, FINISHED, LOST, QUEUED
-from db.session import make_sessionmaker
+from db.session import make_sessionmaker, run_log_path
 from engine import child_env
 from engine.launch import queue_runs, reap, start_runner
 from engine.recorder import Recorder, RecorderError
 from engine.spec import RunSpec
 from tests.conftest import REPO_ROOT
-from tests.reliability import KINDS, recorded, row_digests, stored_points
+from tests.reliability import (KINDS, copy_database, file_bytes_unopened, integrity, recorded, row_digests,
+                               stored_points)
 
 TINY = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=1, max_steps_per_epoch=5)
 # Trains for minutes: the disk fills long before it would end.
@@ -56,7 +56,7 @@ def finished_db(tmp_path_factory) -> Path:
 def copy_with_queued_run(seed: Path, path: Path, spec: RunSpec = TINY) -> tuple[str, int]:
     """The seed database at path with one more run queued; (URL, the queued run's id). No connection stays open."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(seed, path)
+    copy_database(seed, path)
     url = f"sqlite:///{path}"
     sessions = make_sessionmaker(url)
     (run_id,) = queue_runs(sessions, [spec])
@@ -87,11 +87,6 @@ def small_disk(path: Path, size: str) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-def integrity(path: Path) -> str:
-    with closing(sqlite3.connect(path)) as connection:
-        return connection.execute("PRAGMA integrity_check").fetchone()[0]
 
 
 def run_of(url: str, run_id: int):
@@ -211,14 +206,14 @@ def test_a_runner_on_a_read_only_database_says_so_and_changes_no_row(finished_db
     with small_disk(folder, "16m") if how == "read-only file system" else nullcontext():
         path = folder / "arena.db"
         url, run_id = copy_with_queued_run(finished_db, path)
-        before, file_bytes = row_digests(path), path.read_bytes()
+        before, file_bytes = row_digests(path), file_bytes_unopened(path)
         with immutable_file(path) if how == "immutable file" else read_only_file_system(path):
             result = runner(run_id, url, {"ARENA_HOME": str(tmp_path / "home")})
         assert result.returncode != 0
         one_line_error(result.stderr)
         assert str(path) in result.stderr, result.stderr
         assert "read-only" in result.stderr or "permission" in result.stderr, result.stderr
-        assert row_digests(path) == before and path.read_bytes() == file_bytes
+        assert row_digests(path) == before and file_bytes_unopened(path) == file_bytes
         assert run_of(url, run_id).status == QUEUED  # it can run once the file is writable again
 
 
@@ -238,7 +233,7 @@ def test_a_full_disk_ends_the_run_saying_so_and_keeps_every_row_written_before(f
             code = runner_process.wait(timeout=RUNNER_TIMEOUT_S)
         finally:
             runner_process.kill()
-        log = (tmp_path / "home" / "logs" / f"run-{run_id}.log").read_text()
+        log = run_log_path(url, run_id).read_text()
         assert code != 0 and "the disk is full" in log and str(path) in log, log[-3000:]
 
         (disk / "ballast").unlink()
