@@ -4,5 +4,4 @@ import streamlit as st
 from pages import common
 
 st.set_page_config(**common.PAGE_CONFIG)
-common.start_scheduler()
-st.navigation(common.router_pages(), position=common.NAVIGATION_POSITION).run()
+common.run_routed()

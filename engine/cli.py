@@ -3,24 +3,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
 import time
 from typing import Any, Optional, Sequence
 
+from sqlalchemy.exc import DBAPIError
+
 from db import queries
+from db.errors import database_error
 from db.models import ACTIVE_STATUSES, FINISHED
-from db.session import make_sessionmaker
+from db.session import make_sessionmaker, resolve_db_url
+from db.urls import DatabaseURLError
 from engine import PROJECT_ROOT, child_env, datafiles, devices, specfile
 from engine.catalog import DATASETS, FRAMEWORKS, LAYOUTS, MODELS, MODES, OPTIMIZERS, PRECISIONS, framework_label
 from engine.export import FORMATS as EXPORT_FORMATS, open_tensorboard_command, write_export
-from db.urls import DatabaseURLError
 from engine.launch import default_url_for, queue_runs, reap
 from engine.launch import ALREADY_ENDED, CANCEL_GRACE_S, CANCEL_REQUESTED, cancel_runs
 from engine.ray_executor import executor_name
 from engine.scheduler import LEASE_NAME, cpu_slots, ensure_running, runs_per_gpu, scheduling_enabled
 from engine.matrix import expand, parse_seeds
+from engine.run_ids import parse_run_id
 from engine.spec import RunSpec, SpecError
 
 POLL_INTERVAL_S = 0.5
@@ -98,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         "scheduler", help="place queued runs on this machine's devices until stopped (no dashboard needed)",
         description="Holds the database's scheduler lease while it runs (one scheduler per database); "
                     "runs it started go on after it stops, and the next scheduler picks the queue up.")
-    scheduler.add_argument("--interval", type=float, default=1.0, help="seconds between passes (default 1)")
+    scheduler.add_argument("--interval", type=_interval_s, default=1.0,
+                           help=f"seconds between passes (default 1, at most {MAX_INTERVAL_S:g})")
     _common(scheduler)
 
     export = sub.add_parser(
@@ -108,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_ids", nargs="+", type=_positive_int, metavar="RUN_ID", help="as `runs` lists them")
     export.add_argument("--format", required=True, choices=EXPORT_FORMATS)
     export.add_argument("--out", required=True,
-                        help="file to write, or a directory to write it into (named like arena-runs-3-4.csv.zip)")
+                        help="file to write, or a directory to write it into (named like arena-runs-3-4.csv.zip); "
+                             "an existing file is replaced only with --force, and a database never")
+    export.add_argument("--force", "--overwrite", action="store_true", dest="force",
+                        help="replace the --out file if it exists (never an SQLite database)")
     _common(export)
 
     # Their own parsers live with their code; listed here so `--help` shows them.
@@ -121,13 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _positive_int(text: str) -> int:
-    """argparse type for counts: a whole number >= 1, else an error naming the value."""
+    """argparse type for run ids and counts: ASCII digits in 1..MAX_RUN_ID, else an error naming the value."""
     try:
-        value = int(text)
+        return parse_run_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+MAX_INTERVAL_S = 3600.0  # a scheduler that waits longer between passes places nothing anyone waits for
+
+
+def _interval_s(text: str) -> float:
+    """argparse type for --interval: seconds, finite and in (0, MAX_INTERVAL_S]; time.sleep fails on the rest."""
+    try:
+        value = float(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+        value = math.nan
+    if not (0 < value <= MAX_INTERVAL_S):  # also false for NaN
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in (0, {MAX_INTERVAL_S:g}]")
     return value
 
 
@@ -149,6 +169,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _dispatch(args)
     except DatabaseURLError as exc:  # named before anything connected or was created
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except DBAPIError as exc:  # unreachable, refused, damaged: which database and why, not a traceback
+        print(f"error: the database cannot be used: {database_error(exc, resolve_db_url(getattr(args, 'db', None)))}. "
+              f"Check that it is reachable (a server running, a file on a local disk), or give --db another URL.",
+              file=sys.stderr)
         return 2
 
 
@@ -337,7 +362,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Write the runs in one format; exit 2 naming a run that does not exist or a path that cannot be written."""
     sessions = make_sessionmaker(default_url_for(args.db))
     try:
-        path = write_export(sessions, args.run_ids, args.format, args.out)
+        path = write_export(sessions, args.run_ids, args.format, args.out, overwrite=args.force)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -50,7 +50,7 @@ def download(
     table = dict(checksums[dataset])
     target = (Path(directory).expanduser() if directory else data_dir()) / dataset
     base = _base_url(dataset, mirror)
-    target.mkdir(parents=True, exist_ok=True)
+    _make_directory(target)
     by_hand = f"copy {', '.join(sorted(table))} by hand into {target}"
     for name, md5 in table.items():
         if _verified(target / name, md5, report):
@@ -61,6 +61,18 @@ def download(
         report(f"{target / CIFAR_PYTHON_FOLDER} holds CIFAR-10's python version (pickles), which Arena no longer "
                f"reads: delete it")
     return target
+
+
+def _make_directory(target: Path) -> None:
+    """Create the dataset's directory; DownloadError naming the path when it cannot be (a file in the way, no
+    permission)."""
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in [target, *target.parents] if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a directory" if blocker is not None else (exc.strerror or str(exc))
+        raise DownloadError(f"cannot create the directory {target}: {why}. Give --dir (or {ENV_DATA_DIR}) a "
+                            f"directory") from None
 
 
 def _base_url(dataset: str, mirror: Optional[str]) -> str:
@@ -84,7 +96,10 @@ def _verified(path: Path, md5: str, report: Callable[[str], None]) -> bool:
 
 def _fetch(url: str, destination: Path, md5: str, by_hand: str, report: Callable[[str], None]) -> None:
     """Download url to destination through a temporary file that is renamed only once its MD5 matches."""
-    handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
+    try:
+        handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
+    except OSError as exc:
+        raise DownloadError(f"cannot write into {destination.parent}: {exc.strerror or exc}") from None
     try:
         digest, size = hashlib.md5(), 0
         with os.fdopen(handle, "wb") as out:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from db.models import Run
 from db.session import finite
+from engine import outfile
 
 FORMATS = ("csv", "json", "tensorboard")
 FILE_SUFFIXES = {"csv": ".csv.zip", "json": ".json", "tensorboard": ".tensorboard.zip"}
@@ -108,15 +109,22 @@ def export_tensorboard(s: Sessions, run_ids: Sequence[int]) -> bytes:
 EXPORTERS = {"csv": export_csv, "json": export_json, "tensorboard": export_tensorboard}
 
 
-def write_export(s: Sessions, run_ids: Sequence[int], fmt: str, out_path: Union[str, Path]) -> Path:
-    """Export the runs in a format to a file (into a directory: under export_filename); returns the file."""
+def write_export(s: Sessions, run_ids: Sequence[int], fmt: str, out_path: Union[str, Path],
+                 overwrite: bool = False) -> Path:
+    """Export the runs in a format to a file (into a directory: under export_filename); returns the file.
+
+    Never writes over the database `s` reads, nor any SQLite database; an existing file only with
+    overwrite (outfile.OutputPathError, a ValueError, names it otherwise).
+    """
     if fmt not in EXPORTERS:
         raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
-    path = Path(out_path)
-    data = EXPORTERS[fmt](s, run_ids)  # checks the run ids before anything is written
+    path = Path(out_path).expanduser()
     if path.is_dir():
         path = path / export_filename(run_ids, fmt)
-    path.write_bytes(data)
+    databases = [database] if (database := _database_file(s)) is not None else []
+    outfile.check_destination(path, databases, overwrite)  # before the export, which may take a while
+    data = EXPORTERS[fmt](s, run_ids)  # checks the run ids before anything is written
+    outfile.write(path, data, overwrite)
     return path
 
 
@@ -154,6 +162,15 @@ def _session(s: Sessions) -> Iterator[Session]:
     else:
         with s.begin() as session:
             yield session
+
+
+def _database_file(s: Sessions) -> Optional[Path]:
+    """The SQLite file the sessions read, if they read one."""
+    bind = s.get_bind() if isinstance(s, Session) else s.kw.get("bind")
+    url = getattr(bind, "url", None)
+    if url is None or url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database).expanduser()
 
 
 def _checked_ids(run_ids: Sequence[int]) -> list[int]:

@@ -34,6 +34,7 @@ TOLERANCE = 1e-5
 # Datasets whose shape is known without reading files; the default is the model's first of these.
 _FILELESS = ("digits", "powerlaw", "synthetic_images", "synthetic_text")
 WORKER_TIMEOUT_S = 300
+MAX_BATCH_SIZE = 1024  # one fixed batch compares kernels; a larger one only costs memory (a typo: all of it)
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,8 @@ def _job(case: Case, seed: int, batch_size: int) -> dict:
     if dataset not in MODELS[model].datasets:
         allowed = ", ".join(MODELS[model].datasets)
         raise ValueError(f"dataset {dataset!r} does not fit model {model!r}; it trains on {allowed}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}: expected a whole number >= 1")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ValueError(f"batch_size={batch_size!r}: expected a whole number in 1..{MAX_BATCH_SIZE}")
     # The spec validates seed and shape, and gives the shape the runs use.
     spec = RunSpec(framework=FRAMEWORKS[0], model=model, dataset=dataset, seed=seed,
                    synthetic_shape=case.synthetic_shape)

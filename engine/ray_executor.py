@@ -169,7 +169,8 @@ def _check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None
     if address == "auto":
         return  # Ray finds the cluster started on this machine, or says at once that there is none
     host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
+    # ASCII digits of a port number: "²".isdigit() is true, and int("²") fails.
+    if not host or not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
         raise RuntimeError(f"{ENV_RAY_ADDRESS}={address!r}: expected host:port (the head's GCS port, 6379 by "
                            f"default) or auto")
     try:

@@ -10,14 +10,17 @@ from engine.catalog import (
     DATASETS, FRAMEWORKS, LAYOUTS, MODELS, MODES, OPTIMIZERS, PRECISIONS, SYNTHETIC_TEXT_VOCAB, default_mode,
 )
 
-_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda:\d+)$")
-_IMAGE_SHAPE_PATTERN = re.compile(r"^(\d+)x(\d+)x(\d+)$")
-_SEQUENCE_SHAPE_PATTERN = re.compile(r"^(\d+)$")
+# Used with fullmatch: "$" would also match before a trailing newline ("cpu\n"); [0-9], not \d, which
+# matches any script's digits.
+_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda:[0-9]{1,4}")
+_IMAGE_SHAPE_PATTERN = re.compile(r"([0-9]{1,9})x([0-9]{1,9})x([0-9]{1,9})")
+_SEQUENCE_SHAPE_PATTERN = re.compile(r"([0-9]{1,9})")
 MAX_SAMPLE_HZ = 100.0  # beyond it sampling costs the training loop more than it tells
 DIVERGENCE_ACTIONS = ("stop", "continue")
 MAX_SYNTHETIC_VALUES = 2_000_000_000  # samples x values per sample: beyond it the arrays do not fit in memory
 MAX_HISTOGRAM_BINS = 200  # per tensor, kind and epoch in the database: more would not be readable anyway
 MAX_EPOCHS = 100_000  # a typo like 1e20 must be an error, not an overflow of the run's step count in the database
+MAX_STEPS_PER_EPOCH = 10_000_000  # the largest training set (synthetic_size) at batch size 1; a cap above it caps nothing
 
 
 class SpecError(ValueError):
@@ -98,10 +101,10 @@ class RunSpec:
         _check_float("lr", self.lr, positive=True)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_int("seed", self.seed, low=0, high=2**31 - 1)
-        if not isinstance(self.device, str) or not _DEVICE_PATTERN.match(self.device):
+        if not isinstance(self.device, str) or not _DEVICE_PATTERN.fullmatch(self.device):
             raise SpecError("device", self.device, "expected 'auto', 'cpu' or 'cuda:N'")
         if self.max_steps_per_epoch is not None:
-            _check_int("max_steps_per_epoch", self.max_steps_per_epoch, low=1)
+            _check_int("max_steps_per_epoch", self.max_steps_per_epoch, low=1, high=MAX_STEPS_PER_EPOCH)
         _check_float("noise", self.noise, positive=False)
         if self.mode is None:
             object.__setattr__(self, "mode", default_mode(self.framework))
@@ -145,7 +148,7 @@ class RunSpec:
             raise SpecError("synthetic_shape", self.synthetic_shape, "expected text like '32x32x3' or '64'")
         modality = DATASETS[self.dataset].modality
         pattern = _SEQUENCE_SHAPE_PATTERN if modality == "sequence" else _IMAGE_SHAPE_PATTERN
-        match = pattern.match(self.synthetic_shape)
+        match = pattern.fullmatch(self.synthetic_shape)
         if not match:
             example = "'64' (sequence length)" if modality == "sequence" else "'32x32x3' (height x width x channels)"
             raise SpecError("synthetic_shape", self.synthetic_shape, f"expected {example}")

@@ -32,12 +32,15 @@ from engine.catalog import FRAMEWORKS, default_mode, framework_label
 from engine.launch import default_url_for
 from engine.loop import steps_per_epoch
 from engine.ray_executor import IN_RAY_QUEUE
+from engine.run_ids import MAX_RUN_ID, parse_run_id
 from engine.spec import RunSpec, SpecError
+from pages.page_errors import escape_markdown, guarded, shown  # noqa: F401 (pages call common.escape_markdown, guarded)
 
 LAUNCH_PAGE, RUNS_PAGE, COMPARE_PAGE = "pages/launch.py", "pages/runs.py", "pages/compare.py"
 RUNS_PARAM = "runs"  # query parameter carrying run ids, e.g. /compare?runs=3,4
 REFRESH_INTERVAL = "2s"  # how often live views poll the database while a run is active
 LAUNCHED_KEY = "launched_run_ids"  # session state: the runs just launched, for Compare to pick up
+SHOWN_CHARS = 40  # of a bad value from a link, in a message
 
 # One colour per framework on every page. Several runs of one framework take the next shades of
 # its hue (reds for PyTorch, blues for TensorFlow), so each run keeps a colour of its own and its
@@ -84,14 +87,15 @@ def router_pages() -> list:
 
 
 def ensure_router() -> None:
-    """Give this page the router's layout and menu even when it was served without app.py.
+    """Give this page the router's layout, menu and failure messages even when it was served without app.py.
 
     With a pages/ folder beside the entrypoint, Streamlit starts in its legacy pages-folder mode
     until some session calls st.navigation: a link like /compare?runs=3,4 opened first after a
     server start runs the page alone, in a narrow layout, with every module in pages/ (common,
     charts ...) listed as a page. Calling st.navigation here replaces that menu and turns the
-    mode off for the whole process; the rest of this run renders normally (no rerun, so a click
-    that started it is not lost).
+    mode off for the whole process. The page then runs as app.py would run it (routed, its failures
+    shown in words) within this same script run, so a click that started it is not lost, and the
+    legacy run stops here. Streamlit has no public way to ask for the mode, hence the private flag.
     """
     try:
         from streamlit.runtime.pages_manager import PagesManager  # the flag has no public accessor
@@ -99,8 +103,16 @@ def ensure_router() -> None:
         return
     if getattr(PagesManager, "uses_pages_directory", False):
         st.set_page_config(**PAGE_CONFIG)
-        start_scheduler()  # app.py did not run, and would not start it until the user moves to another page
-        st.navigation(router_pages(), position=NAVIGATION_POSITION)
+        run_routed()
+        st.stop()
+
+
+def run_routed() -> None:
+    """What app.py does: the router, then this process's scheduler and the chosen page, failures shown in words."""
+    page = st.navigation(router_pages(), position=NAVIGATION_POSITION)
+    with shown():
+        start_scheduler()
+        page.run()
 
 
 def start_scheduler() -> None:
@@ -327,31 +339,50 @@ def error_summary(error: Optional[str]) -> str:
     return lines[-1] if lines else ""
 
 
-def escape_markdown(text: str) -> str:
-    """Text from a traceback shown in a markdown label without turning __init__ into bold."""
-    for char in "\\`*_{}[]<>()#+-.!|$~:":
-        text = text.replace(char, "\\" + char)
-    return text
-
-
 # Run ids across pages -----------------------------------------------------------------------
-def parse_run_ids(text: Optional[str]) -> list[int]:
-    """Run ids from "3,4" or "#3, #4"; anything that is not a number is ignored."""
-    ids = []
+def split_run_ids(text: Optional[str]) -> tuple[list[int], list[str]]:
+    """Run ids from "3,4" or "#3, #4" (in order, once each), and the parts that are not run ids.
+
+    Strict: ASCII digits within engine.run_ids.MAX_RUN_ID ("²".isdigit() is true, int("²") fails).
+    """
+    ids: list[int] = []
+    bad: list[str] = []
     for part in (text or "").replace(" ", "").split(","):
-        part = part.lstrip("#")
-        if part.isdigit() and int(part) not in ids:
-            ids.append(int(part))
-    return ids
+        if not part:
+            continue
+        try:
+            run_id = parse_run_id(part.removeprefix("#"))
+        except ValueError:
+            bad.append(part)
+            continue
+        if run_id not in ids:
+            ids.append(run_id)
+    return ids, bad
+
+
+def parse_run_ids(text: Optional[str]) -> list[int]:
+    """Run ids from "3,4" or "#3, #4"; anything that is not a run id is left out (split_run_ids names it)."""
+    return split_run_ids(text)[0]
+
+
+def not_run_ids_message(param: str, bad: Sequence[str]) -> str:
+    """Markdown naming the parts of a link's parameter that are not run ids."""
+    listed = ",".join(part if len(part) <= SHOWN_CHARS else part[:SHOWN_CHARS] + "…" for part in bad[:5])
+    listed += f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+    verb = "is not a run id" if len(bad) == 1 else "are not run ids"
+    return f"Ignored in the link: {escape_markdown(f'{param}={listed}')} {verb} (whole numbers 1 to {MAX_RUN_ID:,})."
 
 
 def format_run_ids(run_ids: Sequence[int]) -> str:
     return ",".join(str(i) for i in run_ids)
 
 
-def requested_run_ids() -> list[int]:
-    """Run ids this page was opened with (?runs=3,4)."""
-    return parse_run_ids(st.query_params.get(RUNS_PARAM))
+def requested_run_ids(say_ignored: bool = True) -> list[int]:
+    """Run ids this page was opened with (?runs=3,4); a warning names the parts that are not run ids."""
+    ids, bad = split_run_ids(st.query_params.get(RUNS_PARAM))
+    if bad and say_ignored:
+        st.warning(not_run_ids_message(RUNS_PARAM, bad), icon=":material/warning:")
+    return ids
 
 
 # Formatting ---------------------------------------------------------------------------------

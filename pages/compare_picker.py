@@ -32,7 +32,7 @@ COLUMNS = {
 def default_selection(frame: pd.DataFrame) -> list[int]:
     """Runs asked for by URL, else the ones just launched, else the newest group, else the newest two."""
     known = set(frame["id"].tolist())
-    for wanted in (common.requested_run_ids(), st.session_state.get(common.LAUNCHED_KEY) or []):
+    for wanted in (common.requested_run_ids(say_ignored=False), st.session_state.get(common.LAUNCHED_KEY) or []):
         chosen = [int(i) for i in wanted if i in known]
         if chosen:
             return chosen

@@ -319,4 +319,4 @@ common.ensure_router()
 st.title("Devices")
 st.caption(f"Updating every {common.REFRESH_INTERVAL}. Process ids come from NVML: inside a container they can "
            "be host ids that match no run; runs are then matched by the device the scheduler placed them on.")
-st.fragment(panel, run_every=common.REFRESH_INTERVAL)()
+st.fragment(common.guarded(panel), run_every=common.REFRESH_INTERVAL)()

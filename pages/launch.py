@@ -1,6 +1,8 @@
 """Launch: pick a model and settings, queue one run or a matrix (frameworks x modes x precisions x seeds)."""
 from __future__ import annotations
 
+from decimal import Decimal
+
 import streamlit as st
 
 from db import queries
@@ -23,6 +25,7 @@ FRAMEWORK_CHOICES = (*FRAMEWORKS, BOTH)
 OPTIMIZER_LABELS = {"sgd": "SGD", "momentum": "SGD + momentum 0.9", "adam": "Adam"}
 LAUNCHED_GROUP_KEY = "launched_group_tag"
 CONV_MODELS = ", ".join(name for name, info in MODELS.items() if info.conv)
+WHOLE = {"step": 1.0, "format": "%.0f"}  # counting inputs: float inputs shown as whole numbers (see the form)
 
 
 def framework_choice_label(choice: str) -> str:
@@ -35,10 +38,19 @@ def setting_problem() -> str | None:
     The CLI asks the same before it queues.
     """
     try:
-        runs_per_gpu(), cpu_slots(), scheduling_enabled(), executor_name()
+        for check in (runs_per_gpu, cpu_slots, scheduling_enabled, executor_name):
+            check()
     except ValueError as exc:
         return str(exc)
     return None
+
+
+def whole(value: float) -> int | float:
+    """A counting input's value as an int when it is whole, else as it is (RunSpec names the field and value).
+
+    Through the shortest decimal form, so 1e30 is named as 1 and 30 zeros, as typed, not as int(1e30).
+    """
+    return int(Decimal(repr(value))) if isinstance(value, float) and value.is_integer() else value
 
 
 def launch_matrix(specs: list[RunSpec]) -> tuple[list[int], str | None]:
@@ -79,18 +91,20 @@ classification = info.task == "classification"
 
 # Keys of model-dependent widgets include the model and dataset: switching either pre-fills its defaults.
 # Number inputs carry no min or max: Streamlit silently resets a value outside them to the default, so
-# RunSpec checks the ranges and the form names the field and the value instead.
+# RunSpec checks the ranges and the form names the field and the value instead. Counts are float inputs
+# shown without decimals (WHOLE) for the same reason: an int input has hidden bounds of +/-2**53, and
+# 99999999999999999999 typed into one became the default; a float input passes 1e20 on to be named.
 prefix = f"{model}.{dataset}"
 settings: dict = {"model": model, "dataset": dataset}
 
 with st.container(border=True):
     st.markdown(f"**Training** · starting from {model}'s recommended settings")
     c1, c2, c3 = st.columns(3)
-    settings["epochs"] = c1.number_input("Epochs", value=defaults["epochs"], step=1,
-                                         key=f"{prefix}.epochs")
+    settings["epochs"] = whole(c1.number_input("Epochs", value=float(defaults["epochs"]), **WHOLE,
+                                               key=f"{prefix}.epochs"))
     size_hint = "the synthetic training set size below" if synthetic else f"{info.train_size:,}: the training set"
-    settings["batch_size"] = c2.number_input("Batch size", value=defaults["batch_size"], step=1,
-                                             key=f"{prefix}.batch_size", help=f"At most {size_hint}.")
+    settings["batch_size"] = whole(c2.number_input("Batch size", value=float(defaults["batch_size"]), **WHOLE,
+                                                   key=f"{prefix}.batch_size", help=f"At most {size_hint}."))
     settings["lr"] = c3.number_input("Learning rate", value=float(defaults["lr"]), step=1e-4,
                                      format="%g", key=f"{prefix}.lr",
                                      help="Must be > 0. Type small values directly, e.g. 0.0001.")
@@ -106,8 +120,8 @@ with st.container(border=True):
                                            "without one). Pin a GPU or the CPU to wait for that device. "
                                            "See Devices for what is busy.")
     c1, c2, _ = st.columns(3)
-    settings["max_steps_per_epoch"] = int(c1.number_input(
-        "Max steps per epoch", value=0, step=1, key=f"{prefix}.max_steps",
+    settings["max_steps_per_epoch"] = whole(c1.number_input(
+        "Max steps per epoch", value=0.0, **WHOLE, key=f"{prefix}.max_steps",
         help="0 trains on the whole training set each epoch; a cap makes quick looks.")) or None
     if not classification:
         settings["noise"] = c2.number_input("Noise", value=0.0, step=0.01, format="%g",
@@ -149,12 +163,12 @@ with st.container(border=True):
 with st.container(border=True):
     st.markdown("**Measurement**")
     c1, c2, c3 = st.columns(3)
-    settings["warmup_steps"] = int(c1.number_input(
-        "Warm-up steps", value=10, step=1, key="warmup_steps",
+    settings["warmup_steps"] = whole(c1.number_input(
+        "Warm-up steps", value=10.0, **WHOLE, key="warmup_steps",
         help="The first steps (compilation, tracing, allocator warm-up) are timed apart and left out of "
              "throughput and step-time percentiles."))
-    settings["inference_iters"] = int(c2.number_input(
-        "Inference iterations", value=30, step=1, key="inference_iters",
+    settings["inference_iters"] = whole(c2.number_input(
+        "Inference iterations", value=30.0, **WHOLE, key="inference_iters",
         help="Timed forward passes at batch 1 and at the training batch size after training; 0 skips them."))
     if classification:
         settings["target_accuracy"] = c3.number_input(
@@ -192,10 +206,10 @@ if synthetic:
         settings["synthetic_shape"] = c1.text_input(
             "Input shape", value=MODELS[model].synthetic_shape or "", key=f"{prefix}.synthetic_shape",
             help="Sequence length, e.g. 32." if sequence else "Height x width x channels, e.g. 32x32x3.")
-        settings["synthetic_classes"] = int(c2.number_input("Classes", value=10, step=1,
-                                                            key=f"{prefix}.synthetic_classes"))
-        settings["synthetic_size"] = int(c3.number_input(
-            "Training samples", value=SYNTHETIC_DEFAULT_SIZE, step=256,
+        settings["synthetic_classes"] = whole(c2.number_input("Classes", value=10.0, **WHOLE,
+                                                              key=f"{prefix}.synthetic_classes"))
+        settings["synthetic_size"] = whole(c3.number_input(
+            "Training samples", value=float(SYNTHETIC_DEFAULT_SIZE), step=256.0, format="%.0f",
             key=f"{prefix}.synthetic_size", help="The test split holds a quarter as many."))
 
 # The preview validates on every change; submitting validates again and only then queues.

@@ -21,7 +21,7 @@ from pages import common, url_state
 # Query parameter suffix per filter: ?{key}_{suffix}=...
 PARAMS = {"frameworks": "fw", "models": "model", "datasets": "data", "statuses": "status", "tags": "tag",
           "groups": "group", "text": "q"}
-RUN_ID_WORD = re.compile(r"#?(\d+)")  # "#12" (or "12") in a search finds run 12 itself, not 120
+RUN_ID_WORD = re.compile(r"#?([0-9]+)")  # "#12" (or "12") in a search finds run 12 itself, not 120
 
 
 @dataclass(frozen=True)

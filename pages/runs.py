@@ -439,11 +439,11 @@ def main() -> None:
     if live:
         st.caption(f"Updating every {common.REFRESH_INTERVAL} while runs are active.")
     every = common.REFRESH_INTERVAL if live else None
-    st.fragment(panel, run_every=every)(live)
+    st.fragment(common.guarded(panel), run_every=every)(live)
     # Outside the refreshing fragment: a refresh every 2 s never drops a half-typed name or note.
     edit_form(common.sessions())
     bulk_tag_form(common.sessions())
-    st.fragment(failures, run_every=every)()
+    st.fragment(common.guarded(failures), run_every=every)()
 
 
 if __name__ == "__main__":  # Streamlit runs a page as __main__; importing it (bench/runs_page.py) only defines

@@ -424,7 +424,9 @@ def summary_section(runs: Sequence[Run], metrics_frame: pd.DataFrame, samples_fr
     ids = list(names)
     baseline = ids[0]
     if len(ids) > 1:
-        asked = common.parse_run_ids(st.query_params.get(BASELINE_PARAM))
+        asked, bad = common.split_run_ids(st.query_params.get(BASELINE_PARAM))
+        if bad:
+            st.warning(common.not_run_ids_message(BASELINE_PARAM, bad), icon=":material/warning:")
         baseline = st.selectbox("Baseline", ids, index=ids.index(asked[0]) if asked and asked[0] in ids else 0,
                                 format_func=names.get, key=f"{key}_baseline",
                                 help="The run every other run is measured against.")

@@ -183,7 +183,7 @@ def section(runs: Sequence[Run], stats: pd.DataFrame) -> None:
     chosen = stats[(stats["layer"] == layer) & (stats["kind"] == kind)]
     epochs = sorted(int(e) for e in chosen["epoch"].unique())
     if epochs:
-        url_state.seed("tensor_epoch", "epoch", epochs[-1], parse=int, choices=epochs)
+        url_state.seed("tensor_epoch", "epoch", epochs[-1], parse=url_state.parse_int, choices=epochs)
         _keep_valid("tensor_epoch", epochs, epochs[-1])
         epoch = controls.select_slider("Epoch", epochs, key="tensor_epoch", disabled=len(epochs) == 1,
                                        help="Epoch 0: the initial weights, before the first step (gradients start "

@@ -7,11 +7,17 @@ keeps shared links short.
 """
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, Callable, Optional, Sequence
 
 import streamlit as st
 
 _IGNORED_KEY = "url_state_ignored"  # session state: URL values that could not be read, to say so once
+# Plain decimal numbers as a link holds them. float() would also take "nan", "inf", "1_0" and other
+# scripts' digits; int() the digits too ("²".isdigit() is true, int("٣") is 3).
+_NUMBER = re.compile(r"[+-]?([0-9]{1,15}(\.[0-9]{0,15})?|\.[0-9]{1,15})([eE][+-]?[0-9]{1,3})?", re.ASCII)
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]{1,15}", re.ASCII)
 
 
 def seed(key: str, param: str, default: Any, parse: Callable[[str], Any] = str,
@@ -65,6 +71,21 @@ def sync(param: str, value: Any, default: Any, fmt: Callable[[Any], str] = str) 
 def ignored() -> list[str]:
     """URL values this session could not use, e.g. ["x=banana"]."""
     return list(st.session_state.get(_IGNORED_KEY, []))
+
+
+def parse_float(text: str) -> float:
+    """A finite decimal number ("0.6", "1e-3"); ValueError for "nan", "inf" and anything else."""
+    value = float(text) if _NUMBER.fullmatch(text.strip()) else math.nan
+    if not math.isfinite(value):  # "1e999" matches, and is inf
+        raise ValueError(f"not a finite decimal number: {text!r}")
+    return value
+
+
+def parse_int(text: str) -> int:
+    """A whole number in ASCII digits (at most 15 of them); ValueError otherwise."""
+    if not _WHOLE_NUMBER.fullmatch(text.strip()):
+        raise ValueError(f"not a whole number: {text!r}")
+    return int(text)
 
 
 def parse_bool(text: str) -> bool:

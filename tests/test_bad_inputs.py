@@ -1,4 +1,5 @@
-"""The checks behind the boundaries, on real files: database URLs (db/urls.py) and spec files (engine/specfile.py).
+"""The checks behind the boundaries, on real files: database URLs (db/urls.py), spec files (engine/specfile.py),
+spec patterns (engine/spec.py), and run ids and numbers read from text (engine/run_ids.py, pages/url_state.py).
 
 The CLI and the Launch form run these same checks end to end in tests/engine/test_bad_inputs_cli.py
 and tests/pages/test_bad_inputs_form.py.
@@ -15,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from db.urls import DatabaseURLError, masked, validate
-from engine.spec import RunSpec
+from engine.run_ids import MAX_RUN_ID, parse_run_id
+from engine.spec import RunSpec, SpecError
 from engine.specfile import SpecFileError, load
+from pages import common, url_state
 
 
 def files_under(path: Path) -> list[Path]:
@@ -136,3 +139,71 @@ def test_a_bad_spec_file_says_what_is_wrong_with_it(tmp_path, name, content, mes
     with pytest.raises(SpecFileError) as caught:
         load(tmp_path / name)
     assert str(caught.value).startswith(f"{tmp_path / name}: ") and message in str(caught.value)
+
+
+# Patterns and numbers from text ------------------------------------------------------------------------
+@pytest.mark.parametrize("field, value", [
+    ("device", "cpu\n"), ("device", "auto\n"), ("device", "cuda:0\n"), ("device", "cuda:٣"),
+    ("device", "cuda:" + "9" * 5000), ("synthetic_shape", "32x32x3\n"), ("synthetic_shape", "٣٢x٣٢x٣"),
+], ids=["cpu-newline", "auto-newline", "cuda-newline", "cuda-arabic-digit", "cuda-5000-digits", "shape-newline",
+        "shape-arabic-digits"])
+def test_spec_patterns_match_the_whole_value_in_ascii_digits(field, value):
+    dataset, model = ("synthetic_images", "cnn") if field == "synthetic_shape" else ("digits", "mlp")
+    with pytest.raises(SpecError) as caught:
+        RunSpec("torch", model, dataset, **{field: value})
+    assert caught.value.field == field and str(caught.value).startswith(f"{field}={value!r}: expected")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("0", "'0' is not a whole number >= 1"), ("-3", "'-3' is not a whole number >= 1"),
+    ("²", "'²' is not a whole number >= 1"), ("٣", "'٣' is not a whole number >= 1"),
+    ("1_0", "'1_0' is not a whole number >= 1"), ("2147483648", "'2147483648' is too large: at most 2147483647"),
+    ("9" * 30, f"'{'9' * 30}' is too large"), ("9" * 5000, f"'{'9' * 40}'... (5,000 characters) is too large"),
+])
+def test_a_run_id_is_ascii_digits_within_what_the_database_holds(text, message):
+    with pytest.raises(ValueError) as caught:
+        parse_run_id(text)
+    assert str(caught.value) == message or message in str(caught.value)
+    assert parse_run_id("0042") == 42 and parse_run_id(str(MAX_RUN_ID)) == MAX_RUN_ID
+
+
+def test_run_ids_in_a_link_are_kept_and_the_rest_named():
+    assert common.split_run_ids("3,²,#4,x,3," + "9" * 30) == ([3, 4], ["²", "x", "9" * 30])
+    assert "runs=²,x are not run ids" in common.not_run_ids_message("runs", ["²", "x"])
+
+
+@pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-inf", "Infinity", "1e999", "²", "1_0", "0x10", ""])
+def test_a_number_in_a_link_is_a_finite_plain_decimal(text):
+    with pytest.raises(ValueError):
+        url_state.parse_float(text)
+    assert url_state.parse_float("0.25") == 0.25 and url_state.parse_float("1e-3") == 0.001
+
+
+@pytest.mark.parametrize("text", ["²", "٣", "1.5", "1" * 16, "nan", ""])
+def test_a_whole_number_in_a_link_is_ascii_digits(text):
+    with pytest.raises(ValueError):
+        url_state.parse_int(text)
+    assert url_state.parse_int("12") == 12
+
+
+# Spec files that are not files -----------------------------------------------------------------------------
+def test_a_spec_file_past_the_limit_or_a_device_is_refused(tmp_path, monkeypatch):
+    """The limit holds for what is read (limit + 1 bytes at most), whatever stat says."""
+    from engine import specfile
+
+    path = tmp_path / "run.json"
+    path.write_text('{"framework": "torch", "model": "mlp", "dataset": "digits"}' + " " * 100)
+    monkeypatch.setattr(specfile, "MAX_SPEC_BYTES", 60)
+    with pytest.raises(SpecFileError, match=r"run.json: 1\d\d bytes is too large for a run spec \(at most 60\)"):
+        load(path)
+    (tmp_path / "zero.json").symlink_to("/dev/zero")
+    with pytest.raises(SpecFileError, match=r"zero.json is a character device; expected a .json spec file"):
+        load(tmp_path / "zero.json")
+
+
+@pytest.mark.parametrize("address", ["headnode:²", "headnode:٣٣", "headnode:99999999", "headnode:0", "headnode:"])
+def test_a_ray_address_whose_port_is_not_one_is_named(address):
+    from engine import ray_executor
+
+    with pytest.raises(RuntimeError, match=rf"ARENA_RAY_ADDRESS='{address}': expected host:port"):
+        ray_executor._check_reachable(address, timeout_s=0.1)

@@ -80,6 +80,8 @@ def test_launch_a_run_watch_it_finish_and_compare_it(dashboard, page):
     steps.press("Tab")
     page.get_by_role("button", name="Queue run", exact=True).click()
     expect(page.get_by_text("Queued run #1")).to_be_visible()
+    expect(page.get_by_text("1 1 True local")).to_have_count(0)  # no bare expression drawn by Streamlit's magic
+    expect(page.get_by_role("button", name="Deploy")).to_have_count(0)  # .streamlit/config.toml: toolbarMode
 
     with make_sessionmaker(db_url).begin() as s:
         (run,) = queries.list_runs(s)

@@ -1,11 +1,15 @@
-"""Bad input at the CLI's boundaries: flags, spec files, environment variables and database URLs.
+"""Bad input at the CLI's boundaries: flags, spec files, environment variables, database URLs and output paths.
 
 Each case runs the real `python -m engine` and checks that it exits 2 with a message naming the
-problem, and that nothing was stored: the database still holds exactly the one run it held before.
+problem, and that nothing was stored or changed: the database still holds exactly the one run it held
+before, row for row.
 """
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,7 @@ from db.models import FINISHED
 from db.session import make_sessionmaker
 from engine.spec import RunSpec
 from tests.conftest import run_cli
+from tests.reliability import row_digests
 
 RUN = ["run", "--framework", "torch", "--model", "mlp", "--dataset", "digits"]
 CLI_TIMEOUT_S = 60  # a bad input is refused in about a second; a case that slipped through would hang
@@ -40,13 +45,19 @@ def stored_ids(url: str) -> list[int]:
     return ids
 
 
+def database_file(url: str) -> Path:
+    return Path(url.split("///", 1)[1])
+
+
 def refused(one_run, *args: str, env: dict | None = None) -> str:
-    """Run the CLI, assert it refused with exit status 2 and stored nothing; return its stderr."""
+    """Run the CLI, assert it refused with exit status 2 and stored or changed nothing; return its stderr."""
     url, run_id = one_run
+    before = row_digests(database_file(url))
     result = run_cli(*args, env=env, timeout=CLI_TIMEOUT_S)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert stored_ids(url) == [run_id]
+    assert row_digests(database_file(url)) == before
     return result.stderr
 
 
@@ -71,11 +82,32 @@ FLAG_CASES = [
     (["run", "--framework", "torch", "--model", "resnet", "--dataset", "synthetic_images",
       "--synthetic-shape", "4096x4096x3"], "synthetic_shape='4096x4096x3': with 4,096 training samples"),
     (["run", "--framework", "torch", "--dataset", "digits"], "give --model (framework, model and dataset name a run)"),
+    (RUN + ["--max-steps-per-epoch", "99999999999999999999"],
+     "max_steps_per_epoch=99999999999999999999: must be <= 10000000"),
+    (RUN + ["--seed", "9223372036854775808"], "seed=9223372036854775808: must be <= 2147483647"),
+    (RUN + ["--synthetic-size", "99999999999999999999"], "synthetic_size=99999999999999999999: must be <= 10000000"),
+    (RUN + ["--device", "cpu\n"], "device='cpu\\n': expected 'auto', 'cpu' or 'cuda:N'"),
+    (RUN + ["--device", "cuda:" + "9" * 5000], "expected 'auto', 'cpu' or 'cuda:N'"),
+    # Run ids and counts: bounded where argparse reads them, not an OverflowError in the database driver.
+    (["cancel", "9223372036854775808"], "argument RUN_ID: '9223372036854775808' is too large: at most 2147483647"),
+    (["cancel", "2147483648"], "argument RUN_ID: '2147483648' is too large: at most 2147483647"),
+    (["cancel", "²"], "argument RUN_ID: '²' is not a whole number >= 1"),
+    (["cancel", "٣"], "argument RUN_ID: '٣' is not a whole number >= 1"),
+    (["export", "99999999999999999999999", "--format", "json", "--out", "never-written.json"],
+     "argument RUN_ID: '99999999999999999999999' is too large: at most 2147483647"),
+    (["runs", "--limit", "99999999999999999999999"],
+     "argument --limit: '99999999999999999999999' is too large: at most 2147483647"),
+    (["runs", "--limit", "1" * 5000], "argument --limit: '" + "1" * 40 + "'... (5,000 characters) is too large"),
+    (["scheduler", "--interval", "nan"], "argument --interval: 'nan' is not a number of seconds in (0, 3600]"),
+    (["scheduler", "--interval", "inf"], "argument --interval: 'inf' is not a number of seconds in (0, 3600]"),
+    (["parity", "--model", "mlp", "--batch-size", "100000000000"],
+     "batch_size=100000000000: expected a whole number in 1..1024"),
 ]
 
 
 def flag_case_id(args: list[str]) -> str:
-    return " ".join(args[len(RUN):] if args[:len(RUN)] == RUN else args[1:])
+    text = " ".join(args[len(RUN):] if args[:len(RUN)] == RUN else args[1:] if args[0] == "run" else args)
+    return text if len(text) <= 60 else f"{text[:50]}...({len(text)} chars)"
 
 
 @pytest.mark.parametrize("args, message", FLAG_CASES, ids=[flag_case_id(args) for args, _ in FLAG_CASES])
@@ -132,6 +164,18 @@ SPEC_CASES = [
      "jax.json: framework='jax': expected one of torch, tensorflow"),
     ("spec.yaml", "framework: torch\n", "spec.yaml: expected a .json or .toml spec file, not '.yaml'"),
     ("huge.json", "HUGE", "huge.json: 2,097,224 bytes is too large for a run spec (at most 1,048,576)"),
+    # 2 KB that the parsers recurse into once per bracket (a RecursionError before).
+    ("deep.json", '{"framework": ' + "[" * 1000 + "]" * 1000 + "}",
+     "deep.json: brackets nested more than 8 deep; a spec's fields hold single values"),
+    ("deep.toml", "framework = " + "[" * 1000 + "]" * 1000 + "\n",
+     "deep.toml: brackets nested more than 8 deep; a spec's fields hold single values"),
+    ("deep_field.json", '{"framework": "torch", "model": "mlp", "dataset": "digits", "epochs": ' + "[" * 900
+     + "]" * 900 + "}", "deep_field.json: brackets nested more than 8 deep"),
+    # "$" in a pattern matches before a trailing newline; the checks match the whole text.
+    ("newline.json", '{"framework": "torch", "model": "mlp", "dataset": "digits", "device": "cpu\\n"}',
+     "newline.json: device='cpu\\n': expected 'auto', 'cpu' or 'cuda:N'"),
+    ("newline.toml", 'framework = "torch"\nmodel = "cnn"\ndataset = "synthetic_images"\n'
+                     'synthetic_shape = "8x8x3\\n"\n', "newline.toml: synthetic_shape='8x8x3\\n': expected '32x32x3'"),
 ]
 
 
@@ -147,6 +191,18 @@ def test_a_directory_given_as_the_spec_file_is_named(one_run, tmp_path):
     (tmp_path / "specs.json").mkdir()
     stderr = refused(one_run, "run", "--spec", str(tmp_path / "specs.json"))
     assert f"{tmp_path / 'specs.json'} is a directory; expected a .json spec file" in stderr
+
+
+@pytest.mark.parametrize("kind", ["symlink-to-dev-zero", "fifo"])
+def test_a_spec_file_that_is_not_a_regular_file_is_refused_without_reading_it(one_run, tmp_path, kind):
+    """/dev/zero never ends (stat says 0 bytes) and a FIFO blocks open() until a writer comes: neither is read."""
+    path = tmp_path / "spec.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    what = "a FIFO (named pipe)" if kind == "fifo" else "a character device"
+    assert f"{path} is {what}; expected a .json spec file" in refused(one_run, "run", "--spec", str(path))
 
 
 def test_flags_beside_a_spec_file_are_an_error_not_a_silent_override(one_run, tmp_path):
@@ -210,3 +266,92 @@ def test_a_bad_database_setting_in_the_environment_is_named(tmp_path, monkeypatc
     result = run_cli("runs", env={k: v.format(tmp=tmp_path) for k, v in variables.items()}, timeout=CLI_TIMEOUT_S)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert files_under(tmp_path) == before and (tmp_path / "a-file").read_text() == "not a directory"
+
+
+# Export destinations ------------------------------------------------------------------------------------
+def other_database(tmp_path: Path) -> Path:
+    """An SQLite database that is not the one the command reads (another project's, say)."""
+    path = tmp_path / "other.sqlite"
+    with closing(sqlite3.connect(path)) as connection:
+        connection.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+        connection.execute("INSERT INTO notes (text) VALUES ('keep me')")
+        connection.commit()
+    return path
+
+
+OUT_CASES = {  # --out as given, made from the database's path and tmp_path -> what the message says
+    "the-database": (lambda db, tmp: str(db), "{out} is the database {db} this command reads"),
+    "a-symlink-to-it": (lambda db, tmp: str(tmp / "link.json"), "{out} is the database {db} this command reads"),
+    "a-roundabout-path": (lambda db, tmp: f"{db.parent}/../{db.parent.name}/{db.name}",
+                          "{out} is the database {db} this command reads"),
+    "its-wal-file": (lambda db, tmp: f"{db}-wal", "{out} is arena.db-wal, a file of the database {db}"),
+    "its-journal": (lambda db, tmp: f"{db}-journal", "{out} is arena.db-journal, a file of the database {db}"),
+    "another-database": (lambda db, tmp: str(other_database(tmp)), "{out} is an SQLite database"),
+    "another-databases-wal": (lambda db, tmp: f"{other_database(tmp)}-wal",
+                              "{out} is other.sqlite-wal, a file of the SQLite database {tmp}/other.sqlite"),
+}
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["", "force"])
+@pytest.mark.parametrize("case", list(OUT_CASES))
+def test_export_never_writes_over_a_database_even_when_forced(one_run, tmp_path, case, force):
+    url, run_id = one_run
+    db = database_file(url)
+    (tmp_path / "link.json").symlink_to(db)
+    make_out, message = OUT_CASES[case]
+    out = make_out(db, tmp_path)
+    other = tmp_path / "other.sqlite"
+    others_rows = row_digests(other) if other.exists() else None
+    stderr = refused(one_run, "export", str(run_id), "--format", "json", "--out", out, "--db", url,
+                     *(["--force"] if force else []))
+    assert message.format(out=out, db=db, tmp=tmp_path) in stderr
+    assert "an export never writes over a database: choose another --out" in stderr
+    if others_rows is not None:
+        assert row_digests(other) == others_rows
+    assert not Path(f"{other}-wal").exists()
+
+
+def test_export_replaces_an_existing_file_only_when_told_to(one_run, tmp_path):
+    url, run_id = one_run
+    out = tmp_path / "runs.json"
+    out.write_text("last week's export")
+    stderr = refused(one_run, "export", str(run_id), "--format", "json", "--out", str(out), "--db", url)
+    assert f"{out} exists; add --force to replace it, or choose another --out" in stderr
+    assert out.read_text() == "last week's export"
+    # Into a directory: the file it would write there is the one checked.
+    (tmp_path / f"arena-runs-{run_id}.json").write_text("kept")
+    stderr = refused(one_run, "export", str(run_id), "--format", "json", "--out", str(tmp_path), "--db", url)
+    assert f"{tmp_path / f'arena-runs-{run_id}.json'} exists; add --force" in stderr
+    for flag in ("--force", "--overwrite"):
+        before = row_digests(database_file(url))
+        result = run_cli("export", str(run_id), "--format", "json", "--out", str(out), "--db", url, flag)
+        assert result.returncode == 0, result.stderr
+        assert [run["id"] for run in json.loads(out.read_text())["runs"]] == [run_id]
+        assert row_digests(database_file(url)) == before
+
+
+# Download directories ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["--dir", "ARENA_DATA_DIR"])
+def test_a_file_given_as_the_download_directory_is_named(tmp_path, where):
+    a_file = tmp_path / "passwd"
+    a_file.write_text("root:x:0:0\n")
+    args, env = (["--dir", str(a_file)], None) if where == "--dir" else ([], {"ARENA_DATA_DIR": str(a_file)})
+    result = run_cli("download", "mnist", *args, env=env, timeout=CLI_TIMEOUT_S)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert (f"error: cannot create the directory {a_file / 'mnist'}: {a_file} is a file, not a directory. Give --dir "
+            f"(or ARENA_DATA_DIR) a directory") in result.stderr
+    assert files_under(tmp_path) == [a_file] and a_file.read_text() == "root:x:0:0\n"
+
+
+@pytest.mark.parametrize("args", [["runs"], ["cancel", "1"], [*RUN, "--epochs", "1"], ["export", "1", "--format", "json",
+                                                                          "--out", "{tmp}/x.json"], ["scheduler"]], ids=["runs", "cancel", "run", "export", "scheduler"])
+def test_an_unreachable_database_server_is_named_without_a_traceback(args, tmp_path):
+    url = "postgresql+psycopg://arena:secret@127.0.0.1:1/arena"  # nothing listens on port 1
+    args = [arg.format(tmp=tmp_path) for arg in args]
+    result = run_cli(*args, "--db", url, env={"ARENA_HOME": str(tmp_path), "ARENA_SCHEDULER": "off"},
+                     timeout=CLI_TIMEOUT_S)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "secret" not in result.stderr
+    assert ("error: the database cannot be used: postgresql+psycopg://arena:***@127.0.0.1:1/arena: connection "
+            "refused: no server listens there") in result.stderr
+    assert list(tmp_path.iterdir()) in ([], [tmp_path / "logs"])  # nothing written anywhere

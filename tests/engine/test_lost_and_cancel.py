@@ -32,6 +32,7 @@ from engine.spec import RunSpec
 from pages import common
 from pages.common import RUNS_PAGE
 from tests.conftest import run_cli
+from tests.pages.helpers import failures
 
 # Light enough to share two cores, long enough (minutes) never to finish on its own during a test.
 LONG = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=1000, inference_iters=0)
@@ -169,7 +170,7 @@ def test_another_hosts_run_is_lost_once_its_heartbeat_is_stale_and_not_before(ar
     silence(later)  # and so does the dashboard, which says why
     at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
     at.switch_page(RUNS_PAGE).run()
-    assert not at.exception, [e.value for e in at.exception]
+    assert not failures(at), failures(at)
     statuses = {run_id: cell[0] for run_id, cell in zip(at.dataframe[0].value["id"], at.dataframe[0].value["status"])}
     assert statuses[later] == statuses[stale] == "? lost · no heartbeat"
     assert common.status_color(LOST) not in {common.status_color(other) for other in STATUSES if other != LOST}
@@ -325,11 +326,11 @@ def test_cancel_button_on_the_runs_page_cancels_the_run(arena_db, runners, monke
     at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
     at.query_params["runs"] = str(run_id)
     at.switch_page(RUNS_PAGE).run()
-    assert not at.exception, [e.value for e in at.exception]
+    assert not failures(at), failures(at)
 
     next(b for b in at.button if b.label == "Cancel 1 active").click().run()
 
-    assert not at.exception, [e.value for e in at.exception]
+    assert not failures(at), failures(at)
     assert [toast.value for toast in at.toast] == [f"Cancelled run #{run_id}; its points are kept."]
     assert gone(process.pid)
     run = get(sessions, run_id)

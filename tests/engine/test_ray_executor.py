@@ -32,6 +32,7 @@ from engine.spec import RunSpec, SpecError
 from pages import devices as devices_page
 from tests.conftest import run_cli
 from tests.dashboard import free_port
+from tests.pages.helpers import failures
 
 ray = pytest.importorskip("ray")
 
@@ -262,7 +263,7 @@ def test_a_run_ray_lost_before_it_started_goes_back_to_the_queue_and_runs(on_ray
 def test_the_devices_page_shows_the_cluster_s_nodes_and_gpus_from_ray(on_ray):
     at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60).run()
     at.switch_page("pages/devices.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+    assert not failures(at), failures(at)
     assert "Ray cluster" in [header.value for header in at.subheader]
     nodes = next(frame.value for frame in at.dataframe if "node" in frame.value.columns)
     assert isinstance(nodes, pd.DataFrame) and len(nodes) == 1

@@ -20,6 +20,7 @@ from db.session import make_sessionmaker
 from engine import launch as launch_module
 from engine.spec import RunSpec
 from pages.common import LAUNCH_PAGE
+from tests.pages.helpers import failures
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APP_PATH = REPO_ROOT / "app.py"
@@ -97,11 +98,11 @@ def open_page() -> Callable[..., AppTest]:
     """
     def _open(page: str = LAUNCH_PAGE, **query_params: str) -> AppTest:
         at = AppTest.from_file(str(APP_PATH), default_timeout=RENDER_TIMEOUT_S).run()
-        assert not at.exception, [e.value for e in at.exception]
+        assert not failures(at), failures(at)
         for key, value in query_params.items():
             at.query_params[key] = value
         at.switch_page(page).run()
-        assert not at.exception, [e.value for e in at.exception]
+        assert not failures(at), failures(at)
         return at
     return _open
 

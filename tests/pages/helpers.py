@@ -6,6 +6,7 @@ from typing import Callable
 
 from db import queries
 from db.session import make_sessionmaker
+from pages.page_errors import DATABASE_FAILED, PAGE_FAILED
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 60, what: str = "condition") -> None:
@@ -26,3 +27,14 @@ def run_status(url: str, run_id: int) -> tuple[str, str]:
     with _sessionmakers[url].begin() as s:
         run = queries.get_run(s, run_id)
         return run.status, run.error or ""
+
+
+def failures(at) -> list[str]:
+    """What failed on a page (or a block of it): Streamlit's exception boxes, and Arena's own failure messages.
+
+    Pages show their failures in words (pages/page_errors.py) instead of raising, so "no exception" alone
+    would no longer say that a page worked.
+    """
+    arena = (f"**{PAGE_FAILED}", f"**{DATABASE_FAILED}")
+    shown = [element.value for element in at.error if element.value.startswith(arena)]
+    return [element.value for element in at.exception] + shown

@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 from engine import architecture
 from engine.architecture import LayerRow, LayerTable
 from pages.architecture import parameter_sentence, shape_text
+from tests.pages.helpers import failures
 
 RENDER_TIMEOUT_S = 120  # the first render starts both framework workers
 FRAMEWORK_MODULES = ("torch", "tensorflow", "keras")
@@ -33,7 +34,7 @@ def fresh(tmp_path, monkeypatch):
 def test_mlp_shows_both_tables_aligned_the_parameter_sentence_and_both_sources(fresh):
     before = set(sys.modules)
     at = AppTest.from_function(_mlp_section, default_timeout=RENDER_TIMEOUT_S).run()
-    assert not at.exception, [e.value for e in at.exception]
+    assert not failures(at), failures(at)
     assert [s.value for s in at.subheader] == ["Model: mlp in both frameworks"]
     assert len(at.dataframe) == 2
     torch_frame, tf_frame = (frame.value for frame in at.dataframe)
@@ -62,7 +63,7 @@ def test_mlp_shows_both_tables_aligned_the_parameter_sentence_and_both_sources(f
 def test_a_failing_worker_is_an_error_naming_what_failed_not_a_traceback(fresh, monkeypatch):
     monkeypatch.setattr(architecture, "WORKER_MODULE", "engine.backends.no_such_worker")
     at = AppTest.from_function(_mlp_section, default_timeout=RENDER_TIMEOUT_S).run()
-    assert not at.exception, [e.value for e in at.exception]
+    assert not failures(at), failures(at)
     errors = [e.value for e in at.error]
     assert len(errors) == 2 and not at.dataframe
     for error, name in zip(errors, ("PyTorch", "TensorFlow")):
@@ -81,7 +82,7 @@ def test_one_framework_failing_leaves_the_other_framework_shown(fresh, monkeypat
 
     monkeypatch.setattr(architecture, "worker_command", tensorflow_broken)
     at = AppTest.from_function(_mlp_section, default_timeout=RENDER_TIMEOUT_S).run()
-    assert not at.exception, [e.value for e in at.exception]
+    assert not failures(at), failures(at)
     assert len(at.dataframe) == 1 and list(at.dataframe[0].value["layer"]) == ["0", "1", "2", "3"]
     assert [e.value.split(":")[0] for e in at.error] == [
         "TensorFlow could not list the layers of 'mlp' on digits (8x8x1)"]

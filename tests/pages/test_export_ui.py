@@ -8,6 +8,7 @@ from db import queries
 from db.session import make_sessionmaker
 from engine.spec import RunSpec
 from tests.pages.conftest import RENDER_TIMEOUT_S
+from tests.pages.helpers import failures
 
 SCRIPT = "from pages.export import export_buttons\nexport_buttons({run_ids!r})\n"
 
@@ -31,7 +32,7 @@ def two_runs(arena_db, monkeypatch) -> list[int]:
 
 def test_three_download_buttons_for_the_runs_built_on_click(two_runs):
     at = AppTest.from_string(SCRIPT.format(run_ids=two_runs), default_timeout=RENDER_TIMEOUT_S).run()
-    assert not at.exception, [e.value for e in at.exception]
+    assert not failures(at), failures(at)
     buttons = at.get("download_button")
     assert [b.label for b in buttons] == ["CSV (zip)", "JSON", "TensorBoard (zip)"]
     assert all(b.proto.deferred_file_id for b in buttons)  # built lazily: nothing was exported to render them
@@ -44,4 +45,4 @@ def test_three_download_buttons_for_the_runs_built_on_click(two_runs):
 def test_no_runs_no_buttons(arena_db, monkeypatch):
     monkeypatch.setenv("ARENA_SCHEDULER", "off")
     at = AppTest.from_string(SCRIPT.format(run_ids=[]), default_timeout=RENDER_TIMEOUT_S).run()
-    assert not at.exception and len(at.get("download_button")) == 0
+    assert not failures(at) and len(at.get("download_button")) == 0

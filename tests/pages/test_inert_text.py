@@ -19,6 +19,7 @@ from engine.spec import RunSpec
 from pages.common import COMPARE_PAGE, RUNS_PAGE, escape_markdown
 from tests.e2e.test_browser import CHROMIUM, dashboard, page  # noqa: F401  (fixtures for the browser test)
 from tests.pages.test_runs_page import click_and_settle, shown
+from tests.pages.helpers import failures
 
 NAME = "<script>alert(1)</script>"
 TAGS = ["<img src=x onerror=alert(1)>", "[click](javascript:alert(1))"]
@@ -91,7 +92,7 @@ def test_runs_page_shows_names_tags_and_errors_as_text(payload_runs, open_page):
 def test_compare_page_shows_names_and_tags_as_text(payload_runs, open_page):
     payload, plain = payload_runs
     at = open_page(COMPARE_PAGE, runs=f"{payload},{plain}")
-    assert not at.exception and at.get("plotly_chart")  # the comparison itself is drawn
+    assert not failures(at) and at.get("plotly_chart")  # the comparison itself is drawn
     assert_nothing_live(at)
 
     at.session_state["compare_selected"] = []  # nothing chosen: the picker opens with its table
@@ -114,7 +115,7 @@ def test_in_a_browser_no_payload_is_live_and_no_dialog_opens(dashboard, page):  
     page.goto(f"{base}/runs?runs={payload}")
     expect(page.get_by_role("heading", name="Runs", exact=True)).to_be_visible(timeout=30_000)
 
-    expect(page.get_by_test_id("stDataFrame").first).to_contain_text(NAME)  # the grid's cells, as text
+    expect(page.get_by_test_id("stDataFrame").first).to_contain_text(NAME, timeout=30_000)  # the cells, as text
     failure = page.get_by_test_id("stExpander").filter(has_text="RuntimeError")
     expect(failure).to_contain_text(LAST_LINE)
     failure.locator("summary").click()

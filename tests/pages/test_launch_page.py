@@ -6,6 +6,7 @@ import pytest
 from db import queries
 from db.session import make_sessionmaker
 from pages.common import COMPARE_PAGE, LAUNCH_PAGE, RUNS_PAGE
+from tests.pages.helpers import failures
 
 
 def stored_runs(url: str):
@@ -53,7 +54,7 @@ def test_switching_model_filters_datasets_and_prefills_its_defaults(arena_db, op
     at = open_page()
     at.selectbox(key="model").select("powerlaw").run()
 
-    assert not at.exception
+    assert not failures(at)
     assert at.selectbox(key="dataset").options == [
         "powerlaw — samples of f(x) = x^phi on (0, 1]; the model learns phi"]
     assert at.number_input(key="powerlaw.powerlaw.lr").value == pytest.approx(0.05)
@@ -66,7 +67,7 @@ def test_conv_models_enable_layout_and_synthetic_datasets_ask_for_a_shape(arena_
     at.selectbox(key="model").select("resnet").run()
     at.selectbox(key="dataset").select("synthetic_images").run()
 
-    assert not at.exception
+    assert not failures(at)
     assert not at.selectbox(key="layout").disabled
     assert "TensorFlow on a CPU runs channels_last only." in [c.value for c in at.caption]
     assert at.text_input(key="resnet.synthetic_images.synthetic_shape").value == "32x32x3"
@@ -108,7 +109,7 @@ def test_submitting_both_queues_a_pair_with_identical_settings(stop_launched_run
     at.text_input(key="seeds").set_value("7")
     at.button(key="queue").click().run()
 
-    assert not at.exception and not at.error
+    assert not failures(at) and not at.error
     runs = stored_runs(url)
     assert sorted(run.framework for run in runs) == ["tensorflow", "torch"]
     assert runs[0].group_tag and runs[0].group_tag == runs[1].group_tag
@@ -132,7 +133,7 @@ def test_a_matrix_of_both_frameworks_and_two_seeds_queues_four_runs_as_one_group
     assert "This will queue **4 runs** as one group" in preview(at) and "seeds 0-1" in preview(at)
     at.button(key="queue").click().run()
 
-    assert not at.exception and not at.error
+    assert not failures(at) and not at.error
     runs = stored_runs(url)
     assert sorted((run.framework, run.spec["seed"]) for run in runs) == [
         ("tensorflow", 0), ("tensorflow", 1), ("torch", 0), ("torch", 1)]
@@ -158,7 +159,7 @@ def test_bad_seeds_name_the_value_and_queue_nothing(arena_db, open_page, seeds, 
 
     at.button(key="queue").click().run()
 
-    assert not at.exception
+    assert not failures(at)
     assert len(at.error) == 1
     for word in words:
         assert word in at.error[0].value
@@ -175,7 +176,7 @@ def test_invalid_settings_explain_the_fix_and_queue_nothing(arena_db, open_page,
     at.number_input(key=key).set_value(value)
     at.button(key="queue").click().run()
 
-    assert not at.exception
+    assert not failures(at)
     assert len(at.error) == 1
     message = at.error[0].value
     for word in words:
@@ -198,4 +199,4 @@ def test_page_constants_match_the_router(arena_db, open_page):
     at = open_page()
     for page in (LAUNCH_PAGE, RUNS_PAGE, COMPARE_PAGE):
         at.switch_page(page).run()
-        assert not at.exception
+        assert not failures(at)

@@ -15,6 +15,7 @@ from engine.spec import RunSpec
 from pages import common, memory_charts
 from pages.common import COMPARE_PAGE, FRAMEWORK_COLORS
 from tests.pages.test_compare_page import array, chart_specs, text_of
+from tests.pages.helpers import failures
 
 MIB = 2**20
 OOM_LINE = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
@@ -102,7 +103,7 @@ def test_real_cpu_runs_show_host_rss_over_time_and_over_steps(runs_db, open_page
     assert "**host RSS** (dashdot)" in text_of(at) and "Sampling** at 10 Hz" in text_of(at)
 
     at.radio(key="memory_x_axis").set_value("step").run()
-    assert not at.exception
+    assert not failures(at)
     by_step = {trace["name"]: trace for trace in memory_traces(at)}
     for run_id, label in ((runs_db.torch_id, "PyTorch"), (runs_db.tensorflow_id, "TensorFlow")):
         steps = array(by_step[f"#{run_id} {label} · host RSS"]["x"])

@@ -14,7 +14,7 @@ from engine.launch import launch
 from engine.spec import RunSpec
 from pages import common, runs
 from pages.common import RUNS_PAGE
-from tests.pages.helpers import run_status, wait_until
+from tests.pages.helpers import failures, run_status, wait_until
 
 
 def shown(at) -> pd.DataFrame:
@@ -102,7 +102,7 @@ def test_runs_from_the_url_are_selected_and_lead_to_compare(runs_db, open_page):
     assert not any(label.startswith("Stop") for label in labels)  # nothing active
     next(b for b in at.button if b.label == "Compare 2 selected").click().run()
 
-    assert not at.exception, [e.value for e in at.exception]
+    assert not failures(at), failures(at)
     assert at.title[0].value == "Compare"
     assert at.query_params["runs"] == f"{ids[0]},{ids[1]}"  # the Compare page picks its runs from the link
 
@@ -121,7 +121,7 @@ def test_delete_asks_first_then_removes_the_run(runs_db, open_page):
         assert queries.get_run(s, doomed) is not None  # nothing deleted before the confirmation
 
     at.button(key="confirm_delete_yes").click().run()
-    assert not at.exception
+    assert not failures(at)
     with sessions.begin() as s:
         assert queries.get_run(s, doomed) is None
     assert doomed not in set(at.dataframe[0].value["id"])
@@ -265,7 +265,7 @@ def click_and_settle(at, key: str):
     """
     at.button(key=key).click().run()
     at.run()
-    assert not at.exception, [e.value for e in at.exception]
+    assert not failures(at), failures(at)
     return at
 
 
@@ -295,7 +295,7 @@ def test_edit_renames_tags_and_notes_one_run(arena_db, open_page, monkeypatch):
     at.text_area(key=f"runs_edit_notes_{run_id}").set_value("Compared against #2.\nSame seed.")
     next(b for b in at.button if b.label == "Save").click().run()
 
-    assert not at.exception and not at.error
+    assert not failures(at) and not at.error
     assert stored(arena_db, run_id) == ("lr 3e-4 baseline", ["keep", "new-tag"], "Compared against #2.\nSame seed.")
     assert stored(arena_db, other) == (None, ["keep"], None)
     table = shown(at)
@@ -360,7 +360,7 @@ def test_tag_adds_tags_to_every_selected_run(arena_db, open_page, monkeypatch):
     at.multiselect(key="runs_bulk_tag_value").set_value(["keep", "sweep-3"])
     next(b for b in at.button if b.label == "Add tags").click().run()
 
-    assert not at.exception and not at.error
+    assert not failures(at) and not at.error
     assert [stored(arena_db, i)[1] for i in (first, second, untouched)] == [["keep", "sweep-3"], ["keep", "sweep-3"],
                                                                             None]
 
@@ -406,7 +406,7 @@ def test_delete_after_confirmation_removes_the_run_its_points_and_samples(arena_
     assert count_rows(arena_db, "metric_points", doomed) == 4  # nothing deleted before the confirmation
     at.button(key="confirm_delete_yes").click().run()
 
-    assert not at.exception
+    assert not failures(at)
     assert [count_rows(arena_db, t, doomed) for t in ("metric_points", "system_samples")] == [0, 0]
     assert [count_rows(arena_db, t, kept) for t in ("metric_points", "system_samples")] == [4, 3]
     assert shown(at).index.tolist() == [kept]

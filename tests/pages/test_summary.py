@@ -14,6 +14,7 @@ from db.session import make_sessionmaker
 from engine.spec import RunSpec
 from pages import common, run_settings, summary
 from tests.pages.conftest import RENDER_TIMEOUT_S
+from tests.pages.helpers import failures
 
 OLD_SPEC = {"framework": "tensorflow", "model": "mlp", "dataset": "digits", "epochs": 2, "batch_size": 32,
             "lr": 1e-3, "optimizer": "adam", "seed": 0, "device": "auto", "max_steps_per_epoch": 5, "noise": 0.0}
@@ -307,7 +308,7 @@ def open_tables(**query_params: str) -> AppTest:
     for key, value in query_params.items():
         at.query_params[key] = value
     at.run()
-    assert not at.exception, [e.value for e in at.exception]
+    assert not failures(at), failures(at)
     return at
 
 
