@@ -92,6 +92,7 @@ def run_rows(runs: int, epochs: int) -> list[dict[str, Any]]:
             created_at=created, started_at=None if status == QUEUED else created + timedelta(seconds=5),
             finished_at=created + timedelta(seconds=65) if done else None, status=str(status),
             framework=framework, model=model, dataset=dataset, group_tag=f"pair-{index // 2:05d}", spec=spec,
+            mode=spec["mode"], precision=spec["precision"], seed=spec["seed"],  # as queries.create_run copies them
             environment={**ENVIRONMENT, "framework": framework} if status != QUEUED else None,
             summary={**SUMMARY, "mode": spec["mode"], "param_count": 9610 + index} if done else None,
             error=TRACEBACK if status == FAILED else ("loss became nan" if status == DIVERGED else None),

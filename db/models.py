@@ -64,6 +64,24 @@ class Run(Base):
     # When someone asked the run to stop (Runs page, CLI): its runner, on any machine, sees it at
     # its next heartbeat and ends the run as cancelled.
     cancel_requested_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    # The Runs table's results, kept in step with the run's per-epoch points (db/run_results.py):
+    # reading them from metric_points cost the table nearly a third of its time at 10,000 runs.
+    # The last value of four metrics; last_values_recorded has a bit per metric (RECORDED_BITS
+    # there) set once it has a point, because SQLite stores a NaN as NULL: a NULL with its bit set
+    # is a NaN (a diverged loss), without it never recorded. NULL: no point of any of the four.
+    last_test_accuracy: Mapped[Optional[float]] = mapped_column(Float)
+    last_phi_estimate: Mapped[Optional[float]] = mapped_column(Float)
+    last_phi_true: Mapped[Optional[float]] = mapped_column(Float)
+    last_train_loss: Mapped[Optional[float]] = mapped_column(Float)
+    last_values_recorded: Mapped[Optional[int]] = mapped_column(Integer)
+    # The median samples/s over epochs, of the finite values only; NULL when there is none.
+    median_samples_per_s: Mapped[Optional[float]] = mapped_column(Float)
+    # Copies of spec fields the Runs table shows, written with the row (queries.create_run): reading
+    # them out of the JSON spec cost SQLite a third of the table's query at 10,000 runs. NULL in rows
+    # an older Arena wrote: readers fall back to the spec.
+    mode: Mapped[Optional[str]] = mapped_column(String(16))
+    precision: Mapped[Optional[str]] = mapped_column(String(16))
+    seed: Mapped[Optional[int]] = mapped_column(Integer)
 
     metrics: Mapped[list["MetricPoint"]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True
@@ -100,7 +118,8 @@ class MetricPoint(Base):
 
     __table_args__ = (
         Index("ix_metric_points_run_name_step", "run_id", "name", "step"),
-        # Covering: the Runs table reads the last value of a few metrics of every run from the index alone.
+        # Covering: made (0004) for the Runs table's reads of every run's last values, which the run row
+        # holds since 0008; no query needs it now, only writers pay for it.
         Index("ix_metric_points_name_run_step_value", "name", "run_id", "step", "value"),
     )
 

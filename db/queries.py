@@ -9,7 +9,7 @@ import pandas as pd
 from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from db import chunks
+from db import chunks, run_results
 from db.models import (
     ACTIVE_STATUSES,
     CANCELLED,
@@ -59,6 +59,9 @@ def create_run(
         total_steps=total_steps,
         epoch=0,
         step=0,
+        mode=spec.get("mode"),
+        precision=spec.get("precision"),
+        seed=spec.get("seed"),
     )
     s.add(run)
     s.flush()
@@ -287,7 +290,7 @@ def fail_run(s: Session, run_id: int, error: str, summary: Optional[dict[str, An
 
 
 def delete_run(s: Session, run_id: int) -> None:
-    """Delete a run and its points (no active run: stop it first)."""
+    """Delete a run and its points (no active run: stop it first); its results go with its row."""
     s.execute(delete(MetricPoint).where(MetricPoint.run_id == run_id))
     s.execute(delete(MetricChunk).where(MetricChunk.run_id == run_id))
     s.execute(delete(SystemSample).where(SystemSample.run_id == run_id))
@@ -299,7 +302,8 @@ def add_metric_points(s: Session, rows: Iterable[dict[str, Any]]) -> None:
     """Store metric points: dicts with run_id, name, step, epoch, wall_time, value.
 
     Per-step series ("step/..." names) go into packed chunks, one per series per call; per-epoch
-    values into rows of their own. Either way metric_frame gives every point back.
+    values into rows of their own. Either way metric_frame gives every point back. The runs' results
+    kept on their rows (db/run_results.py) are refreshed in the same transaction.
     """
     per_step, per_epoch = [], []
     for row in rows:
@@ -310,6 +314,7 @@ def add_metric_points(s: Session, rows: Iterable[dict[str, Any]]) -> None:
         # Core executemany on the table: the ORM's per-row bookkeeping held the GIL long enough
         # to stall eager PyTorch steps during every flush (bench/loop_overhead.py).
         s.execute(insert(MetricPoint.__table__), per_epoch)
+        run_results.refresh(s, run_results.runs_with_results(per_epoch))
 
 
 def add_system_samples(s: Session, rows: Iterable[dict[str, Any]]) -> None:

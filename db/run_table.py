@@ -1,9 +1,9 @@
-"""The Runs table's data: one row per run from three narrow queries, never an ORM object per run.
+"""The Runs table's data: one row per run from one narrow query, never an ORM object per run.
 
 At 10,000 runs an ORM Run per row (its JSON spec, environment and summary decoded) costs about a
 second. Here the runs query selects only the columns the table shows and pulls the few JSON
-fields it needs out in SQL; each run's last per-epoch results come from SQL, one row per series;
-the throughput points are read as plain numbers and their medians taken in pandas.
+fields it needs out in SQL. Each run's results (last values, median throughput) are columns of
+its row, kept up to date as its points are written (db/run_results.py): no metric point is read.
 """
 from __future__ import annotations
 
@@ -16,25 +16,28 @@ from sqlalchemy import Select, String, case, func, select, type_coerce
 from sqlalchemy.orm import Session
 
 from db import queries
-from db.models import DIVERGED, FAILED, LOST, QUEUED, MetricPoint, Run
+from db.models import DIVERGED, FAILED, LOST, QUEUED, Run
+from db.run_results import LAST_VALUE_COLUMNS, RECORDED_BITS, RESULT_COLUMNS, THROUGHPUT
 
 ENDED_EARLY = (FAILED, DIVERGED, LOST)  # statuses whose error is worth reading
 # Results the table shows: the last value of these per-epoch metrics, and the median of THROUGHPUT.
-LAST_METRICS = ("test_accuracy", "phi_estimate", "phi_true", "train_loss")
-THROUGHPUT = "samples_per_s"
-_FINITE_MAX = float(np.finfo(np.float64).max)  # the median skips inf as it skips NaN (stored as NULL)
+LAST_METRICS = tuple(LAST_VALUE_COLUMNS)
 _DATES = ("created_at", "started_at", "finished_at", "heartbeat_at")
 
+_SPEC_MODE = func.coalesce(Run.mode, Run.spec["mode"].as_string())
 RUN_COLUMNS = {
     "id": Run.id, "name": Run.name, "tags": Run.tags, "notes": Run.notes, "status": Run.status,
     "reason": Run.reason, "framework": Run.framework, "model": Run.model, "dataset": Run.dataset,
     "group_tag": Run.group_tag,
     # The mode the run was asked for (every spec names one now) and, only where its spec names
     # none (older runs), the mode it reported: a run reports the mode its spec names, so reading
-    # every summary (a kilobyte of JSON each) would add time and no information.
-    "spec_mode": Run.spec["mode"].as_string(),
-    "summary_mode": case((Run.spec["mode"].as_string().is_(None), Run.summary["mode"].as_string())),
-    "precision": Run.spec["precision"].as_string(), "seed": Run.spec["seed"].as_integer(),
+    # every summary (a kilobyte of JSON each) would add time and no information. Mode, precision
+    # and seed are the row's copies of its spec's; the spec is parsed only for a row without them
+    # (written by an older Arena): COALESCE evaluates its second argument only when the first is NULL.
+    "spec_mode": _SPEC_MODE,
+    "summary_mode": case((_SPEC_MODE.is_(None), Run.summary["mode"].as_string())),
+    "precision": func.coalesce(Run.precision, Run.spec["precision"].as_string()),
+    "seed": func.coalesce(Run.seed, Run.spec["seed"].as_integer()),
     "placed_device": Run.placed_device,
     # Read only where the table shows them: each JSON field read parses the whole document again
     # (SQLite), a millisecond per thousand runs. The device a queued run asked for; the device
@@ -64,27 +67,26 @@ def runs_overview(s: Session, limit: Optional[int] = None, statuses: Optional[Se
     # Dates and tags come as the stored text: SQLAlchemy's per-value parsing cost more than the
     # query; pandas parses the dates at once and equal tag lists are decoded once.
     raw = {"tags", *_DATES}
-    query = select(*(type_coerce(column, String) if name in raw else column for name, column in RUN_COLUMNS.items()))
+    query = select(*(type_coerce(column, String) if name in raw else column for name, column in RUN_COLUMNS.items()),
+                   *(getattr(Run, column) for column in RESULT_COLUMNS))
     query = query.order_by(Run.id.desc())
     if statuses:
         query = query.where(Run.status.in_(list(statuses)))
     if limit is not None:
         query = query.limit(limit)
-    frame = pd.DataFrame(_plain_rows(s, query), columns=list(RUN_COLUMNS))
+    frame = pd.DataFrame(_plain_rows(s, query), columns=[*RUN_COLUMNS, *RESULT_COLUMNS])
     for name in _DATES:
         frame[name] = pd.to_datetime(frame[name], format="ISO8601")
     frame["total_steps"] = pd.to_numeric(frame["total_steps"])  # float, NaN where not stored
     frame["tags"] = _decoded_lists(frame["tags"])
     frame["error"] = [_last_line(error) if error else None for error in frame["error"]]
     frame["spec"] = _specs_without_total_steps(s, frame)
-    run_ids = query.with_only_columns(Run.id).scalar_subquery() if limit is not None or statuses else None
-    last = _last_values(s, run_ids)
-    for name in LAST_METRICS:
-        series = last[last["name"] == name]
-        recorded = pd.Series(series["value"].to_numpy(), index=series["run_id"].to_numpy())
-        # None where never recorded, unlike NaN: recorded, but not finite.
-        frame[name] = frame["id"].map(recorded).astype(object).where(frame["id"].isin(recorded.index), None)
-    frame[THROUGHPUT] = frame["id"].map(_median_throughput(s, run_ids)).astype(float)
+    recorded = pd.to_numeric(frame["last_values_recorded"]).fillna(0).astype(np.int64)
+    for name, column in LAST_VALUE_COLUMNS.items():
+        # None where never recorded, unlike NaN: recorded, but not finite (SQLite gives the NaN as NULL).
+        last = pd.to_numeric(frame[column]).astype(float).astype(object)
+        frame[name] = last.where((recorded & RECORDED_BITS[name]) != 0, None)
+    frame[THROUGHPUT] = pd.to_numeric(frame["median_samples_per_s"]).astype(float)
     return frame[COLUMNS]
 
 
@@ -115,38 +117,12 @@ def _specs_without_total_steps(s: Session, frame: pd.DataFrame) -> list[Optional
     return [specs.get(run_id) for run_id in frame["id"]]
 
 
-def _of_runs(query: Select, run_ids) -> Select:
-    return query if run_ids is None else query.where(MetricPoint.run_id.in_(run_ids))
-
-
-def _last_values(s: Session, run_ids) -> pd.DataFrame:
-    """(run_id, name, value) of the last recorded point of each LAST_METRICS series; NaN where NULL.
-
-    Last recorded is last by epoch: a run records its epochs in order. The highest id per series
-    comes from the (run_id, name, step) index, which holds the row id, and the values by row id.
-    """
-    latest = _of_runs(select(func.max(MetricPoint.id)).where(MetricPoint.name.in_(LAST_METRICS)), run_ids)
-    latest = latest.group_by(MetricPoint.run_id, MetricPoint.name)
-    query = select(MetricPoint.run_id, MetricPoint.name, MetricPoint.value).where(MetricPoint.id.in_(latest))
-    last = pd.DataFrame(_plain_rows(s, query), columns=["run_id", "name", "value"])
-    last["value"] = last["value"].astype(float)  # NULL is how SQLite keeps a NaN
-    return last
-
-
-def _median_throughput(s: Session, run_ids) -> pd.Series:
-    """Median finite samples/s per run (index run_id): one narrow read, a groupby in pandas."""
-    query = _of_runs(select(MetricPoint.run_id, MetricPoint.value).where(
-        MetricPoint.name == THROUGHPUT, MetricPoint.value.between(-_FINITE_MAX, _FINITE_MAX)), run_ids)
-    points = pd.DataFrame(_plain_rows(s, query), columns=["run_id", "value"], dtype=float)
-    return points.groupby(points["run_id"].astype(int))["value"].median()
-
-
 def _plain_rows(s: Session, query: Select) -> list[tuple]:
     """A select's rows as the database driver returns them, without a SQLAlchemy Row per row.
 
     For columns that need no conversion (numbers, text; dates and JSON read as text): the Row
-    objects cost a third of the runs query and three times the throughput query. The select's
-    constants are rendered into the SQL, so it must hold no user input.
+    objects cost a third of the runs query. The select's constants are rendered into the SQL, so
+    it must hold no user input.
     """
     connection = s.connection()
     sql = str(query.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))

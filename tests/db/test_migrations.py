@@ -24,8 +24,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import MetaData, create_engine, event, insert, inspect, select, text
 from sqlalchemy.engine import make_url
 
-from db import migrate, queries, run_table, session
-from db.models import Base
+from db import migrate, queries, run_results, run_table, session
+from db.models import Base, Run
 from db.session import make_sessionmaker
 from engine.spec import RunSpec
 from tests.conftest import REPO_ROOT
@@ -157,7 +157,7 @@ def shape(url: str) -> dict[str, dict]:
 
 def test_an_empty_database_is_built_by_the_revisions_and_equals_the_models(db_url):
     sessions = make_sessionmaker(db_url)
-    assert revision_of(db_url) == migrate.head_revision() == "0007"  # (a new revision updates this line)
+    assert revision_of(db_url) == migrate.head_revision() == "0009"  # (a new revision updates this line)
     assert schema_differences(db_url) == []
     assert set(inspect(sessions.kw["bind"]).get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
     assert migrate.upgrade_to_head(sessions.kw["bind"]) == []  # the next start finds nothing to do
@@ -232,6 +232,133 @@ def test_a_database_of_every_earlier_arena_upgrades_on_start_with_every_row_inta
         assert math.isnan(queries.metric_frame(s, [1])["value"].iloc[-1])
 
 
+@pytest.mark.parametrize("name", sorted(MATCHES))
+def test_a_database_of_every_earlier_arena_shows_each_runs_results_from_its_points(tmp_path, name):
+    """Revision 0008 fills in the results the run rows keep (db/run_results.py) from the points stored."""
+    path = legacy_db(tmp_path, name)
+    fill(path)
+    connection = sqlite3.connect(path)
+    nan_allowed = MATCHES[name] != "0001"  # the NOT NULL of 850a401's metric values refuses a NaN (NULL)
+    for run_id, metric, values in ((1, "test_accuracy", [0.5, 0.75]), (1, "samples_per_s", [10.0, 30.0, 20.0]),
+                                   (2, "train_loss", [2.0, math.nan] if nan_allowed else [2.0]),
+                                   (2, "phi_estimate", [1.1])):
+        for epoch, value in enumerate(values, start=1):
+            _insert(connection, "metric_points", {"run_id": run_id, "name": metric, "step": epoch * 10,
+                                                  "epoch": epoch, "wall_time": 1000.0 + epoch, "value": value})
+    connection.commit()
+    connection.close()
+
+    sessions = make_sessionmaker(f"sqlite:///{path}")
+
+    with sessions.begin() as s:
+        frame = run_table.runs_overview(s).set_index("id")
+    assert (frame.loc[1, "test_accuracy"], frame.loc[1, "samples_per_s"], frame.loc[1, "train_loss"]) == (0.75, 20.0,
+                                                                                                          None)
+    loss = frame.loc[2, "train_loss"]
+    assert math.isnan(loss) if nan_allowed else loss == 2.0  # NaN: recorded, not finite; not None
+    assert (frame.loc[2, "phi_estimate"], frame.loc[2, "phi_true"]) == (1.1, None)
+    assert math.isnan(frame.loc[2, "samples_per_s"])
+    sessions.kw["bind"].dispose()
+
+
+def at_revision(db_url: str, revision: str):
+    """A new database built up to `revision` only: (its engine, its tables as they are then)."""
+    engine = create_engine(db_url)
+    config = migrate.alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+    tables = MetaData()
+    tables.reflect(engine)
+    return engine, tables.tables
+
+
+def test_the_upgrade_to_0008_fills_in_results_as_the_writer_computes_them(db_url):
+    engine, tables = at_revision(db_url, "0007")
+    runs, points = tables["runs"], tables["metric_points"]
+    with engine.begin() as connection:
+        run = insert(runs).values(created_at=datetime(2026, 12, 1), status="finished", framework="torch", model="mlp",
+                                  dataset="digits", spec={"framework": "torch", "epochs": 4}, epoch=4, total_epochs=4,
+                                  step=40).returning(runs.c.id)
+        ids = [connection.execute(run).scalar_one() for _ in range(3)]
+        trained, diverged, untouched = ids
+        recorded = {  # as each run wrote them, in order (a per-step point of the days before chunks among them)
+            trained: [("train_loss", 1.0), ("train_loss", 0.5), ("test_accuracy", 0.6), ("test_accuracy", 0.8),
+                      ("samples_per_s", 100.0), ("samples_per_s", math.inf), ("samples_per_s", 300.0),
+                      ("samples_per_s", 200.0), ("step/train_loss", 9.0), ("test_loss", 0.1)],
+            diverged: [("train_loss", 1.0), ("train_loss", math.nan), ("samples_per_s", math.nan),
+                       ("phi_estimate", 1.2), ("phi_true", 1.5)],
+        }
+        connection.execute(insert(points), [
+            dict(run_id=run_id, name=metric, step=10 * index, epoch=index, wall_time=1000.0 + index, value=value)
+            for run_id, written in recorded.items() for index, (metric, value) in enumerate(written, start=1)])
+    engine.dispose()
+
+    sessions = make_sessionmaker(db_url)  # upgrades to head
+
+    with sessions.begin() as s:
+        frame = run_table.runs_overview(s).set_index("id")
+        backfilled = result_columns(s, ids)
+        run_results.refresh(s, ids)  # what the writer computes from the same points
+        assert result_columns(s, ids) == backfilled
+    assert frame.loc[trained, ["test_accuracy", "phi_estimate", "phi_true", "train_loss", "samples_per_s"]
+                     ].tolist() == [0.8, None, None, 0.5, 200.0]  # the median skips inf
+    assert math.isnan(frame.loc[diverged, "train_loss"]) and frame.loc[diverged, "test_accuracy"] is None
+    assert (frame.loc[diverged, "phi_estimate"], frame.loc[diverged, "phi_true"]) == (1.2, 1.5)
+    assert math.isnan(frame.loc[diverged, "samples_per_s"])
+    assert all(frame.loc[untouched, name] is None for name in run_table.LAST_METRICS)
+    with sessions.begin() as s:  # and the next epoch's points move them on
+        queries.add_metric_points(s, [dict(run_id=diverged, name=name, step=99, epoch=5, wall_time=2000.0, value=3.0)
+                                      for name in ("train_loss", "samples_per_s")])
+    with sessions.begin() as s:
+        row = run_table.runs_overview(s).set_index("id").loc[diverged]
+    assert (row["train_loss"], row["samples_per_s"], row["phi_true"]) == (3.0, 3.0, 1.5)
+    sessions.kw["bind"].dispose()
+
+
+def test_the_upgrade_to_0009_copies_mode_precision_and_seed_out_of_each_spec(db_url):
+    engine, tables = at_revision(db_url, "0008")
+    runs = tables["runs"]
+    specs = [RunSpec("tensorflow", "cnn", "digits", mode="xla", precision="mixed", seed=7).to_dict(),
+             {"framework": "torch", "model": "mlp", "dataset": "digits", "epochs": 2}]  # an old spec: no mode
+    with engine.begin() as connection:
+        ids = [connection.execute(insert(runs).values(
+            created_at=datetime(2026, 12, 1), status="finished", framework=spec["framework"], model=spec["model"],
+            dataset=spec["dataset"], spec=spec, epoch=2, total_epochs=2, step=0,
+            summary={"mode": "eager"}).returning(runs.c.id)).scalar_one() for spec in specs]
+    engine.dispose()
+
+    sessions = make_sessionmaker(db_url)  # upgrades to head
+    with sessions.begin() as s:
+        stored = s.execute(select(Run.id, Run.mode, Run.precision, Run.seed).where(Run.id.in_(ids))
+                           .order_by(Run.id)).tuples().all()
+        frame = run_table.runs_overview(s).set_index("id")
+        new_id = queries.create_run(s, RunSpec("torch", "mlp", "digits", seed=3).to_dict()).id
+        written = s.execute(select(Run.mode, Run.precision, Run.seed).where(Run.id == new_id)).one()
+    assert stored == [(ids[0], "xla", "mixed", 7), (ids[1], None, None, None)]
+    assert frame.loc[ids[0], ["spec_mode", "precision", "seed"]].tolist() == ["xla", "mixed", 7]
+    assert frame.loc[ids[1], "summary_mode"] == "eager"  # no mode asked for: the one it reported
+    assert tuple(written) == ("eager", "fp32", 3)  # a new run gets its copies when it is queued
+    sessions.kw["bind"].dispose()
+
+
+def test_a_run_row_without_the_copies_is_read_from_its_spec(arena_db):
+    """A row written by an Arena from before 0009 (a machine not yet upgraded) still shows its spec's fields."""
+    sessions = make_sessionmaker(arena_db)
+    with sessions.begin() as s:
+        run_id = queries.create_run(s, RunSpec("tensorflow", "mlp", "digits", mode="eager", seed=5).to_dict()).id
+        queries.update_run(s, run_id, mode=None, precision=None, seed=None)
+        frame = run_table.runs_overview(s).set_index("id")
+    assert frame.loc[run_id, ["spec_mode", "precision", "seed"]].tolist() == ["eager", "fp32", 5]
+
+
+def result_columns(s, run_ids: list[int]) -> list[tuple]:
+    """The runs' result columns as stored, NaN spelt "NaN" (PostgreSQL keeps one; NaN is not equal to itself)."""
+    rows = s.execute(select(Run.id, *(getattr(Run, column) for column in run_results.RESULT_COLUMNS))
+                     .where(Run.id.in_(run_ids)).order_by(Run.id)).all()
+    return [tuple("NaN" if isinstance(value, float) and math.isnan(value) else value for value in row) for row in rows]
+
+
 def test_an_issue_4_database_keeps_its_placements_failure_reasons_and_lease(tmp_path):
     path = legacy_db(tmp_path, "5cc286c_scheduling")
     fill(path)
@@ -281,7 +408,7 @@ def test_non_finite_numbers_older_versions_wrote_into_sqlite_json_become_null_an
     assert overview["id"].tolist() == [1]
 
 
-@pytest.mark.parametrize("revision", ["0001", "0002", "0003", "0004", "0005", "0006"])
+@pytest.mark.parametrize("revision", ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"])
 def test_a_database_stamped_at_an_earlier_revision_upgrades_from_there(db_url, revision):
     engine = create_engine(db_url)
     config = migrate.alembic_config()

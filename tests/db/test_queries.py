@@ -177,3 +177,65 @@ def test_concurrent_writer_and_reader_never_fail_and_every_point_arrives(db_url)
     assert errors == [] and reads > 0
     with reader_sessions.begin() as s:
         assert len(queries.metric_frame(s, [run_id])) == 300
+
+
+def test_a_reader_sees_a_runs_points_and_its_results_together_or_neither(db_url):
+    """Results live on the run row (db/run_results.py), written in the points' transaction.
+
+    Each read is one statement, so it sees one snapshot on both backends: the run's last test
+    accuracy and median samples/s always match the points it counts, never a flush behind or ahead.
+    """
+    writer_sessions, reader_sessions = make_sessionmaker(db_url), make_sessionmaker(db_url)
+    with writer_sessions.begin() as s:
+        run_id = queries.create_run(s, SPEC).id
+    epochs, errors, stop = 60, [], threading.Event()
+
+    def write():
+        try:
+            for epoch in range(1, epochs + 1):
+                with writer_sessions.begin() as s:
+                    queries.add_metric_points(s, [
+                        dict(run_id=run_id, name=name, step=epoch, epoch=epoch, wall_time=time.time(), value=value)
+                        for name, value in (("test_accuracy", float(epoch)), ("samples_per_s", 10.0 * epoch))])
+        except Exception as exc:  # pragma: no cover - the assertion below reports it
+            errors.append(exc)
+        finally:
+            stop.set()
+
+    read = text("SELECT last_test_accuracy, median_samples_per_s, last_values_recorded, "
+                "(SELECT count(*) FROM metric_points WHERE run_id = runs.id AND name = 'test_accuracy'), "
+                "(SELECT count(*) FROM metric_points WHERE run_id = runs.id AND name = 'samples_per_s') "
+                "FROM runs WHERE id = :run_id")
+    seen = set()
+    thread = threading.Thread(target=write)
+    thread.start()
+    while not stop.is_set():
+        with reader_sessions.begin() as s:
+            last, median, recorded, accuracies, throughputs = s.execute(read, {"run_id": run_id}).one()
+        assert accuracies == throughputs  # a flush's points arrive together
+        if accuracies == 0:
+            assert (last, median, recorded) == (None, None, None)
+        else:
+            assert (last, median, recorded) == (float(accuracies), 10.0 * (accuracies + 1) / 2, 1)
+        seen.add(accuracies)
+    thread.join()
+    assert errors == [] and len(seen) > 1
+    with reader_sessions.begin() as s:
+        assert s.execute(read, {"run_id": run_id}).one() == (float(epochs), 10.0 * (epochs + 1) / 2, 1, epochs, epochs)
+
+
+def test_points_rolled_back_take_their_results_with_them(db_url):
+    sessions = make_sessionmaker(db_url)
+    with sessions.begin() as s:
+        run_id = queries.create_run(s, SPEC).id
+        queries.add_metric_points(s, [dict(run_id=run_id, name="train_loss", step=1, epoch=1, wall_time=0.0,
+                                           value=2.0)])
+    with pytest.raises(RuntimeError, match="flush failed"):
+        with sessions.begin() as s:
+            queries.add_metric_points(s, [dict(run_id=run_id, name="train_loss", step=2, epoch=2, wall_time=1.0,
+                                               value=1.0)])
+            assert run_table.runs_overview(s)["train_loss"].tolist() == [1.0]  # in the writing transaction
+            raise RuntimeError("flush failed")
+    with sessions.begin() as s:
+        assert run_table.runs_overview(s)["train_loss"].tolist() == [2.0]
+        assert queries.metric_frame(s, [run_id])["value"].tolist() == [2.0]

@@ -138,8 +138,8 @@ def test_add_tags_tags_every_run_once_and_stores_nothing_when_a_tag_is_bad(sessi
         assert run_table.known_tags(s) == ["keep", "sweep"]
 
 
-def test_three_queries_whatever_the_number_of_runs(sqlite_sessions):
-    """No query per run: the statements sent stay the same for 3 runs and for 60.
+def test_one_query_whatever_the_number_of_runs_and_no_metric_point_read(sqlite_sessions):
+    """No query per run: one statement for 3 runs and for 60, and the results come from the run rows.
 
     Counted through sqlite3's trace callback, which also sees the reads _plain_rows sends past
     SQLAlchemy; the count is the code's, the same on any backend.
@@ -160,9 +160,10 @@ def test_three_queries_whatever_the_number_of_runs(sqlite_sessions):
             finally:
                 sqlite.set_trace_callback(None)
         assert frame["samples_per_s"].eq(1.5).all()
+        assert not [statement for statement in sent if "metric_points" in statement]
         return len([statement for statement in sent if statement.lstrip().upper().startswith("SELECT")])
 
-    assert statements_for(3) == statements_for(57) == 3
+    assert statements_for(3) == statements_for(57) == 1
     with sessions.begin() as s:
         assert s.scalar(select(func.count()).select_from(MetricPoint)) == 120
 
@@ -174,3 +175,87 @@ def test_queued_runs_keep_their_placement_fields(sessions):
     with sessions.begin() as s:
         row = run_table.runs_overview(s).iloc[0]
     assert (row["status"], row["asked_device"], row["heartbeat_at"] is not None) == (QUEUED, "cuda:0", True)
+
+
+def expected_results(s, run_ids: list[int]) -> dict[int, dict]:
+    """What runs_overview must show, from the stored points: last value per metric, median of finite samples/s."""
+    frame = queries.metric_frame(s, run_ids)
+    results = {}
+    for run_id in run_ids:
+        points_of = frame[frame["run_id"] == run_id]
+        row = {}
+        for name in run_table.LAST_METRICS:
+            values = points_of.loc[points_of["name"] == name, "value"]
+            row[name] = None if values.empty else values.iloc[-1]
+        throughput = points_of.loc[points_of["name"] == "samples_per_s", "value"]
+        finite = throughput[throughput.abs() < math.inf]
+        row["samples_per_s"] = finite.median() if len(finite) else math.nan
+        results[run_id] = row
+    return results
+
+
+def shown_results(frame: pd.DataFrame, run_ids: list[int]) -> dict[int, dict]:
+    frame = frame.set_index("id")
+    return {run_id: {name: frame.loc[run_id, name] for name in [*run_table.LAST_METRICS, "samples_per_s"]}
+            for run_id in run_ids}
+
+
+def same(shown: dict, expected: dict) -> bool:
+    """Equal, NaN equal to NaN, and None (never recorded) only equal to None."""
+    def one(a, b):
+        if a is None or b is None:
+            return a is b
+        return (math.isnan(a) and math.isnan(b)) or a == b
+    return shown.keys() == expected.keys() and all(
+        one(shown[run][name], expected[run][name]) for run in shown for name in shown[run])
+
+
+def test_results_follow_the_points_flush_by_flush(sessions):
+    """As a runner records them, an epoch per transaction: NaN, then a finite value again, an even count of epochs."""
+    nan, inf = math.nan, math.inf
+    epochs = {  # per run: (name, value) pairs of one flush each
+        "trained": [[("test_accuracy", 0.5), ("samples_per_s", 100.0)], [("test_accuracy", 0.7)],
+                    [("test_accuracy", 0.9), ("samples_per_s", 300.0), ("samples_per_s", 250.0)],
+                    [("samples_per_s", inf), ("train_loss", 0.25)]],
+        "diverged": [[("train_loss", 1.0), ("samples_per_s", 10.0)], [("train_loss", nan), ("samples_per_s", nan)]],
+        "recovered": [[("phi_estimate", nan)], [("phi_estimate", 1.25), ("phi_true", 1.5)]],
+        "unrelated": [[("test_loss", 0.3), ("step/train_loss", 9.0)]],
+    }
+    with sessions.begin() as s:
+        ids = {label: queries.create_run(s, spec()).id for label in epochs}
+    for epoch in range(max(len(flushes) for flushes in epochs.values())):
+        with sessions.begin() as s:
+            queries.add_metric_points(s, [
+                dict(run_id=ids[label], name=name, step=10 * (epoch + 1), epoch=epoch + 1, wall_time=float(epoch),
+                     value=value)
+                for label, flushes in epochs.items() if epoch < len(flushes) for name, value in flushes[epoch]])
+        with sessions.begin() as s:
+            run_ids = list(ids.values())
+            assert same(shown_results(run_table.runs_overview(s), run_ids), expected_results(s, run_ids)), epoch
+
+    with sessions.begin() as s:
+        shown = shown_results(run_table.runs_overview(s), list(ids.values()))
+    assert shown[ids["trained"]] == {"test_accuracy": 0.9, "phi_estimate": None, "phi_true": None,
+                                     "train_loss": 0.25, "samples_per_s": 250.0}  # median of 100, 250, 300
+    assert math.isnan(shown[ids["diverged"]]["train_loss"]) and shown[ids["diverged"]]["samples_per_s"] == 10.0
+    assert (shown[ids["recovered"]]["phi_estimate"], shown[ids["recovered"]]["phi_true"]) == (1.25, 1.5)
+    assert all(shown[ids["unrelated"]][name] is None for name in run_table.LAST_METRICS)
+    assert math.isnan(shown[ids["unrelated"]]["samples_per_s"])
+
+
+def test_a_run_made_after_a_deleted_one_shows_no_results_of_it(sessions):
+    """SQLite gives the newest run's id to the next run once that run is deleted: its results must not stay."""
+    with sessions.begin() as s:
+        kept, doomed = queries.create_run(s, spec()).id, queries.create_run(s, spec()).id
+        queries.add_metric_points(s, [*points(kept, "train_loss", [2.0]), *points(doomed, "train_loss", [None]),
+                                      *points(doomed, "samples_per_s", [50.0])])
+    with sessions.begin() as s:
+        queries.delete_run(s, doomed)
+        fresh = queries.create_run(s, spec()).id
+    assert fresh == doomed or sessions.kw["bind"].dialect.name == "postgresql"  # PostgreSQL's sequence moves on
+    with sessions.begin() as s:
+        frame = run_table.runs_overview(s).set_index("id")
+
+    assert sorted(frame.index) == sorted({kept, fresh}) and frame.loc[kept, "train_loss"] == 2.0
+    assert all(frame.loc[fresh, name] is None for name in run_table.LAST_METRICS)
+    assert math.isnan(frame.loc[fresh, "samples_per_s"])
