@@ -1,0 +1,90 @@
+"""Take the README's Launch and Runs screenshots from a real dashboard on real runs.
+
+`.venv/bin/python docs/screenshots.py [--out docs/screenshots] [--keep DIR]`
+
+Trains a few tiny runs through the real CLI into a temporary database (both frameworks, two
+seeds, one run that diverges, one left queued), starts `streamlit run app.py` on it and drives
+Debian's Chromium at 1500x1100. Nothing here is a test: it writes PNG files.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from db import queries  # noqa: E402
+from db.session import make_sessionmaker  # noqa: E402
+from engine.launch import queue_runs  # noqa: E402
+from engine.spec import RunSpec  # noqa: E402
+from tests import dashboard  # noqa: E402
+from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+
+RUNS = [  # (framework, seed, extra flags): what a small study leaves in the table
+    ("torch", 0, []), ("tensorflow", 0, []), ("torch", 1, []), ("tensorflow", 1, []),
+    ("torch", 2, ["--lr", "1e6", "--optimizer", "sgd"]),  # diverges
+]
+NAMES = {1: ("cnn torch s0", ["baseline", "cnn"]), 2: ("cnn tf s0", ["cnn"]), 3: ("cnn torch s1", ["cnn"]),
+         4: ("cnn tf s1", ["cnn"]), 5: ("lr too high", ["sweep"])}
+
+
+def train(url: str, env: dict[str, str]) -> None:
+    for framework, seed, extra in RUNS:
+        subprocess.run([sys.executable, "-m", "engine", "run", "--framework", framework, "--model", "cnn",
+                        "--dataset", "digits", "--epochs", "3", "--seed", str(seed), "--db", url, *extra],
+                       cwd=ROOT, env=env, check=False, capture_output=True, timeout=900)
+    # A pair left waiting: queued only, as the Launch page queues them (the dashboard below places nothing).
+    sessions = make_sessionmaker(url)
+    with sessions.begin() as s:
+        for run_id, (name, tags) in NAMES.items():
+            queries.annotate_run(s, run_id, name=name, tags=tags)
+    queue_runs(sessions, [RunSpec.with_model_defaults(framework, "resnet", "digits", epochs=5)
+                          for framework in ("torch", "tensorflow")])
+    sessions.kw["bind"].dispose()
+
+
+def shoot(base: str, out: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+        page.goto(base)
+        expect(page.get_by_role("heading", name="Launch", exact=True)).to_be_visible(timeout=60_000)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(out / "launch.png"))
+        page.goto(f"{base}/runs")
+        expect(page.get_by_test_id("stDataFrame").first).to_contain_text("finished", timeout=60_000)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(out / "runs.png"))
+        browser.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
+    parser.add_argument("--keep", type=Path, help="train into this directory and keep it (default: a temporary one)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="arena-screenshots-") as scratch:
+        home = args.keep or Path(scratch)
+        home.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{home / 'arena.db'}"
+        env = dashboard.arena_env(home, url)
+        if not (home / "arena.db").exists():
+            train(url, env)
+        server, base = dashboard.start_dashboard(home / "streamlit.log", {**env, "ARENA_SCHEDULER": "off"})
+        try:
+            shoot(base, args.out)
+        finally:
+            dashboard.stop_dashboard(server)
+    print(f"wrote {args.out / 'launch.png'} and {args.out / 'runs.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
