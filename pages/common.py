@@ -41,6 +41,7 @@ RUNS_PARAM = "runs"  # query parameter carrying run ids, e.g. /compare?runs=3,4
 REFRESH_INTERVAL = "2s"  # how often live views poll the database while a run is active
 LAUNCHED_KEY = "launched_run_ids"  # session state: the runs just launched, for Compare to pick up
 SHOWN_CHARS = 40  # of a bad value from a link, in a message
+TOASTS_KEY = "arena_pending_toasts"  # session state: confirmations to show once the page has rerun
 
 # One colour per framework on every page. Several runs of one framework take the next shades of
 # its hue (reds for PyTorch, blues for TensorFlow), so each run keeps a colour of its own and its
@@ -111,8 +112,20 @@ def run_routed() -> None:
     """What app.py does: the router, then this process's scheduler and the chosen page, failures shown in words."""
     page = st.navigation(router_pages(), position=NAVIGATION_POSITION)
     with shown():
+        show_pending_toasts()
         start_scheduler()
         page.run()
+
+
+def toast_after_rerun(message: str) -> None:
+    """Confirm an action whose handler calls st.rerun(): a toast sent in the run a rerun cuts short may never
+    reach the browser, so it is kept in session state and shown by the next run."""
+    st.session_state.setdefault(TOASTS_KEY, []).append(message)
+
+
+def show_pending_toasts() -> None:
+    for message in st.session_state.pop(TOASTS_KEY, []):
+        st.toast(message)
 
 
 def start_scheduler() -> None:

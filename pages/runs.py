@@ -316,7 +316,7 @@ def confirm_delete(sessions) -> None:
             if st.session_state.get(EDIT_KEY) in pending:
                 st.session_state.pop(EDIT_KEY)
             st.query_params.pop(common.RUNS_PARAM, None)
-            st.toast(f"Deleted {names}.")
+            common.toast_after_rerun(f"Deleted {names}.")
             st.rerun(scope="app")
         if c2.button("Cancel", key="confirm_delete_no"):
             st.session_state.pop(CONFIRM_DELETE_KEY)
@@ -357,7 +357,7 @@ def edit_form(sessions) -> None:
             st.error(f"Not saved: {common.escape_markdown(str(exc))}.", icon=":material/error:")
             return
         st.session_state.pop(EDIT_KEY)
-        st.toast(f"Saved run #{run_id}.")
+        common.toast_after_rerun(f"Saved run #{run_id}.")
         st.rerun()
 
 
@@ -387,7 +387,7 @@ def bulk_tag_form(sessions) -> None:
             st.error(f"Not tagged: {common.escape_markdown(str(exc))}.", icon=":material/error:")
             return
         st.session_state.pop(BULK_TAG_KEY)
-        st.toast(f"Tagged {len(run_ids)} run{plural}.")
+        common.toast_after_rerun(f"Tagged {len(run_ids)} run{plural}.")
         st.rerun()
 
 

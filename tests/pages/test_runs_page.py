@@ -301,6 +301,7 @@ def test_edit_renames_tags_and_notes_one_run(arena_db, open_page, monkeypatch):
     table = shown(at)
     assert table.loc[run_id, "name"] == "lr 3e-4 baseline" and list(table.loc[run_id, "tags"]) == ["keep", "new-tag"]
     assert not any(b.label == "Save" for b in at.button)  # the form closed
+    assert [toast.value for toast in at.toast] == [f"Saved run #{run_id}."]  # said by the run after the rerun
 
 
 def test_edit_rejects_a_name_over_200_characters_and_stores_nothing(arena_db, open_page, monkeypatch):
