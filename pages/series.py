@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,6 @@ MIN_POINTS = 10
 PREPARED_COLUMNS = ["run_id", "name", "x", "value", "smoothed", "step", "epoch"]
 BAND_COLUMNS = ["x", "mean", "lo", "hi", "n"]
 BAND_KINDS = ("std", "ci95")
-STATISTICS: dict[str, Callable[..., Any]] = {"mean": np.mean, "median": np.median}
 # Spec keys that name or describe a run without changing what it trains. "device" stays in: it changes speed.
 NOT_EXPERIMENT_KEYS = frozenset({"seed", "name", "notes", "tags"})
 # Student t 0.975 quantiles for 1..30 degrees of freedom (beyond, _t975 uses the Cornish-Fisher series).
@@ -26,8 +25,18 @@ T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622,
         2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
         2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
 Z975 = 1.959964
-BOOT_BLOCKS = 1000  # a longer input (per-step rates) is resampled in this many contiguous blocks
-BOOT_CHUNK_VALUES = 2_000_000  # resampled indices held at once: bounds memory for a large n_boot
+Z80 = 0.841621  # the normal 0.80 quantile: runs needed are for telling a difference 4 times in 5
+# No speed interval below this many runs a side. At 2, each side's spread rests on one difference (1 degree
+# of freedom): Welch's dof falls to 1-2 (t = 12.7 at 1) and, at a 15 % run-to-run CV, the interval spans a
+# factor of 5.6 (median; 1.9 to 53 from the 10th to the 90th percentile of studies): its width says more about
+# luck than about the frameworks. At 3, each side has 2 dof, Welch's at least 2 (t <= 4.30), the span is a
+# factor of 2.0 (1.5 to 3.0), and tests/pages/test_series.py checks 95 % coverage by simulation at exactly 3.
+MIN_RUNS_PER_SIDE = 3
+# Run-to-run CV of throughput assumed while a side has too few runs to measure it: bench/README.md finds
+# separate runner processes of one spec on the 2-vCPU VM differ by up to ±30 %; read as two standard
+# deviations, that is 15 %.
+ASSUMED_RUN_CV = 0.15
+MAX_RUNS_PER_SIDE = 100  # beyond this, "more than 100": a difference that small is not worth the seeds
 
 
 def x_values(points: pd.DataFrame, x_axis: str, run_start: Optional[float] = None) -> np.ndarray:
@@ -254,72 +263,113 @@ def _t975(dof: np.ndarray) -> np.ndarray:
     return np.where(dof < 1, np.nan, np.where(dof <= len(T975), looked_up, expansion))
 
 
-def bootstrap_ratio(a: np.ndarray, b: np.ndarray, n_boot: int = 4000, seed: int = 0,
-                    statistic: str = "mean") -> tuple[float, float, float]:
-    """statistic(a) / statistic(b) and its percentile 95% CI, resampling a and b independently.
+def log_sd(cv: float) -> float:
+    """Standard deviation of log throughput for a run-to-run coefficient of variation (log-normal)."""
+    return math.sqrt(math.log1p(cv ** 2))
 
-    Non-finite values are dropped. An input longer than BOOT_BLOCKS values (one run's per-step
-    rates, in step order) is resampled as BOOT_BLOCKS contiguous blocks: neighbouring steps share
-    the machine's state, so single steps are not independent and resampling them would give a
-    falsely narrow interval (and take seconds for 100,000 steps).
+
+def welch_ratio(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float, float]:
+    """a over b as exp of the difference of mean log throughputs, its Welch t 95% CI, and the Welch dof.
+
+    One value per run (its steady samples/s): runs, not steps, are the unit, so the interval holds
+    the run-to-run variation a rerun of the study would meet. Logs, because throughput is a rate:
+    its spread scales with it, and a ratio's interval should not depend on which side is on top.
     """
-    if statistic not in STATISTICS:
-        raise ValueError(f"statistic={statistic!r}: expected one of {', '.join(STATISTICS)}")
-    if n_boot < 1:
-        raise ValueError(f"n_boot={n_boot!r}: need at least 1 resample")
-    a, b = _sample(a, "a"), _sample(b, "b")
-    stat = STATISTICS[statistic]
-    denominator = float(stat(b))
-    if denominator == 0:
-        raise ValueError(f"the {statistic} of b is 0: no ratio to it")
-    rng = np.random.default_rng(seed)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratios = _resampled(a, statistic, n_boot, rng) / _resampled(b, statistic, n_boot, rng)
-    lo, hi = np.percentile(ratios, [2.5, 97.5])
-    return float(stat(a)) / denominator, float(lo), float(hi)
+    log_a, log_b = _log_rates(a, "a"), _log_rates(b, "b")
+    var_a, var_b = log_a.var(ddof=1) / len(log_a), log_b.var(ddof=1) / len(log_b)
+    difference, standard_error = log_a.mean() - log_b.mean(), math.sqrt(var_a + var_b)
+    if standard_error == 0:  # identical runs: no spread to widen the interval, any dof will do
+        dof = float(len(log_a) + len(log_b) - 2)
+    else:  # Welch-Satterthwaite; never below the smaller side's n - 1, which rounding could nudge it under
+        dof = (var_a + var_b) ** 2 / (var_a ** 2 / (len(log_a) - 1) + var_b ** 2 / (len(log_b) - 1))
+        dof = max(dof, min(len(log_a), len(log_b)) - 1.0)
+    half = _t975_fractional(dof) * standard_error
+    return (math.exp(difference), math.exp(difference - half), math.exp(difference + half), float(dof))
 
 
-def _sample(values: np.ndarray, label: str) -> np.ndarray:
+def _log_rates(values: Sequence[float], label: str) -> np.ndarray:
     values = np.asarray(values, dtype=float).ravel()
-    finite = values[np.isfinite(values)]
-    if not len(finite):
-        raise ValueError(f"group {label} is empty: {len(values)} values given, none finite")
-    return finite
+    if len(values) < 2 or not (np.isfinite(values) & (values > 0)).all():
+        raise ValueError(f"group {label}: expected at least 2 positive finite throughputs, got {values.tolist()}")
+    return np.log(values)
 
 
-def _resampled(values: np.ndarray, statistic: str, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """The statistic of n_boot resamples of values' blocks (single values up to BOOT_BLOCKS), a chunk at a time."""
-    blocks = min(len(values), BOOT_BLOCKS)
-    edges = (np.arange(blocks) * len(values)) // blocks
-    if statistic == "mean" and blocks == len(values):
-        def resample(index: np.ndarray) -> np.ndarray:
-            return values[index].mean(axis=1)
-    elif statistic == "mean":
-        # Blocks differ in size by one value: a resample's mean is its total over its count.
-        sums, counts = np.add.reduceat(values, edges), np.diff(np.append(edges, len(values)))
-        def resample(index: np.ndarray) -> np.ndarray:
-            return sums[index].sum(axis=1) / counts[index].sum(axis=1)
-    else:
-        medians = values if blocks == len(values) else np.array([np.median(block)
-                                                                 for block in np.split(values, edges[1:])])
-        def resample(index: np.ndarray) -> np.ndarray:
-            return np.median(medians[index], axis=1)
-    rows = max(1, BOOT_CHUNK_VALUES // blocks)
-    return np.concatenate([resample(rng.integers(0, blocks, (min(rows, n_boot - done), blocks)))
-                           for done in range(0, n_boot, rows)])
+def _t975_fractional(dof: float) -> float:
+    """Student t 0.975 quantile at any dof >= 1 (Welch's is fractional): where the integrated density reaches 0.475.
+
+    Interpolating the table instead is up to 18 % too wide between 1 and 2 dof, where 3 runs a side can land.
+    """
+    log_norm = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
+    grid = np.linspace(0.0, T975[0], 20_001)  # the quantile is 12.71 at 1 dof and shrinks towards z
+    density = np.exp(log_norm - (dof + 1) / 2 * np.log1p(grid ** 2 / dof))
+    # Trapezoid rule from 0: the quantile lands within 1e-5 of the exact one for 1 to 400 dof.
+    mass = np.concatenate([[0.0], np.cumsum((density[1:] + density[:-1]) / 2 * np.diff(grid))])
+    return float(np.interp(0.475, mass, grid))
+
+
+def _t80(dof: int) -> float:
+    """Student t 0.80 quantile: Cornish-Fisher series (A&S 26.7.5), within 1e-3 of the exact value for dof >= 2."""
+    z = Z80
+    return (z + (z ** 3 + z) / (4 * dof) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * dof ** 2)
+            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * dof ** 3))
+
+
+def runs_to_tell(ratio: float, run_log_sd: float) -> int:
+    """Fewest runs per side for a 95% interval of the log ratio to exclude 0 with 80% power, if ratio is the truth.
+
+    The usual two-sample size formula with t quantiles: n per side is enough when
+    sqrt(n / 2) * |log ratio| / sd >= t_0.975 + t_0.80 at 2n - 2 dof (sd: of one run's log throughput).
+    Never below MIN_RUNS_PER_SIDE; MAX_RUNS_PER_SIDE + 1 means "more than MAX_RUNS_PER_SIDE".
+    """
+    if not (math.isfinite(ratio) and ratio > 0 and math.isfinite(run_log_sd) and run_log_sd >= 0):
+        raise ValueError(f"ratio={ratio!r}, run_log_sd={run_log_sd!r}: expected positive finite numbers")
+    distance = abs(math.log(ratio))
+    effect = distance / run_log_sd if run_log_sd else (math.inf if distance else 0.0)
+    for runs in range(MIN_RUNS_PER_SIDE, MAX_RUNS_PER_SIDE + 1):
+        dof = 2 * runs - 2
+        if math.sqrt(runs / 2) * effect >= float(_t975(np.array(dof))) + _t80(dof):
+            return runs
+    return MAX_RUNS_PER_SIDE + 1
 
 
 def ratio_sentence(name_a: str, name_b: str, ratio: float, lo: float, hi: float, n_a: int, n_b: int,
-                   unit: str = "seeds") -> str:
-    """"A is 1.42× B, 95% CI 1.37–1.48×, 5 seeds each", the side with the larger value named first."""
+                   runs_needed: Optional[int] = None) -> str:
+    """"A is 1.21× B (95% CI 1.05–1.39×, Welch t over 4 and 4 runs)", the faster side first.
+
+    When the interval holds 1 it says no difference can be told, and, given runs_needed, how many would tell it.
+    """
     if not all(math.isfinite(v) and v > 0 for v in (ratio, lo, hi)):
         raise ValueError(f"ratio={ratio!r}, CI {lo!r}-{hi!r}: expected positive finite numbers")
     if ratio < 1:
         name_a, name_b, n_a, n_b = name_b, name_a, n_b, n_a
         ratio, lo, hi = 1 / ratio, 1 / hi, 1 / lo
-    if n_a == n_b:
-        counts = f"{n_a:,} {unit[:-1] if n_a == 1 and unit.endswith('s') else unit} each"
-    else:
-        counts = f"{n_a:,} and {n_b:,} {unit}"
-    sentence = f"{name_a} is {ratio:.2f}× {name_b}, 95% CI {lo:.2f}–{hi:.2f}×, {counts}"
-    return sentence + (" — no clear difference" if lo <= 1 <= hi else "")
+    sentence = (f"{name_a} is {ratio:.2f}× {name_b} (95% CI {lo:.2f}–{hi:.2f}×, "
+                f"Welch t over {n_a:,} and {n_b:,} runs)")
+    if lo <= 1 <= hi:
+        sentence += ": no difference can be told"
+        if runs_needed is not None:
+            sentence += f"; {_runs_phrase(runs_needed, ratio)} at the spread measured here"
+    return sentence
+
+
+def untold_ratio_sentence(name_a: str, name_b: str, ratio: float, n_a: int, n_b: int, runs_needed: int,
+                          cv: float) -> str:
+    """"No difference can be told yet from 1 run each: …; about 11 runs (seeds) per side would tell …": no interval.
+
+    For fewer than MIN_RUNS_PER_SIDE runs a side; runs_needed comes from runs_to_tell at the assumed cv, stated.
+    """
+    if not (math.isfinite(ratio) and ratio > 0):
+        raise ValueError(f"ratio={ratio!r}: expected a positive finite number")
+    if ratio < 1:
+        name_a, name_b, n_a, n_b, ratio = name_b, name_a, n_b, n_a, 1 / ratio
+    counts = f"{n_a:,} run{'s' if n_a > 1 else ''} each" if n_a == n_b else f"{n_a:,} and {n_b:,} runs"
+    return (f"No difference can be told yet from {counts}: {name_a} measured {ratio:.2f}× {name_b}, and an "
+            f"interval needs {MIN_RUNS_PER_SIDE} runs per side; {_runs_phrase(runs_needed, ratio)}, assuming runs "
+            f"vary by {cv:.0%} (CV) on this kind of machine")
+
+
+def _runs_phrase(runs_needed: int, ratio: float) -> str:
+    if runs_needed > MAX_RUNS_PER_SIDE:
+        return (f"more than {MAX_RUNS_PER_SIDE} runs (seeds) per side would be needed to tell a difference as small "
+                f"as {ratio:.2f}×")
+    return f"about {runs_needed:,} runs (seeds) per side would tell a {ratio:.2f}× difference"

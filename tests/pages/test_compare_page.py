@@ -105,9 +105,11 @@ def test_what_was_compared_says_only_the_framework_differs(runs_db, open_page):
     assert "Equal settings: only the framework differs." in text
     assert "first step" in text and "warm-up steps" in text and "same initial weights" in text and "1e-8" in text
     assert not at.warning
-    # One run each: the ratio's interval is over the steady steps of the two runs, and it says so.
+    # One run each: no interval is claimed (the steps of one run say nothing about the next run); the page says
+    # how many seeds would tell, and shows the steps' spread only as variation within one run.
     speed = text_of(show_tab(at, "Speed"))
-    assert "95% CI" in speed and "one run each" in speed
+    assert "No difference can be told yet from 1 run each" in speed and "95% CI" not in speed
+    assert "runs (seeds) per side" in speed and "Within one run, steady steps vary by" in speed
     summary = summary_table(show_tab(at, "Summary"))
     assert list(summary.columns) == sorted(summary.columns, key=lambda name: int(name.split()[0][1:]))
     assert {("Result", "final test accuracy"), ("Speed", "samples/s (median epoch)"), ("Model", "trainable parameters"),

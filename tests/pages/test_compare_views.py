@@ -109,14 +109,46 @@ def test_seeds_are_drawn_as_a_mean_with_a_band_and_the_group_size(seeds_db, open
     assert array(torch_mean["y"])[-1] == pytest.approx(90.5)
 
 
-def test_the_throughput_ratio_between_seed_groups_is_said_with_its_interval(seeds_db, open_page):
+def test_two_seeds_a_side_are_too_few_for_an_interval_and_the_page_says_how_many_would_do(seeds_db, open_page):
     at = open_page(COMPARE_PAGE, runs=_run_list(seeds_db), tab="Speed")
 
-    sentence = next(m.value for m in at.markdown if "95% CI" in m.value)
-    # 4 ms against 5 ms per step: PyTorch trains 1.25x as many samples per second, 2 seeds each.
-    assert sentence.startswith("**PyTorch eager is 1.2") and "TensorFlow graph" in sentence
-    assert "2 seeds each" in sentence
+    sentence = next(m.value for m in at.markdown if "No difference can be told yet" in m.value)
+    # 4 ms against 5 ms per step: PyTorch trains about 1.25x as many samples per second, 2 seeds each.
+    assert sentence.startswith("**No difference can be told yet from 2 runs each: PyTorch eager measured 1.2")
+    assert "TensorFlow graph" in sentence and "runs (seeds) per side would tell" in sentence
+    assert not any("95% CI" in m.value for m in at.markdown)
+    assert any("No interval below 3 runs per side" in c.value and "assumed" in c.value for c in at.caption)
     assert "chart_rate_violin" in chart_specs(at)
+
+
+@pytest.fixture
+def four_seeds_db(arena_db, monkeypatch):
+    """Four finished seeds per framework, each with a steady throughput and a few step times."""
+    monkeypatch.setenv("ARENA_SCHEDULER", "off")
+    sessions = make_sessionmaker(arena_db)
+    ids = []
+    for framework, samples_per_s in (("torch", (1180.0, 1260.0, 1210.0, 1240.0)),
+                                     ("tensorflow", (1000.0, 1030.0, 980.0, 1010.0))):
+        for seed, rate in enumerate(samples_per_s):
+            spec = RunSpec.with_model_defaults(framework, "mlp", "digits", epochs=1, seed=seed)
+            with sessions.begin() as s:
+                run = queries.create_run(s, spec.to_dict(), group_tag="seeds", total_steps=20)
+                queries.add_metric_points(s, [dict(run_id=run.id, name="step/step_time_ms", step=step, epoch=1,
+                                                   wall_time=1.7e9 + step, value=32_000 / rate)
+                                              for step in range(1, 21)])
+                queries.update_run(s, run.id, status=FINISHED, epoch=1, step=20,
+                                   summary={"steady_samples_per_s": rate, "warmup_steps": 10})
+                ids.append(run.id)
+    return ids
+
+
+def test_four_seeds_a_side_get_a_welch_interval_over_runs(four_seeds_db, open_page):
+    at = open_page(COMPARE_PAGE, runs=",".join(map(str, four_seeds_db)), tab="Speed")
+
+    sentence = next(m.value for m in at.markdown if "95% CI" in m.value)
+    # Geometric means 1,222 and 1,005 samples/s; Welch's dof 5.5 from the spread of the four runs a side.
+    assert sentence == "**PyTorch eager is 1.22× TensorFlow graph (95% CI 1.16–1.27×, Welch t over 4 and 4 runs).**"
+    assert any("Welch t-interval on the log of each run's steady samples/s" in c.value for c in at.caption)
 
 
 @pytest.mark.parametrize("x_axis, title", [("wall_time", "wall time (UTC)"),

@@ -292,68 +292,121 @@ def test_group_band_of_a_long_run_keeps_its_extremes_within_grid_points():
 
 # Ratios ----------------------------------------------------------------------------------------
 
-def test_bootstrap_ratio_covers_the_true_ratio_and_narrows_with_more_samples():
-    rng = np.random.default_rng(9)
-    few = rng.normal(150.0, 10.0, 5), rng.normal(100.0, 10.0, 5)
-    many = rng.normal(150.0, 10.0, 200), rng.normal(100.0, 10.0, 200)
-    ratio, lo, hi = series.bootstrap_ratio(*few)
-    assert ratio == pytest.approx(few[0].mean() / few[1].mean()) and lo < 1.5 < hi
-    ratio_many, lo_many, hi_many = series.bootstrap_ratio(*many)
-    assert lo_many < 1.5 < hi_many and lo_many <= ratio_many <= hi_many
-    assert hi_many - lo_many < (hi - lo) / 3  # sqrt(200 / 5) ~ 6x narrower
-    assert series.bootstrap_ratio(*many) == (ratio_many, lo_many, hi_many)  # fixed seed, same answer
-    median = series.bootstrap_ratio(*many, statistic="median")
-    assert median[0] == pytest.approx(np.median(many[0]) / np.median(many[1])) and median[1] < 1.5 < median[2]
+def simulated_intervals(rng: np.random.Generator, runs: int, true_ratio: float, cv_a: float, cv_b: float,
+                        studies: int) -> np.ndarray:
+    """(low, high) of welch_ratio over many studies of `runs` runs a side; throughputs log-normal around 100/s."""
+    intervals = []
+    for _ in range(studies):
+        a = np.exp(rng.normal(math.log(100.0 * true_ratio), series.log_sd(cv_a), runs))
+        b = np.exp(rng.normal(math.log(100.0), series.log_sd(cv_b), runs))
+        intervals.append(series.welch_ratio(a, b)[1:3])
+    return np.array(intervals)
 
 
-def test_bootstrap_ratio_resamples_long_inputs_in_bounded_chunks(monkeypatch):
-    monkeypatch.setattr(series, "BOOT_CHUNK_VALUES", 5_000)  # 50 resamples of 100 values per chunk
-    rng = np.random.default_rng(10)
-    a, b = rng.normal(120.0, 5.0, 100), rng.normal(100.0, 5.0, 100)
-    ratio, lo, hi = series.bootstrap_ratio(a, b, n_boot=1234)
-    assert lo < ratio < hi and lo < 1.2 < hi
+@pytest.mark.parametrize("runs, cv_a, cv_b", [
+    (series.MIN_RUNS_PER_SIDE, 0.10, 0.25),  # the fewest runs given an interval, and unequal spreads (Welch's case)
+    (5, 0.15, 0.15),
+])
+def test_the_welch_interval_covers_the_true_ratio_in_95_percent_of_simulated_studies(runs, cv_a, cv_b):
+    studies, true_ratio = 1000, 1.2
+    intervals = simulated_intervals(np.random.default_rng(15), runs, true_ratio, cv_a, cv_b, studies)
+    covered = ((intervals[:, 0] <= true_ratio) & (true_ratio <= intervals[:, 1])).mean()
+    # Binomial sd of the share at 95 % over 1000 studies: 0.7 points; 0.92-0.98 is over 4 sd either way.
+    assert 0.92 <= covered <= 0.98, covered
+    # Misses fall on both sides: the interval is centred, not merely wide.
+    assert (intervals[:, 0] > true_ratio).sum() > 5 and (intervals[:, 1] < true_ratio).sum() > 5
 
 
-def test_bootstrap_ratio_resamples_long_autocorrelated_series_in_blocks():
-    rng = np.random.default_rng(11)
-    n, phi = 100_000, 0.9  # correlated over ~10 steps: iid resampling would be ~4x too narrow
-    noise = rng.normal(0.0, 1.0, (2, n))
-    drift = np.zeros((2, n))  # AR(1): each step's rate leans on the last, as on a shared machine
-    for i in range(1, n):
-        drift[:, i] = phi * drift[:, i - 1] + noise[:, i]
-    a, b = 120.0 + drift[0], 100.0 + drift[1]
-    ratio, lo, hi = series.bootstrap_ratio(a, b)
-    assert ratio == pytest.approx(a.mean() / b.mean()) and lo < 1.2 < hi
-    # Resampling single steps would give about 2 * 1.96 * 1.2 * sqrt(2) * sd / sqrt(n) / 100 wide.
-    naive_width = 2 * 1.96 * 1.2 * math.sqrt(2) * drift.std() / math.sqrt(n) / 100.0
-    assert hi - lo > 3 * naive_width
+def test_the_welch_interval_is_exp_of_the_log_means_difference_plus_minus_t_at_welchs_dof():
+    a, b = np.array([130.0, 118.0, 125.0, 140.0]), np.array([100.0, 104.0, 97.0])
+    ratio, low, high, dof = series.welch_ratio(a, b)
+    log_a, log_b = np.log(a), np.log(b)
+    var_a, var_b = log_a.var(ddof=1) / 4, log_b.var(ddof=1) / 3
+    assert ratio == pytest.approx(math.exp(log_a.mean() - log_b.mean()))
+    assert dof == pytest.approx((var_a + var_b) ** 2 / (var_a ** 2 / 3 + var_b ** 2 / 2))
+    assert 2 < dof < 5 and dof != round(dof)  # fractional: the quantile is not a table lookup
+    t = (math.log(high) - math.log(ratio)) / math.sqrt(var_a + var_b)
+    assert student_t_cdf(t, dof) == pytest.approx(0.975, abs=1e-4)
+    assert math.log(high / ratio) == pytest.approx(math.log(ratio / low))  # symmetric in logs
+    # Swapping the sides inverts the ratio and its interval.
+    swapped = series.welch_ratio(b, a)
+    assert swapped[:3] == pytest.approx((1 / ratio, 1 / high, 1 / low)) and swapped[3] == pytest.approx(dof)
 
 
-def test_bootstrap_ratio_names_an_empty_group_and_drops_non_finite_values():
-    with pytest.raises(ValueError, match="group b is empty: 1 values given"):
-        series.bootstrap_ratio(np.array([1.0, 2.0]), np.array([np.nan]))
-    with pytest.raises(ValueError, match="group a is empty: 0 values"):
-        series.bootstrap_ratio(np.array([]), np.array([1.0]))
-    with pytest.raises(ValueError, match="statistic='max'"):
-        series.bootstrap_ratio(np.array([1.0]), np.array([1.0]), statistic="max")
-    assert series.bootstrap_ratio(np.array([2.0, np.nan, 2.0]), np.array([1.0, np.inf])) == (2.0, 2.0, 2.0)
+def test_the_welch_interval_names_a_side_it_cannot_use():
+    with pytest.raises(ValueError, match="group b: expected at least 2 positive finite throughputs, got \\[5.0\\]"):
+        series.welch_ratio([1.0, 2.0], [5.0])
+    with pytest.raises(ValueError, match="group a: .* got \\[1.0, 0.0\\]"):
+        series.welch_ratio([1.0, 0.0], [1.0, 2.0])
+    assert series.welch_ratio([2.0, 2.0, 2.0], [1.0, 1.0, 1.0])[:3] == pytest.approx((2.0, 2.0, 2.0))
+
+
+@pytest.mark.parametrize("dof", [1, 2, 3, 7, 29])
+def test_the_fractional_t_quantile_meets_the_table_at_whole_dof(dof):
+    assert series._t975_fractional(dof) == pytest.approx(series.T975[dof - 1], abs=1e-4)
+    assert series.T975[dof] < series._t975_fractional(dof + 0.5) < series.T975[dof - 1]
+
+
+def test_the_runs_needed_tell_the_difference_in_80_percent_of_simulated_studies():
+    true_ratio, cv = 1.3, series.ASSUMED_RUN_CV
+    needed = series.runs_to_tell(true_ratio, series.log_sd(cv))
+    assert series.MIN_RUNS_PER_SIDE < needed < 20
+    rng = np.random.default_rng(16)
+    told = {runs: (simulated_intervals(rng, runs, true_ratio, cv, cv, 1000)[:, 0] > 1).mean()
+            for runs in (needed - 1, needed)}
+    # At the figure given, a 95 % interval clears 1 about 80 % of the time; one run fewer does worse.
+    assert 0.75 <= told[needed] <= 0.92, told
+    assert told[needed - 1] < told[needed] and told[needed - 1] < 0.82, told
+
+
+def test_the_runs_needed_grow_as_the_difference_shrinks_or_the_spread_grows():
+    sd = series.log_sd(0.15)
+    assert series.runs_to_tell(1.21, sd) == 11  # sqrt(11 / 2) * log(1.21) / sd = 3.00 >= 2.086 + 0.860 at 20 dof
+    assert series.runs_to_tell(1 / 1.21, sd) == 11  # which side is faster does not matter
+    assert series.runs_to_tell(2.0, sd) == series.MIN_RUNS_PER_SIDE  # never fewer than an interval needs
+    assert series.runs_to_tell(1.5, sd) < series.runs_to_tell(1.21, sd) < series.runs_to_tell(1.1, sd)
+    assert series.runs_to_tell(1.21, series.log_sd(0.30)) > series.runs_to_tell(1.21, sd)
+    assert series.runs_to_tell(1.0, sd) == series.MAX_RUNS_PER_SIDE + 1  # no difference: no number of runs tells it
+    with pytest.raises(ValueError, match="ratio=0.0"):
+        series.runs_to_tell(0.0, sd)
 
 
 @pytest.mark.parametrize("args, sentence", [
-    (("PyTorch eager", "TensorFlow graph", 1.42, 1.37, 1.48, 5, 5),
-     "PyTorch eager is 1.42× TensorFlow graph, 95% CI 1.37–1.48×, 5 seeds each"),
+    (("PyTorch eager", "TensorFlow graph", 1.21, 1.05, 1.39, 4, 4),
+     "PyTorch eager is 1.21× TensorFlow graph (95% CI 1.05–1.39×, Welch t over 4 and 4 runs)"),
     (("PyTorch eager", "TensorFlow graph", 1 / 1.18, 1 / 1.25, 1 / 1.1, 5, 3),
-     "TensorFlow graph is 1.18× PyTorch eager, 95% CI 1.10–1.25×, 3 and 5 seeds"),
+     "TensorFlow graph is 1.18× PyTorch eager (95% CI 1.10–1.25×, Welch t over 3 and 5 runs)"),
     (("PyTorch eager", "TensorFlow graph", 1.03, 0.97, 1.09, 5, 3),
-     "PyTorch eager is 1.03× TensorFlow graph, 95% CI 0.97–1.09×, 5 and 3 seeds — no clear difference"),
-    (("A", "B", 0.95, 0.9, 1.02, 1_200, 1_200, "steps"),
-     "B is 1.05× A, 95% CI 0.98–1.11×, 1,200 steps each — no clear difference"),
-    (("A", "B", 2.0, 1.5, 2.5, 1, 1), "A is 2.00× B, 95% CI 1.50–2.50×, 1 seed each"),
+     ("PyTorch eager is 1.03× TensorFlow graph (95% CI 0.97–1.09×, Welch t over 5 and 3 runs): "
+      "no difference can be told")),
+    (("A", "B", 1.03, 0.97, 1.09, 3, 3, 40),
+     ("A is 1.03× B (95% CI 0.97–1.09×, Welch t over 3 and 3 runs): no difference can be told; about 40 runs "
+      "(seeds) per side would tell a 1.03× difference at the spread measured here")),
+    (("A", "B", 2.0, 1.5, 2.5, 3, 3, 40), "A is 2.00× B (95% CI 1.50–2.50×, Welch t over 3 and 3 runs)"),
 ])
-def test_ratio_sentence_names_the_faster_side_first(args, sentence):
+def test_ratio_sentence_names_the_faster_side_first_and_says_when_nothing_can_be_told(args, sentence):
     assert series.ratio_sentence(*args) == sentence
 
 
 def test_ratio_sentence_rejects_a_ratio_that_is_not_positive():
     with pytest.raises(ValueError, match="ratio=0.0"):
-        series.ratio_sentence("A", "B", 0.0, 0.1, 0.2, 2, 2)
+        series.ratio_sentence("A", "B", 0.0, 0.1, 0.2, 3, 3)
+
+
+@pytest.mark.parametrize("args, sentence", [
+    (("PyTorch eager", "TensorFlow graph", 1.21, 1, 1, 11, 0.15),
+     ("No difference can be told yet from 1 run each: PyTorch eager measured 1.21× TensorFlow graph, and an interval "
+      "needs 3 runs per side; about 11 runs (seeds) per side would tell a 1.21× difference, assuming runs vary by "
+      "15% (CV) on this kind of machine")),
+    (("PyTorch eager", "TensorFlow graph", 1 / 1.5, 2, 1, 4, 0.15),
+     ("No difference can be told yet from 1 and 2 runs: TensorFlow graph measured 1.50× PyTorch eager, and an "
+      "interval needs 3 runs per side; about 4 runs (seeds) per side would tell a 1.50× difference, assuming runs "
+      "vary by 15% (CV) on this kind of machine")),
+    (("A", "B", 1.004, 2, 2, 101, 0.15),
+     ("No difference can be told yet from 2 runs each: A measured 1.00× B, and an interval needs 3 runs per side; "
+      "more than 100 runs (seeds) per side would be needed to tell a difference as small as 1.00×, assuming runs "
+      "vary by 15% (CV) on this kind of machine")),
+])
+def test_below_the_minimum_the_sentence_claims_no_interval_and_says_how_many_runs_would_tell(args, sentence):
+    said = series.untold_ratio_sentence(*args)
+    assert said == sentence and "CI" not in said
