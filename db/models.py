@@ -1,4 +1,4 @@
-"""Tables: runs, their metric points and their system/memory samples."""
+"""Tables: runs, their metric points, their system/memory samples and the files they produced."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -93,6 +93,9 @@ class Run(Base):
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True
     )
     metric_chunks: Mapped[list["MetricChunk"]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", passive_deletes=True
+    )
+    artifacts: Mapped[list["RunArtifact"]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True
     )
 
@@ -197,6 +200,29 @@ class TensorStat(Base):
     run: Mapped[Run] = relationship(back_populates="tensor_stats")
 
     __table_args__ = (Index("ix_tensor_stats_run_epoch", "run_id", "epoch"),)
+
+
+class RunArtifact(Base):
+    """A file a run produced, e.g. its profiler trace, kept gzip-compressed in the database.
+
+    In the database, not on the runner's disk: the run may have trained on any machine of a
+    cluster, and every dashboard must be able to offer it for download.
+    """
+
+    __tablename__ = "run_artifacts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))  # "trace"
+    name: Mapped[str] = mapped_column(String(255))  # the stored file's name, e.g. "trace.json.gz"
+    media_type: Mapped[str] = mapped_column(String(64))  # of data, e.g. "application/gzip"
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)  # of the file before compression
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+    run: Mapped[Run] = relationship(back_populates="artifacts")
+
+    __table_args__ = (Index("ix_run_artifacts_run_kind", "run_id", "kind"),)
 
 
 class SchedulerLease(Base):

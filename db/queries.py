@@ -26,6 +26,7 @@ from db.models import (
     MetricChunk,
     MetricPoint,
     Run,
+    RunArtifact,
     SchedulerLease,
     SystemSample,
     TensorStat,
@@ -290,11 +291,12 @@ def fail_run(s: Session, run_id: int, error: str, summary: Optional[dict[str, An
 
 
 def delete_run(s: Session, run_id: int) -> None:
-    """Delete a run and its points (no active run: stop it first); its results go with its row."""
+    """Delete a run, its points and its files (no active run: stop it first); its results go with its row."""
     s.execute(delete(MetricPoint).where(MetricPoint.run_id == run_id))
     s.execute(delete(MetricChunk).where(MetricChunk.run_id == run_id))
     s.execute(delete(SystemSample).where(SystemSample.run_id == run_id))
     s.execute(delete(TensorStat).where(TensorStat.run_id == run_id))
+    s.execute(delete(RunArtifact).where(RunArtifact.run_id == run_id))
     s.execute(delete(Run).where(Run.id == run_id))
 
 
@@ -329,6 +331,34 @@ def add_tensor_stats(s: Session, rows: Iterable[dict[str, Any]]) -> None:
     rows = list(rows)
     if rows:
         s.execute(insert(TensorStat.__table__), rows)
+
+
+def add_artifact(s: Session, run_id: int, kind: str, name: str, media_type: str, data: bytes,
+                 size_bytes: int) -> int:
+    """Store a file a run produced (data as stored, e.g. gzip; size_bytes before compression); return its id."""
+    artifact = RunArtifact(run_id=run_id, kind=kind, name=name, media_type=media_type, data=data,
+                           size_bytes=size_bytes, created_at=utcnow())
+    s.add(artifact)
+    s.flush()
+    return artifact.id
+
+
+ARTIFACT_COLUMNS = ["id", "run_id", "kind", "name", "media_type", "size_bytes", "created_at"]
+
+
+def list_artifacts(s: Session, run_ids: Sequence[int], kind: Optional[str] = None) -> list[dict[str, Any]]:
+    """The runs' files without their bytes (ARTIFACT_COLUMNS plus stored_bytes), oldest first."""
+    columns = [getattr(RunArtifact, name) for name in ARTIFACT_COLUMNS]
+    query = (select(*columns, func.length(RunArtifact.data).label("stored_bytes"))
+             .where(RunArtifact.run_id.in_(list(run_ids))).order_by(RunArtifact.id))
+    if kind is not None:
+        query = query.where(RunArtifact.kind == kind)
+    return [dict(row._mapping) for row in s.execute(query)]
+
+
+def get_artifact(s: Session, artifact_id: int) -> Optional[RunArtifact]:
+    """One stored file with its bytes, or None."""
+    return s.get(RunArtifact, artifact_id)
 
 
 TENSOR_STAT_COLUMNS = ["run_id", "epoch", "step", "layer", "kind", "numel", "norm", "mean", "std", "min", "max",

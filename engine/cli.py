@@ -1,4 +1,4 @@
-"""`python -m engine {run,runs,cancel,models,scheduler,export,parity,download}`: Arena from the command line, through the same runner path."""
+"""`python -m engine {run,runs,cancel,models,scheduler,export,trace,parity,download}`: Arena from the command line, through the same runner path."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from sqlalchemy.exc import DBAPIError
@@ -27,6 +28,7 @@ from engine.scheduler import LEASE_NAME, cpu_slots, ensure_running, runs_per_gpu
 from engine.matrix import expand, parse_seeds
 from engine.run_ids import parse_run_id
 from engine.spec import RunSpec, SpecError
+from engine.traces import viewer_hint, write_trace
 
 POLL_INTERVAL_S = 0.5
 
@@ -76,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--layer-stats", choices=("on", "off"),
                      help="weight and gradient statistics per layer at each epoch's end (on, default)")
     run.add_argument("--histogram-bins", type=int, help="bins of each layer's weight/gradient histogram (default 30)")
+    run.add_argument("--step-timing", choices=("auto", "every_step", "windows"),
+                     help="sync every step, or only at the ends of windows of steps (default auto: windows on GPUs)")
+    run.add_argument("--calibration-steps", type=int,
+                     help="steps after training split into data/copy/forward/backward/optimizer phases (default 20)")
+    run.add_argument("--profile-steps", type=int, help="steps profiled operator by operator after training (default 5)")
+    run.add_argument("--last-batch", choices=("drop", "keep"),
+                     help="train on each epoch's last, smaller batch too (keep: a second shape) (default drop)")
+    run.add_argument("--variable-length", action="store_true", default=None,
+                     help="lstm/transformer: every batch its own sequence length (many shapes: retraces show)")
     run.add_argument("--max-steps-per-epoch", type=int)
     run.add_argument("--noise", type=float, help="powerlaw: std of Gaussian noise on targets")
     run.add_argument("--synthetic-shape", help="synthetic datasets: '32x32x3' (images) or '64' (sequence length)")
@@ -119,6 +130,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--force", "--overwrite", action="store_true", dest="force",
                         help="replace the --out file if it exists (never an SQLite database)")
     _common(export)
+
+    trace = sub.add_parser(
+        "trace", help="write a run's stored profiler trace to a file (torch: Chrome trace JSON; TF: .xplane.pb)",
+        description="Each run profiles --profile-steps steps after training and keeps the trace in the database. "
+                    "FILE ending in .gz gets it gzip-compressed as stored; any other name gets it as the viewer "
+                    "reads it (Perfetto or chrome://tracing for torch, TensorBoard's profile plugin for TensorFlow).")
+    trace.add_argument("run_id", type=_positive_int, metavar="RUN_ID", help="as `runs` lists it")
+    trace.add_argument("--out", required=True, metavar="FILE",
+                       help="file to write, or a directory to write it into (named like "
+                            "arena-run-3-torch-trace.json.gz); an existing file is replaced only with --force, "
+                            "and a database never")
+    trace.add_argument("--force", "--overwrite", action="store_true", dest="force",
+                       help="replace the --out file if it exists (never an SQLite database)")
+    _common(trace)
 
     # Their own parsers live with their code; listed here so `--help` shows them.
     for name, text in (("parity", "same weights, one batch, both frameworks: max |difference| of outputs and "
@@ -188,6 +213,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_scheduler(args)
     if args.command == "export":
         return cmd_export(args)
+    if args.command == "trace":
+        return cmd_trace(args)
     return cmd_models(args)
 
 
@@ -213,6 +240,8 @@ def build_specs(args: argparse.Namespace) -> list[RunSpec]:
         tf_memory_growth=None if args.tf_memory_growth is None else args.tf_memory_growth == "on",
         on_divergence=args.on_divergence,
         layer_stats=None if args.layer_stats is None else args.layer_stats == "on", histogram_bins=args.histogram_bins,
+        step_timing=args.step_timing, calibration_steps=args.calibration_steps, profile_steps=args.profile_steps,
+        last_batch=args.last_batch, variable_length=args.variable_length,
     )
     return expand(base, frameworks, args.mode, args.precision or ["fp32"], seeds)
 
@@ -358,16 +387,23 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     return 0
 
 
+def _written(out: str, write) -> Optional[Path]:
+    """The path write() wrote, or None after saying why not (a refused run or path, or the OS's error)."""
+    try:
+        return write()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"error: cannot write {out!r}: {exc.strerror or exc}", file=sys.stderr)
+    return None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Write the runs in one format; exit 2 naming a run that does not exist or a path that cannot be written."""
     sessions = make_sessionmaker(default_url_for(args.db))
-    try:
-        path = write_export(sessions, args.run_ids, args.format, args.out, overwrite=args.force)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: cannot write {args.out!r}: {exc.strerror or exc}", file=sys.stderr)
+    path = _written(args.out, lambda: write_export(sessions, args.run_ids, args.format, args.out,
+                                                   overwrite=args.force))
+    if path is None:
         return 2
     size = path.stat().st_size
     print(f"exported run{'s' if len(args.run_ids) > 1 else ''} {', '.join(map(str, args.run_ids))} as "
@@ -376,6 +412,21 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"  open it: {open_tensorboard_command(path)}", file=sys.stderr)
     if args.json:
         print(json.dumps({"path": str(path), "format": args.format, "run_ids": args.run_ids, "bytes": size}))
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    """Write the run's stored trace; exit 2 naming a run that does not exist or has none, or an unwritable path."""
+    sessions = make_sessionmaker(default_url_for(args.db))
+    path = _written(args.out, lambda: write_trace(sessions, args.run_id, args.out, overwrite=args.force))
+    if path is None:
+        return 2
+    with sessions.begin() as s:
+        framework = queries.get_run(s, args.run_id).framework
+    size = path.stat().st_size
+    print(f"wrote run {args.run_id}'s trace to {path} ({size:,} bytes): {viewer_hint(framework)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"path": str(path), "run_id": args.run_id, "framework": framework, "bytes": size}))
     return 0
 
 

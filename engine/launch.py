@@ -26,7 +26,7 @@ from db import queries
 from db.models import ACTIVE_STATUSES, RUNNING
 from db.session import run_log_path
 from engine import PROJECT_ROOT, child_env
-from engine.loop import steps_per_epoch
+from engine.batches import steps_per_epoch
 from engine.ray_executor import RAY_PLACEMENTS
 from engine.spec import RunSpec
 

@@ -38,7 +38,8 @@ def tensor_summary(values: np.ndarray, bins: int) -> dict[str, Any]:
     pad = max(0.5, abs(low) * 1e-6) if low == high else 0.0
     counts, edges = np.histogram(finite, bins=int(bins), range=(low - pad, high + pad))
     summary.update(
-        norm=_finite_or_none(np.sqrt(np.dot(finite, finite))), mean=_finite_or_none(finite.mean()),
+        # einsum's own loop, not np.dot: BLAS would wake numpy's OpenBLAS threads (engine/host_threads.py).
+        norm=_finite_or_none(np.sqrt(np.einsum("i,i->", finite, finite))), mean=_finite_or_none(finite.mean()),
         std=_finite_or_none(finite.std()), min=low, max=high,
         histogram={"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
     )

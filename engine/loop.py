@@ -6,11 +6,14 @@ import statistics
 import time
 from typing import Optional, Protocol
 
-from engine import inference
+from engine import calibration, inference
 from engine.backends.base import Backend
+from engine.batches import epoch_batches, steps_per_epoch
 from engine.data import Dataset, epoch_order
+from engine.host_threads import numpy_blas_single_threaded, numpy_blas_threads
 from engine.layer_stats import layer_rows
 from engine.spec import RunSpec
+from engine.step_clock import ShapeLog, StepClock
 from engine.weights import initial_weights, parameter_count
 
 # Per-step values stay in memory (losses on the device) and go to the sink at most this often.
@@ -35,16 +38,6 @@ class MetricSink(Protocol):
     def tensor_stats(self, rows: list[dict]) -> None: ...
 
 
-def steps_per_epoch(spec: RunSpec, train_size: int) -> int:
-    """Optimizer steps in one epoch: full batches only (or the cap).
-
-    The last partial batch is dropped, as benchmarks do: a batch of another size would recompile
-    in compiled modes and put an odd step into the step-time distribution.
-    """
-    steps = max(1, train_size // spec.batch_size)
-    return min(steps, spec.max_steps_per_epoch) if spec.max_steps_per_epoch else steps
-
-
 class EpochMeter(Protocol):
     """Exact per-epoch peaks and energy (engine.monitor.EpochMeter)."""
 
@@ -55,34 +48,47 @@ class EpochMeter(Protocol):
 
 
 class _StepBuffer:
-    """Per-step losses (device scalars), step times and step end times waiting to go to the sink."""
+    """Per-step losses (device scalars) and the times of the steps timed alone, waiting to go to the sink."""
 
     def __init__(self) -> None:
         self.losses: list = []
         self.steps: list[int] = []
-        self.times_ms: list[float] = []
         self.ended_at: list[float] = []  # unix time each step ended: memory can be plotted against step
+        self.timed: list[tuple[int, float, float]] = []  # (step, milliseconds, ended at) of steps timed alone
 
     def drain(self, backend: Backend, sink: MetricSink, epoch: int) -> tuple[list[float], Optional[tuple[int, float]]]:
         """Send buffered steps; return their losses and the first (step, loss) that is not finite."""
         losses = backend.losses_to_floats(self.losses)
-        rows = list(zip(self.steps, losses, self.times_ms, self.ended_at))
-        sink.step_metrics("train_loss", [(s, epoch, loss, t) for s, loss, _, t in rows])
-        sink.step_metrics("step_time_ms", [(s, epoch, ms, t) for s, _, ms, t in rows])
-        self.losses, self.steps, self.times_ms, self.ended_at = [], [], [], []
-        bad = next(((step, loss) for step, loss, _, _ in rows if not math.isfinite(loss)), None)
+        rows = list(zip(self.steps, losses, self.ended_at))
+        sink.step_metrics("train_loss", [(s, epoch, loss, t) for s, loss, t in rows])
+        if self.timed:
+            sink.step_metrics("step_time_ms", [(s, epoch, ms, t) for s, ms, t in self.timed])
+        self.losses, self.steps, self.ended_at, self.timed = [], [], [], []
+        bad = next(((step, loss) for step, loss, _ in rows if not math.isfinite(loss)), None)
         return losses, bad
 
 
-def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, meter: Optional[EpochMeter] = None) -> dict:
+def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, meter: Optional[EpochMeter] = None,
+          artifacts: Optional[list[calibration.Artifact]] = None) -> dict:
     """Train per the spec, streaming metrics to the sink; return the run summary.
 
     A NaN/inf loss raises Diverged (spec.on_divergence "stop") or is noted in the summary as
     diverged_at_step and training goes on ("continue"). The meter, when given, adds exact
     per-epoch memory peaks and energy to the epoch metrics. With spec.layer_stats, per-layer
     statistics go to the sink after every epoch, outside every timer and memory meter, and of the
-    initial weights as epoch 0; their cost is the summary's layer_stats_s.
+    initial weights as epoch 0; their cost is the summary's layer_stats_s. Arena's own numpy work
+    runs on one thread meanwhile, so it never competes with the framework (engine/host_threads.py).
+    After the last epoch, outside every timer, a calibration window splits steps into phases and a
+    few steps run under the framework's profiler (engine/calibration.py); the profiler's trace is
+    appended to artifacts, for the caller to store.
     """
+    with numpy_blas_single_threaded():
+        summary = _train(spec, backend, data, sink, meter, artifacts)
+    return summary
+
+
+def _train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, meter: Optional[EpochMeter],
+           artifacts: Optional[list[calibration.Artifact]] = None) -> dict:
     input_shape = tuple(data.x_train.shape[1:])
     weights = initial_weights(spec.model, input_shape, data.num_outputs, spec.seed) if spec.same_init else None
     param_count = backend.build(spec, data.task, weights, input_shape, data.num_outputs)
@@ -92,10 +98,13 @@ def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, mete
     n_train, batch = len(data.x_train), spec.batch_size
     steps = steps_per_epoch(spec, n_train)
     summary: dict = {"param_count": param_count, "steps_per_epoch": steps, "same_init": spec.same_init,
-                     **backend.settings()}
+                     **backend.settings(), "numpy_blas_threads": numpy_blas_threads()}
     global_step = 0
-    step_times: list[float] = []  # seconds, every step, device-synchronised
-    steady_samples, steady_s, train_total_s = 0, 0.0, 0.0
+    every_step = spec.step_timing == "every_step" or (spec.step_timing == "auto" and not backend.asynchronous)
+    clock = StepClock(backend.synchronize, every_step, spec.warmup_steps)
+    summary["step_timing"] = clock.describe()
+    shapes = ShapeLog()
+    train_total_s = 0.0
     energy_j, energy_samples = 0.0, 0
     target = spec.target_accuracy
 
@@ -119,28 +128,27 @@ def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, mete
             meter.start()
         backend.synchronize()
         start = time.perf_counter()
-        x_epoch, y_epoch = backend.to_device(data.x_train[order], data.y_train[order])
+        clock.start_epoch(start)
+        before = clock.snapshot()
+        batch_at = epoch_batches(spec, backend, data.x_train[order], data.y_train[order], epoch, data.num_outputs)
         buffer = _StepBuffer()
         epoch_losses: list[float] = []
         last_drain = start
-        warmup_s, warmup_samples, samples = 0.0, 0, 0
+        samples = 0
         for i in range(steps):
-            lo, hi = i * batch, (i + 1) * batch
-            step_start = time.perf_counter()
-            buffer.losses.append(backend.train_step(x_epoch[lo:hi], y_epoch[lo:hi]))
-            backend.synchronize()  # per-step times must be device time, not launch time
+            x_batch, y_batch, size = batch_at(i)
+            new_shape = shapes.first_time(tuple(x_batch.shape), global_step + 1)
+            clock.before_step(global_step + 1, alone=new_shape)  # a new shape's step is timed alone: it may compile
+            buffer.losses.append(backend.train_step(x_batch, y_batch))
+            timed = len(clock.totals.step_times)
+            clock.after_step(global_step + 1, size)  # synchronises only where this step is timed alone
             step_end = time.perf_counter()
-            step_s = step_end - step_start
             buffer.ended_at.append(time.time())
             global_step += 1
-            samples += hi - lo
-            step_times.append(step_s)
+            samples += size
             buffer.steps.append(global_step)
-            buffer.times_ms.append(step_s * 1e3)
-            if global_step <= spec.warmup_steps:
-                # Warm-up (tracing, compiling, allocator growth) is shown but kept out of throughput.
-                warmup_s += step_s
-                warmup_samples += hi - lo
+            if len(clock.totals.step_times) > timed:
+                buffer.timed.append((global_step, clock.totals.step_times[-1] * 1e3, buffer.ended_at[-1]))
             if step_end - last_drain >= DRAIN_INTERVAL_S:
                 losses, bad = buffer.drain(backend, sink, epoch)
                 epoch_losses += losses
@@ -148,7 +156,7 @@ def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, mete
                 if bad:
                     diverged(bad[0], "train_loss", bad[1])
                 last_drain = time.perf_counter()
-        backend.synchronize()
+        clock.end_epoch()
         train_s = time.perf_counter() - start
         train_total_s += train_s
         losses, bad = buffer.drain(backend, sink, epoch)
@@ -159,9 +167,7 @@ def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, mete
         if bad:
             sink.progress(epoch - 1, global_step)
             diverged(bad[0], "train_loss", bad[1])
-        timed_samples, timed_s = samples - warmup_samples, train_s - warmup_s
-        steady_samples += timed_samples
-        steady_s += timed_s if timed_samples else 0.0
+        timed_samples, timed_s = clock.steady(since=before)
         metrics = {
             "train_loss": sum(epoch_losses) / len(epoch_losses),
             "epoch_time_s": train_s,
@@ -187,7 +193,9 @@ def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, mete
             # Training time only (evaluation excluded), warm-up included: it is part of getting there.
             summary.update(time_to_target_s=train_total_s, epochs_to_target=epoch, steps_to_target=global_step)
 
-    summary.update(_timing_summary(spec, step_times, steady_samples, steady_s))
+    summary.update(_timing_summary(spec, clock))
+    summary["shapes"] = shapes.summary(clock.totals, summary.get("step_time_p50_ms"))
+    summary["compile_events"] = backend.compile_events()
     if meter is not None:
         summary["peak_bytes"] = meter.run_peaks()
     if energy_samples:
@@ -195,6 +203,7 @@ def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, mete
     summary["target_accuracy"] = target
     if target is not None:
         summary.setdefault("time_to_target_s", None)
+    summary.update(calibration.after_training(spec, backend, data, artifacts))  # phases, operator profile
     if spec.inference_iters:
         summary.update(inference.benchmark(backend, data.x_test, data.y_test, batch, spec.inference_iters))
     return summary
@@ -214,13 +223,19 @@ def _record_layer_stats(spec: RunSpec, backend: Backend, sink: MetricSink, batch
     return time.perf_counter() - start
 
 
-def _timing_summary(spec: RunSpec, step_times: list[float], steady_samples: int, steady_s: float) -> dict:
-    """First step, compile estimate and steady-state percentiles, warm-up steps excluded."""
-    steady = step_times[spec.warmup_steps:]
+def _timing_summary(spec: RunSpec, clock: StepClock) -> dict:
+    """First step, compile estimate and steady-state percentiles, warm-up steps excluded.
+
+    Percentiles come from the steps timed alone (every step on a CPU; a quarter of them in windows
+    on a GPU); throughput from the steady windows (engine/step_clock.py).
+    """
+    totals = clock.totals
+    steady = [seconds for step, seconds in zip(totals.timed_steps, totals.step_times) if step > spec.warmup_steps]
+    steady_samples, steady_s = clock.steady()
     result: dict = {
-        "first_step_s": step_times[0],
-        "warmup_steps": min(spec.warmup_steps, len(step_times)),
-        "warmup_s": sum(step_times[:spec.warmup_steps]),
+        "first_step_s": totals.step_times[0],
+        "warmup_steps": min(spec.warmup_steps, totals.steps),
+        "warmup_s": totals.warmup_s,
         "steady_steps": len(steady),
     }
     if not steady:
@@ -229,7 +244,7 @@ def _timing_summary(spec: RunSpec, step_times: list[float], steady_samples: int,
     result.update(
         # What the first step cost beyond a normal one: tracing/compiling (or, in eager mode,
         # allocator and kernel warm-up).
-        compile_s=max(0.0, step_times[0] - median),
+        compile_s=max(0.0, totals.step_times[0] - median),
         steady_samples_per_s=steady_samples / steady_s if steady_s > 0 else None,
         step_time_mean_ms=statistics.fmean(steady) * 1e3,
         step_time_p50_ms=inference.percentile_ms(steady, 50),

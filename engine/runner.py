@@ -105,13 +105,17 @@ def execute(run_id: int, db_url: Optional[str] = None) -> int:
 
         from engine.loop import Diverged, train
 
+        artifacts: list = []  # files training produced (the profiler's trace), stored with the run's end
         try:
-            summary.update(train(spec, backend, data, recorder, instruments.meter))
+            summary.update(train(spec, backend, data, recorder, instruments.meter, artifacts))
         except Diverged as exc:
             summary["diverged_at_step"] = exc.step
             raise
         _stop(instruments, recorder, summary)
         with sessions.begin() as s:
+            for artifact in artifacts:  # with the run's end: its summary and its trace appear together
+                queries.add_artifact(s, run_id, artifact.kind, artifact.name, artifact.media_type, artifact.data,
+                                     artifact.size_bytes)
             if "diverged_at_step" in summary:  # on_divergence="continue": trained to the end, still diverged
                 recorded = queries.fail_run(
                     s, run_id, f"the loss became non-finite at step {summary['diverged_at_step']}; "

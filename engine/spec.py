@@ -20,6 +20,10 @@ DIVERGENCE_ACTIONS = ("stop", "continue")
 MAX_SYNTHETIC_VALUES = 2_000_000_000  # samples x values per sample: beyond it the arrays do not fit in memory
 MAX_HISTOGRAM_BINS = 200  # per tensor, kind and epoch in the database: more would not be readable anyway
 MAX_EPOCHS = 100_000  # a typo like 1e20 must be an error, not an overflow of the run's step count in the database
+STEP_TIMINGS = ("auto", "every_step", "windows")
+LAST_BATCH_CHOICES = ("drop", "keep")
+MAX_CALIBRATION_STEPS = 1000  # a calibration window is a short look, not a second training run
+MAX_PROFILE_STEPS = 100  # a trace of more steps grows to hundreds of MB without telling more
 MAX_STEPS_PER_EPOCH = 10_000_000  # the largest training set (synthetic_size) at batch size 1; a cap above it caps nothing
 
 
@@ -78,6 +82,22 @@ class RunSpec:
     # Per-layer weight and gradient statistics (norms, histograms) at every epoch end, timed apart from training.
     layer_stats: bool = True
     histogram_bins: int = 30  # equal-width bins between a tensor's min and max
+    # How steps are timed. "every_step": a device sync after each step, each step timed alone (free
+    # where the host waits for the device anyway: a CPU). "windows": syncs only at the ends of windows
+    # of steps (throughput, as the frameworks' own benchmarks measure it) and every few windows timed
+    # step by step for the per-step distribution. "auto": every_step on a CPU, windows on a GPU.
+    step_timing: str = "auto"
+    # Steps of the calibration window after training that splits a step into phases (data, copy,
+    # forward, backward, optimizer), synchronised between phases; 0 = none.
+    calibration_steps: int = 20
+    # Steps profiled operator by operator after training (torch.profiler, TensorFlow's profiler); 0 = none.
+    profile_steps: int = 5
+    # The last, smaller batch of an epoch: "drop" it (every step the same shape, as benchmarks do) or
+    # "keep" it (a second shape: what a compiled step does when the shape changes).
+    last_batch: str = "drop"
+    # lstm and transformer only: each batch cut to its own sequence length (seeded, the same in both
+    # frameworks), so the step sees many shapes: retracing and recompiling show.
+    variable_length: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("framework", self.framework, FRAMEWORKS)
@@ -131,6 +151,16 @@ class RunSpec:
             raise SpecError("sample_hz", self.sample_hz, f"must be <= {MAX_SAMPLE_HZ:g} (0 turns sampling off)")
         _check_choice("on_divergence", self.on_divergence, DIVERGENCE_ACTIONS)
         _check_int("histogram_bins", self.histogram_bins, low=1, high=MAX_HISTOGRAM_BINS)
+        _check_choice("step_timing", self.step_timing, STEP_TIMINGS)
+        _check_int("calibration_steps", self.calibration_steps, low=0, high=MAX_CALIBRATION_STEPS)
+        _check_int("profile_steps", self.profile_steps, low=0, high=MAX_PROFILE_STEPS)
+        _check_choice("last_batch", self.last_batch, LAST_BATCH_CHOICES)
+        if not isinstance(self.variable_length, bool):
+            raise SpecError("variable_length", self.variable_length, "expected true or false")
+        if self.variable_length and DATASETS[self.dataset].modality != "sequence":
+            raise SpecError("variable_length", self.variable_length,
+                            f"{self.dataset} holds no sequences; variable lengths are for lstm and transformer "
+                            f"on synthetic_text")
 
     def _check_synthetic(self) -> None:
         _check_int("synthetic_classes", self.synthetic_classes, low=2, high=1000)

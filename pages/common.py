@@ -30,7 +30,7 @@ from db.session import make_sessionmaker
 from db.urls import DatabaseURLError
 from engine.catalog import FRAMEWORKS, default_mode, framework_label
 from engine.launch import default_url_for
-from engine.loop import steps_per_epoch
+from engine.batches import steps_per_epoch
 from engine.ray_executor import IN_RAY_QUEUE
 from engine.run_ids import MAX_RUN_ID, parse_run_id
 from engine.spec import RunSpec, SpecError

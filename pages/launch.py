@@ -15,13 +15,14 @@ from engine.devices import check_available, on_cluster
 from engine.launch import launch
 from engine.ray_executor import executor_name
 from engine.scheduler import cpu_slots, runs_per_gpu, scheduling_enabled
-from engine.spec import RunSpec, SpecError
+from engine.spec import LAST_BATCH_CHOICES, STEP_TIMINGS, RunSpec, SpecError
 from pages import common
 from pages.launch_plan import PRECISION_LABELS, build_matrix, describe_matrix, data_files_note, run_names, \
     spec_error_message
 
 BOTH = "both"
 FRAMEWORK_CHOICES = (*FRAMEWORKS, BOTH)
+STEP_TIMING_LABELS = {"auto": "auto (windows on a GPU)", "every_step": "every step", "windows": "windows of steps"}
 OPTIMIZER_LABELS = {"sgd": "SGD", "momentum": "SGD + momentum 0.9", "adam": "Adam"}
 LAUNCHED_GROUP_KEY = "launched_group_tag"
 CONV_MODELS = ", ".join(name for name, info in MODELS.items() if info.conv)
@@ -197,6 +198,31 @@ with st.container(border=True):
         "Layer statistics", value=True, key="layer_stats",
         help="At the start and after every epoch: each layer's weights and its gradient on one fixed batch (norms, "
              "histograms), compared on Compare. Timed apart: not in epoch time or throughput.")
+    c1, c2, c3 = st.columns(3)
+    settings["step_timing"] = c1.selectbox(
+        "Step timing", STEP_TIMINGS, key="step_timing", format_func=STEP_TIMING_LABELS.get,
+        help="Every step: the device is synchronised after each step and each is timed alone (free on a CPU, "
+             "which waits for each step anyway). Windows: synchronised only at the ends of windows of steps, as "
+             "the frameworks' own benchmarks time throughput, and every few windows timed step by step for the "
+             "per-step distribution. Auto: every step on a CPU, windows on a GPU.")
+    settings["calibration_steps"] = whole(c2.number_input(
+        "Phase calibration steps", value=20.0, **WHOLE, key="calibration_steps",
+        help="After training: steps timed phase by phase (data, copy to device, forward, backward, optimizer), "
+             "synchronised between phases. Outside the timed throughput; 0 skips it."))
+    settings["profile_steps"] = whole(c3.number_input(
+        "Profiled steps", value=5.0, **WHOLE, key="profile_steps",
+        help="After training: steps recorded operator by operator by the framework's own profiler "
+             "(torch.profiler, TensorFlow's profiler), with the trace to download. 0 skips it."))
+    settings["last_batch"] = c1.radio(
+        "Last, smaller batch", LAST_BATCH_CHOICES, horizontal=True, key="last_batch",
+        format_func={"drop": "Drop it", "keep": "Train on it"}.get,
+        help="Dropped, every step has one shape (as benchmarks do). Kept, the step meets a second shape at each "
+             "epoch end: a compiled step may retrace or recompile, and Compare counts it.")
+    if info.modality == "sequence":
+        settings["variable_length"] = c2.toggle(
+            "Variable sequence length", value=False, key="variable_length",
+            help="Every batch cut to its own length (seeded, the same in both frameworks): many shapes, so "
+                 "tf.function retraces and torch.compile recompiles show on Compare.")
 
 if synthetic:
     with st.container(border=True):

@@ -12,6 +12,11 @@ import pytest
 from tests import postgres
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Runs whose test is about something else skip the after-training calibration and operator profile
+# (on by default: 20 split/fused step pairs and 5 profiled steps, 1-2 s a run, tens on resnet);
+# tests/engine/test_calibration.py, test_traces.py and the profile pages' tests keep them on.
+NO_CALIBRATION = dict(calibration_steps=0, profile_steps=0)
+NO_CALIBRATION_FLAGS = ["--calibration-steps", "0", "--profile-steps", "0"]
 
 
 @pytest.fixture

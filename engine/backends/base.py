@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Iterator, Optional, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -66,6 +68,15 @@ class Backend(ABC):
     def synchronize(self) -> None:
         """Wait until all queued device work is done, so a timer reads real elapsed time."""
 
+    @property
+    @abstractmethod
+    def asynchronous(self) -> bool:
+        """Whether the device runs ahead of the host (a GPU): then a step is timed only after synchronize()."""
+
+    @abstractmethod
+    def compile_events(self) -> dict[str, Any]:
+        """What the framework traced or compiled so far, from its own counters: {} in a mode that compiles nothing."""
+
     @abstractmethod
     def memory_stats(self) -> list[tuple[str, float, str]]:
         """Framework allocator gauges as (name, value, unit); empty on the CPU, where neither framework keeps any."""
@@ -87,6 +98,36 @@ class Backend(ABC):
     def gpu_index(self) -> int | None:
         """CUDA ordinal of the device in use, or None on the CPU."""
 
+    # Calibration and profiling after training (engine/calibration.py) -----------------------------
+    @property
+    @abstractmethod
+    def backward_repeats_forward(self) -> bool:
+        """Whether backward() runs the forward pass again (TensorFlow graphs), so calibration subtracts it."""
+
+    @abstractmethod
+    def forward_loss(self, x: Any, y: Any) -> Any:
+        """A training step's first part: clear gradients, forward pass and loss; returns what backward() takes."""
+
+    @abstractmethod
+    def backward(self, forward: Any) -> Any:
+        """The gradients of what forward_loss returned; returns what apply_gradients() takes."""
+
+    @abstractmethod
+    def apply_gradients(self, gradients: Any) -> None:
+        """A training step's last part: the optimizer's update with the gradients backward() returned."""
+
+    @abstractmethod
+    def snapshot_training_state(self) -> Any:
+        """A copy of every weight, buffer, optimizer slot and random-number state, for restore_training_state."""
+
+    @abstractmethod
+    def restore_training_state(self, state: Any) -> None:
+        """Put back what snapshot_training_state copied: the model trains on as if nothing ran in between."""
+
+    @abstractmethod
+    def profile(self, run_steps: Callable[[], None], directory: Path) -> OperatorProfile:
+        """Call run_steps() under the framework's profiler, its trace written into directory; return what it saw."""
+
 
 def exception_chain(exc: BaseException, limit: int = 8) -> Iterator[BaseException]:
     """exc and the exceptions it was raised from, nearest first (as a traceback shows them)."""
@@ -96,3 +137,14 @@ def exception_chain(exc: BaseException, limit: int = 8) -> Iterator[BaseExceptio
         seen.add(id(link))
         yield link
         link = link.__cause__ if link.__cause__ is not None or link.__suppress_context__ else link.__context__
+
+
+@dataclass(frozen=True)
+class OperatorProfile:
+    """What a framework's profiler saw over some training steps (Backend.profile)."""
+
+    profiler: str  # e.g. "torch.profiler 2.13.0+cpu", "tf.profiler 2.21.0"
+    measure: str  # what each operator's time is, e.g. "CPU self time", "GPU kernel time"
+    operators: list[tuple[str, float, int]]  # (name, self milliseconds over all the steps, calls), any order
+    trace_path: Path  # the trace file the profiler wrote, in the framework's own format
+    trace_name: str  # the name to store it under: "trace.json", "profile.xplane.pb"

@@ -10,8 +10,8 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from engine.backends import tensorflow_models
-from engine.backends.base import Backend, exception_chain
+from engine.backends import tensorflow_models, tf_xplane
+from engine.backends.base import Backend, OperatorProfile, exception_chain
 from engine.catalog import DATASETS, MODELS
 from engine.weights import layer_shapes, trainable
 
@@ -69,6 +69,7 @@ class TensorFlowBackend(Backend):
             self.module = tensorflow_models.build_model(
                 spec.model, input_shape, num_outputs,
                 data_format=self._layout if self._layout != "n/a" else "channels_last",
+                free_length=spec.variable_length,
             )
             if weights is not None:
                 tensorflow_models.load_canonical(self.module, spec.model, weights)
@@ -93,9 +94,12 @@ class TensorFlowBackend(Backend):
         if self._layout == "channels_first":
             shape = [shape[2], shape[0], shape[1]]
         input_dtype = tf.int64 if DATASETS[spec.dataset].modality == "sequence" else tf.float32
+        if spec.variable_length:
+            shape[0] = None  # every batch its own sequence length: free in the signature, as the batch size is
         input_spec = tf.TensorSpec([None, *shape], input_dtype)
         # A fixed signature with a free batch dimension: a smaller batch does not retrace (XLA still
         # compiles once per concrete shape, which the loop's warm-up absorbs).
+        self._xla_shapes: dict[str, set[tuple[int, ...]]] = {"step": set(), "predict": set()}
         if spec.mode == "eager":
             self._step, self._predict, self._gradients = self._train_step, self._forward, self._fixed_batch_gradients
         else:
@@ -170,6 +174,8 @@ class TensorFlowBackend(Backend):
         return grads
 
     def train_step(self, x, y):
+        if self._mode == "xla":
+            self._xla_shapes["step"].add(tuple(x.shape))
         with tf.device(self._tf_device):
             return self._step(x, y)
 
@@ -193,6 +199,8 @@ class TensorFlowBackend(Backend):
         return metrics
 
     def predict(self, x):
+        if self._mode == "xla":
+            self._xla_shapes["predict"].add(tuple(x.shape))
         with tf.device(self._tf_device):
             return self._predict(x)
 
@@ -213,6 +221,29 @@ class TensorFlowBackend(Backend):
         if self._index is not None:
             with tf.device(self._tf_device):
                 tf.constant(0.0).numpy()
+
+    @property
+    def asynchronous(self) -> bool:
+        return self._index is not None  # GPU kernels are queued on a stream; CPU ops return when done
+
+    def compile_events(self):
+        """tf.function's own tracing counts; under XLA, the input shapes it compiled an executable for.
+
+        The step's signature leaves the batch (and, for sequences, the length) dimension free, so a
+        new shape never retraces the graph; XLA still compiles one executable per concrete shape
+        (TensorFlow's XLA documentation), which these shapes count. TensorFlow exposes no counter of
+        XLA compilations to Python, so their time is the extra time of the steps that met a new shape.
+        """
+        if self._mode == "eager":
+            return {}
+        traces = {name: int(function.experimental_get_tracing_count())
+                  for name, function in (("step", self._step), ("predict", self._predict),
+                                         ("gradients", self._gradients))}
+        events = {"tool": "tf.function", "traces": traces, "retraces": sum(max(0, n - 1) for n in traces.values())}
+        if self._mode == "xla":
+            events["xla_shapes"] = {name: sorted(shapes) for name, shapes in self._xla_shapes.items()}
+            events["xla_executables"] = sum(len(shapes) for shapes in self._xla_shapes.values())
+        return events
 
     def memory_stats(self):
         """GPU allocator gauges; [] on the CPU.
@@ -256,6 +287,99 @@ class TensorFlowBackend(Backend):
     @property
     def gpu_index(self):
         return self._index
+
+    # Calibration and profiling after training (engine/calibration.py) -----------------------------
+    @property
+    def backward_repeats_forward(self) -> bool:
+        # A GradientTape cannot outlive a tf.function call: graph modes' gradients graph runs the forward again.
+        return self._mode != "eager"
+
+    def forward_loss(self, x, y):
+        """Eager: the forward pass and loss under a tape, kept for backward(). Graph, XLA: the forward graph."""
+        with tf.device(self._tf_device):
+            if self._mode == "eager":
+                tape = tf.GradientTape()
+                with tape:
+                    scaled = self._scaled_loss(x, y)
+                return tape, scaled
+            self._phase_graphs()[0](x, y)
+            return x, y
+
+    def backward(self, forward):
+        """Eager: tape.gradient. Graph, XLA: the gradients graph (forward pass included, see _phase_graphs)."""
+        with tf.device(self._tf_device):
+            if self._mode == "eager":
+                tape, scaled = forward
+                return tape.gradient(scaled, self.module.trainable_variables)
+            return self._phase_graphs()[1](*forward)
+
+    def apply_gradients(self, gradients):
+        with tf.device(self._tf_device):
+            if self._mode == "eager":
+                self._apply(gradients)
+            else:
+                self._phase_graphs()[2](gradients)
+
+    def snapshot_training_state(self):
+        # Copies: a variable's value read on the CPU may share the variable's buffer.
+        return [np.array(variable.numpy(), copy=True) for variable in self._state_variables()]
+
+    def restore_training_state(self, state):
+        for variable, value in zip(self._state_variables(), state, strict=True):
+            variable.assign(value)
+
+    def profile(self, run_steps, directory):
+        """tf.profiler (host and, on a GPU, device tracing) over run_steps(), into TensorBoard's profile format.
+
+        Operator self times come from the .xplane.pb it writes under plugins/profile/<run>/, read
+        with TensorFlow's own protobuf classes (engine/backends/tf_xplane.py says which events count).
+        """
+        tf.profiler.experimental.start(str(directory))
+        try:
+            run_steps()
+        finally:
+            tf.profiler.experimental.stop()
+        written = sorted(directory.glob("plugins/profile/*/*.xplane.pb"))
+        if not written:
+            raise RuntimeError(f"tf.profiler wrote no .xplane.pb under {directory}/plugins/profile")
+        on_gpu = self._index is not None
+        operators = tf_xplane.operator_self_times(tf_xplane.parse(written[0].read_bytes()), on_gpu)
+        return OperatorProfile(f"tf.profiler {tf.__version__}", "GPU kernel time" if on_gpu else "host self time",
+                               operators, written[0], "profile.xplane.pb")
+
+    def _state_variables(self) -> list:
+        """Weights, batch-norm statistics, the dropout seed generators' state, and the optimizer's slots,
+        iteration count and loss scale: everything a training step changes."""
+        return [*self.module.variables, *self.optimizer.variables]
+
+    def _scaled_loss(self, x, y):
+        loss = self.loss_fn(y, tf.cast(self.module(x, training=True), tf.float32))
+        return self.optimizer.scale_loss(loss) if self._loss_scaling else loss
+
+    def _loss_gradients(self, x, y):
+        with tf.GradientTape() as tape:
+            scaled = self._scaled_loss(x, y)
+        return tape.gradient(scaled, self.module.trainable_variables)
+
+    def _apply(self, gradients):
+        self.optimizer.apply_gradients(zip(gradients, self.module.trainable_variables))
+
+    def _phase_graphs(self) -> tuple:
+        """Forward+loss, gradients and update as three tf.functions in the run's jit setting, traced on first use.
+
+        An approximation of the fused step, which is one graph: no optimisation crosses the phases
+        (grappler's and XLA's fusions, e.g. XLA folding the update into the gradient kernels), the
+        gradients are materialised between graphs, every call pays tf.function's dispatch (0.2-0.4 ms
+        a call on the 2-core development VM: most of a small model's phase), and the gradients graph
+        runs the forward pass again (calibration times a second forward and subtracts it; batch-norm
+        statistics update more than once, and are restored afterwards). The phases therefore add up
+        to more than the fused step (1.1-1.5x measured); the difference is what the fusion saves.
+        """
+        if getattr(self, "_phase_functions", None) is None:
+            jit = self._mode == "xla"
+            self._phase_functions = tuple(tf.function(function, jit_compile=jit)
+                                          for function in (self._scaled_loss, self._loss_gradients, self._apply))
+        return self._phase_functions
 
 
 def _compute_capability(index: int) -> tuple[int, int]:

@@ -45,7 +45,11 @@ class _PositionalEncoding(layers.Layer):
 
     def call(self, x):
         # The table is cast to the compute dtype, so a mixed_bfloat16 policy adds bf16 to bf16.
-        positions = keras.ops.cast(self.table[None, :x.shape[1]], x.dtype)
+        if x.shape[1] is not None:
+            table = self.table[None, :x.shape[1]]
+        else:  # a free sequence length (variable-length batches): sliced at run time
+            table = keras.ops.convert_to_tensor(self.table)[None, :keras.ops.shape(x)[1]]
+        positions = keras.ops.cast(table, x.dtype)
         return x * math.sqrt(self.table.shape[1]) + positions
 
 
@@ -111,8 +115,11 @@ def _transformer(inputs, length: int, num_outputs: int):
 
 
 def build_model(model: str, input_shape: tuple[int, ...], num_outputs: int,
-                data_format: str = "channels_last") -> keras.Model:
-    """The model, built, with Keras's own initialisers (seed Keras first); image input_shape is (H, W, C)."""
+                data_format: str = "channels_last", free_length: bool = False) -> keras.Model:
+    """The model, built, with Keras's own initialisers (seed Keras first); image input_shape is (H, W, C).
+
+    free_length: a sequence model takes any length up to input_shape[0] (variable-length batches).
+    """
     layer_shapes(model, input_shape, num_outputs)  # validates model and shape
     if data_format not in ("channels_last", "channels_first"):
         raise ValueError(f"data_format={data_format!r}: expected channels_last or channels_first")
@@ -121,7 +128,7 @@ def build_model(model: str, input_shape: tuple[int, ...], num_outputs: int,
         module.build((None,) + tuple(input_shape))
         return module
     if model in ("lstm", "transformer"):
-        inputs = keras.Input(tuple(input_shape), dtype="int32")
+        inputs = keras.Input((None,) if free_length else tuple(input_shape), dtype="int32")
         if model == "lstm":
             x = layers.Embedding(SYNTHETIC_TEXT_VOCAB, EMBED_DIM, name="embedding")(inputs)
             x = layers.LSTM(LSTM_UNITS, name="lstm")(x)  # the last hidden state

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch.nn import functional as F
+from torch.profiler import ProfilerActivity
 
 from engine.backends import torch_models
-from engine.backends.base import Backend, exception_chain
+from engine.backends.base import Backend, OperatorProfile, exception_chain
 from engine.catalog import MODELS
 from engine.weights import layer_shapes, trainable
 
@@ -199,6 +201,32 @@ class TorchBackend(Backend):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    @property
+    def asynchronous(self) -> bool:
+        return self.device.type == "cuda"  # CUDA kernels are queued; CPU ops return when done
+
+    def compile_events(self):
+        """torch.compile's own counters (TorchDynamo): frames compiled, graphs, graph breaks, compile seconds.
+
+        A frame is compiled once per guard set: the train-mode step, the eval-mode forward, and again
+        whenever a guard fails, e.g. on a new input shape (after the second shape TorchDynamo marks
+        the dimension dynamic and stops recompiling for it).
+        """
+        if self._mode != "compiled":
+            return {}
+        from torch._dynamo.utils import compile_times, counters  # only where torch.compile ran
+
+        names, seconds = compile_times(repr="csv", aggregate=True)
+        total = dict(zip(names, seconds)).get("_compile.compile_inner", 0.0)
+        # What Dynamo refused to capture runs eagerly: e.g. "Attempted to wrap RNN, GRU, or LSTM" leaves
+        # the whole lstm model uncompiled in "compiled" mode. Its first line says why.
+        refused = [reason.splitlines()[0] for reason in counters["unimplemented"]][:5]
+        return {"tool": "torch.compile", "frames": int(counters["frames"]["total"]),
+                "compiled_frames": int(counters["frames"]["ok"]),
+                "unique_graphs": int(counters["stats"]["unique_graphs"]),
+                "graph_breaks": int(sum(counters["graph_break"].values())),
+                "not_compiled": refused, "compile_s": float(total)}
+
     def memory_stats(self):
         """CUDA caching-allocator gauges; [] on the CPU.
 
@@ -240,3 +268,69 @@ class TorchBackend(Backend):
     @property
     def gpu_index(self):
         return self.device.index if self.device.type == "cuda" else None
+
+    # Calibration and profiling after training (engine/calibration.py) -----------------------------
+    @property
+    def backward_repeats_forward(self) -> bool:
+        return False  # autograd keeps the forward's graph: backward() runs only the backward pass
+
+    def forward_loss(self, x, y):
+        """zero_grad, forward and loss as train_step does them; compiled mode runs the compiled forward graph."""
+        if not self.module.training:
+            self.module.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            return self.loss_fn(self._forward(x).float(), y)
+
+    def backward(self, forward):
+        """loss.backward() (compiled mode: AOTAutograd's backward graph); the gradients stay in each .grad."""
+        (self._scaler.scale(forward) if self._scaler is not None else forward).backward()
+
+    def apply_gradients(self, gradients):
+        if self._scaler is not None:
+            self._scaler.step(self.optimizer)
+            self._scaler.update()
+        else:
+            self.optimizer.step()
+
+    def snapshot_training_state(self):
+        cuda = self.device.type == "cuda"
+        return {
+            "module": {name: tensor.detach().clone() for name, tensor in self.module.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "scaler": copy.deepcopy(self._scaler.state_dict()) if self._scaler is not None else None,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if cuda else None,
+        }
+
+    def restore_training_state(self, state):
+        # load_state_dict copies into the existing tensors, so torch.compile's graphs and the optimizer
+        # keep the parameters they hold; deepcopy keeps the snapshot itself untouched by later steps.
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.optimizer.zero_grad(set_to_none=True)
+        if self._scaler is not None:
+            self._scaler.load_state_dict(copy.deepcopy(state["scaler"]))
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+    def profile(self, run_steps, directory):
+        """torch.profiler over run_steps(): CPU activity, and CUDA kernels on a GPU; shapes not recorded.
+
+        Self time per operator from key_averages(): on the CPU the operators' self CPU time (what
+        torch.profiler's own table sorts by); on a GPU the kernels' device time, where a step's time goes there.
+        """
+        on_gpu = self.device.type == "cuda"
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+        with torch.profiler.profile(activities=activities, record_shapes=False) as profiler:
+            run_steps()
+        operators = []
+        for event in profiler.key_averages():
+            self_us = event.self_device_time_total if on_gpu else event.self_cpu_time_total
+            if self_us > 0:
+                operators.append((event.key, self_us / 1e3, int(event.count)))
+        trace_path = directory / "trace.json"
+        profiler.export_chrome_trace(str(trace_path))  # Chrome trace JSON: Perfetto and chrome://tracing open it
+        return OperatorProfile(f"torch.profiler {torch.__version__}", "GPU kernel time" if on_gpu else "CPU self time",
+                               operators, trace_path, "trace.json")

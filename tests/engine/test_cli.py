@@ -5,9 +5,9 @@ import pytest
 
 from db import queries
 from db.session import make_sessionmaker
-from tests.conftest import run_cli
+from tests.conftest import NO_CALIBRATION_FLAGS, run_cli
 
-TINY = ["--epochs", "1", "--max-steps-per-epoch", "3", "--warmup-steps", "1", "--inference-iters", "2"]
+TINY = ["--epochs", "1", "--max-steps-per-epoch", "3", "--warmup-steps", "1", "--inference-iters", "2", *NO_CALIBRATION_FLAGS]
 
 
 def last_json(stdout: str):

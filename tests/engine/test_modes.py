@@ -5,10 +5,10 @@ import pytest
 
 from db import queries
 from db.session import make_sessionmaker
-from tests.conftest import run_cli
+from tests.conftest import NO_CALIBRATION_FLAGS, run_cli
 
 TINY = ["--model", "mlp", "--dataset", "digits", "--epochs", "1", "--max-steps-per-epoch", "6",
-        "--warmup-steps", "2", "--inference-iters", "3"]
+        "--warmup-steps", "2", "--inference-iters", "3", *NO_CALIBRATION_FLAGS]
 TIMING_KEYS = {"first_step_s", "compile_s", "warmup_steps", "steady_samples_per_s", "step_time_p50_ms",
                "step_time_p95_ms", "step_time_p99_ms", "inference_bs1_p50_ms", "inference_bs1_p95_ms",
                "inference_bsN_p50_ms", "inference_bsN_p95_ms", "inference_bsN_samples_per_s", "inference_compile_s"}

@@ -30,13 +30,14 @@ from engine.ray_executor import RAY_CPU, RAY_GPU, Request, RayExecutor, actor_na
 from engine.scheduler import Scheduler
 from engine.spec import RunSpec, SpecError
 from pages import devices as devices_page
-from tests.conftest import run_cli
+from tests.conftest import NO_CALIBRATION, run_cli
 from tests.dashboard import free_port
 from tests.pages.helpers import failures
 
 ray = pytest.importorskip("ray")
 
-TINY = dict(model="mlp", dataset="digits", epochs=1, max_steps_per_epoch=5, sample_hz=0, layer_stats=False)
+TINY = dict(model="mlp", dataset="digits", epochs=1, max_steps_per_epoch=5, sample_hz=0, layer_stats=False,
+            **NO_CALIBRATION)
 LONG = dict(model="mlp", dataset="digits", epochs=500, max_steps_per_epoch=50, sample_hz=0, layer_stats=False)
 HERE = socket.gethostname()
 

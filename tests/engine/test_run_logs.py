@@ -9,8 +9,9 @@ from db.models import LOST
 from db.session import database_key, make_sessionmaker
 from engine.launch import queue_runs, reap, start_runner
 from engine.spec import RunSpec
+from tests.conftest import NO_CALIBRATION
 
-SPEC = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=1, max_steps_per_epoch=2)
+SPEC = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=1, max_steps_per_epoch=2, **NO_CALIBRATION)
 
 
 def test_run_1_of_two_databases_writes_two_logs(tmp_path, monkeypatch):

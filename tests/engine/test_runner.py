@@ -199,3 +199,30 @@ def test_a_runner_caught_between_vfork_and_exec_counts_as_alive(monkeypatch):
                            ([sys.executable, "-m", "http.server"], False)):  # a pid reused by something else
         monkeypatch.setattr(launch_module.psutil, "Process", lambda pid, c=cmdline: Seen(c))
         assert launch_module.runner_alive(4242) is alive
+
+
+@pytest.fixture(scope="module")
+def windowed_pair(pair):
+    """The same tiny experiment timed in windows (what a GPU gets by default), on this CPU, in both frameworks."""
+    sessions, _ = pair
+    url = sessions.kw["bind"].url.render_as_string(hide_password=False)
+    specs = [RunSpec(framework=fw, model="mlp", dataset="digits", epochs=2, max_steps_per_epoch=40, seed=7,
+                     step_timing="windows") for fw in FRAMEWORKS]
+    run_ids = launch(sessions, specs, url)
+    return sessions, [wait_for(sessions, run_id, done) for run_id in run_ids]
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=FRAMEWORKS)
+def test_a_run_timed_in_windows_records_throughput_and_a_sample_of_step_times(windowed_pair, index):
+    sessions, runs = windowed_pair
+    run = runs[index]
+    assert run.status == FINISHED, run.error
+    assert run.summary["step_timing"]["method"] == "windows"
+    with sessions.begin() as s:
+        losses = queries.metric_frame(s, [run.id], ["step/train_loss"])["step"].tolist()
+        timed = queries.metric_frame(s, [run.id], ["step/step_time_ms"])["step"].tolist()
+        final = queries.final_metrics(s, [run.id])[run.id]
+    assert losses == list(range(1, 81))  # every step's loss
+    assert timed[0] == 1 and set(timed) < set(losses) and len(timed) >= 16  # the first step and sampled windows
+    assert run.summary["steady_samples_per_s"] > 0 and final["samples_per_s"] > 0
+    assert run.summary["steady_steps"] == len([step for step in timed if step > 10])

@@ -17,9 +17,10 @@ from engine import PROJECT_ROOT, child_env
 from engine.launch import queue_runs
 from engine.scheduler import LEASE_NAME, LEASE_TTL_S, Gpu, Scheduler, placement_env, plan
 from engine.spec import RunSpec
+from tests.conftest import NO_CALIBRATION
 from tests.fakes import fake_gpu, fake_state, install_fake_nvml
 
-SPEC = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=1, max_steps_per_epoch=5)
+SPEC = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=1, max_steps_per_epoch=5, **NO_CALIBRATION)
 TWO_GPUS = [Gpu(0, "GPU-a"), Gpu(1, "GPU-b")]
 
 

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import NO_CALIBRATION_FLAGS, run_cli
 
-QUICK = ["--inference-iters", "0", "--json"]
+QUICK = ["--inference-iters", "0", *NO_CALIBRATION_FLAGS, "--json"]
 
 
 def last_json(stdout: str):

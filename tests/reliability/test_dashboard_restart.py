@@ -23,6 +23,7 @@ from db.session import make_sessionmaker
 from engine.launch import queue_runs
 from engine.spec import RunSpec
 from tests import dashboard
+from tests.conftest import NO_CALIBRATION
 from tests.e2e.test_browser import CHROMIUM
 from tests.reliability import assert_nothing_lost, stored_points
 
@@ -36,7 +37,7 @@ pytestmark = [
 # Long enough to outlive one dashboard and be watched live by the next: about 25 s on a quiet 2-core
 # machine (40 ms an epoch), three to four minutes when other test runs load it to 8.
 EPOCHS = 600
-SPEC = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=EPOCHS)
+SPEC = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=EPOCHS, **NO_CALIBRATION)
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 20
 RUN_TIMEOUT_S = 600  # only stops a hang

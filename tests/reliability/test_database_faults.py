@@ -26,11 +26,11 @@ from engine import child_env
 from engine.launch import queue_runs, reap, start_runner
 from engine.recorder import Recorder, RecorderError
 from engine.spec import RunSpec
-from tests.conftest import REPO_ROOT
+from tests.conftest import NO_CALIBRATION, REPO_ROOT
 from tests.reliability import (KINDS, copy_database, file_bytes_unopened, integrity, recorded, row_digests,
                                stored_points)
 
-TINY = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=1, max_steps_per_epoch=5)
+TINY = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=1, max_steps_per_epoch=5, **NO_CALIBRATION)
 # Trains for minutes: the disk fills long before it would end.
 ENDLESS = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=400)
 RUNNER_TIMEOUT_S = 240  # a runner still going by then hangs: the test fails rather than wait on
