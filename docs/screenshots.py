@@ -1,4 +1,4 @@
-"""Take the README's Launch and Runs screenshots from a real dashboard on real runs.
+"""Take the README's Launch, Runs and Compare-speed screenshots from a real dashboard on real runs.
 
 `.venv/bin/python docs/screenshots.py [--out docs/screenshots] [--keep DIR]`
 
@@ -62,6 +62,16 @@ def shoot(base: str, out: Path) -> None:
         expect(page.get_by_test_id("stDataFrame").first).to_contain_text("finished", timeout=60_000)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(out / "runs.png"))
+        page.goto(f"{base}/compare?runs=1,2,3,4")  # two seeds per framework
+        page.get_by_role("tab", name="Speed").click()
+        heading = page.get_by_role("heading", name="Where the time goes")
+        expect(heading).to_be_visible(timeout=60_000)
+        page.wait_for_timeout(2500)  # plotly draws after the element appears
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(out / "compare-speed.png"))
+        heading.scroll_into_view_if_needed()
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(out / "compare-profile.png"))
         browser.close()
 
 
@@ -82,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             shoot(base, args.out)
         finally:
             dashboard.stop_dashboard(server)
-    print(f"wrote {args.out / 'launch.png'} and {args.out / 'runs.png'}")
+    print(f"wrote launch.png, runs.png, compare-speed.png and compare-profile.png to {args.out}")
     return 0
 
 
