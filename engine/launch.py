@@ -163,11 +163,6 @@ def stop_run(sessions: sessionmaker[Session], run_id: int) -> bool:
     return True
 
 
-def cancel_run(sessions: sessionmaker[Session], run_id: int, via: str = "engine.launch") -> str:
-    """Cancel one run (see cancel_runs); what happened to it: CANCELLED_NOW ... NO_SUCH_RUN."""
-    return cancel_runs(sessions, [run_id], via)[run_id]
-
-
 def cancel_runs(sessions: sessionmaker[Session], run_ids: Iterable[int], via: str = "engine.launch",
                 grace_s: float = CANCEL_GRACE_S) -> dict[int, str]:
     """Cancel runs, keeping every point they recorded; what happened to each (CANCELLED_NOW ... NO_SUCH_RUN).

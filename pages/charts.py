@@ -61,27 +61,6 @@ def fit_legend(fig: go.Figure) -> None:
                       legend=dict(orientation="h", yref="container", yanchor="bottom", y=0.01, xanchor="left", x=0))
 
 
-def loss_vs_step(steps: pd.DataFrame, runs: Sequence[Run], log_y: bool, smoothing: float) -> go.Figure:
-    """Per-step training loss; with smoothing, an EMA on top of the faint raw curve."""
-    fig = base_figure("Training loss per step", "optimizer step", "train loss", log_y)
-    styles = common.trace_styles(runs)
-    for run in runs:
-        points = steps[steps["run_id"] == run.id].sort_values("step")
-        if points.empty:
-            continue
-        style = styles[run.id]
-        if smoothing > 0:
-            fig.add_trace(go.Scatter(
-                x=points["step"], y=points["value"], legendgroup=str(run.id), showlegend=False,
-                hoverinfo="skip", mode="lines", opacity=0.25, line=dict(color=style["color"], width=1),
-            ))
-            values = points["value"].ewm(alpha=1.0 - smoothing).mean()
-        else:
-            values = points["value"]
-        add_run_line(fig, run, style, points["step"], values, markers=False)
-    return fig
-
-
 def per_epoch(epochs: pd.DataFrame, runs: Sequence[Run], name: str, title: str, y_title: str,
               percent: bool = False, overlap: bool = True) -> go.Figure:
     """One per-epoch metric against the epoch number."""
@@ -93,17 +72,6 @@ def per_epoch(epochs: pd.DataFrame, runs: Sequence[Run], name: str, title: str, 
             add_run_line(fig, run, styles[run.id], points["epoch"], points["value"] * (100 if percent else 1),
                          markers=True, overlap=overlap)
     fig.update_xaxes(dtick=1 if epochs["epoch"].max() <= 20 else None)
-    return fig
-
-
-def phi_vs_epoch(epochs: pd.DataFrame, runs: Sequence[Run]) -> go.Figure:
-    """φ estimate per epoch, with the true φ each run was trying to find as a dashed line."""
-    fig = per_epoch(epochs, runs, "phi_estimate", "φ estimate per epoch", "φ")
-    truths = epochs[epochs["name"] == "phi_true"].groupby("run_id")["value"].last()
-    for phi_true in sorted(set(truths.round(6))):
-        owners = ", ".join(f"#{i}" for i in truths[truths.round(6) == phi_true].index)
-        fig.add_hline(y=phi_true, line=dict(color="#374151", dash="dash", width=1.5),
-                      annotation_text=f"true φ = {phi_true:.4f} ({owners})", annotation_position="bottom right")
     return fig
 
 

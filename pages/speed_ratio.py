@@ -22,7 +22,7 @@ from engine.catalog import framework_label
 from pages import common, series
 from pages import run_settings as rs
 from pages.charts import base_figure
-from pages.speed_charts import STEP_TIME_METRIC, steady_step_times, translucent
+from pages.speed_charts import steady_step_times, translucent
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,3 @@ def rate_distribution(step_times: pd.DataFrame, runs: Sequence[Run]) -> go.Figur
     fig.update_layout(hovermode="closest")
     return fig
 
-
-def has_step_times(step_times: pd.DataFrame) -> bool:
-    return not step_times[step_times["name"] == STEP_TIME_METRIC].empty

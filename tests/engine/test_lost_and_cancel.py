@@ -31,7 +31,7 @@ from engine.scheduler import Scheduler
 from engine.spec import RunSpec
 from pages import common
 from pages.common import RUNS_PAGE
-from tests.conftest import run_cli
+from tests.conftest import run_cli, wait_until
 from tests.pages.helpers import failures
 
 # Light enough to share two cores, long enough (minutes) never to finish on its own during a test.
@@ -47,16 +47,6 @@ if os.environ.pop("ARENA_TEST_SPAWN_WORKERS", None):
     for own_session in (False, True):
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=own_session)
 """
-
-
-def wait_until(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} did not happen within {timeout_s} s")
 
 
 def get(sessions, run_id: int):

@@ -6,6 +6,7 @@ and hand it CUDA_VISIBLE_DEVICES, without pretending the run could use it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ from engine.ray_executor import RAY_CPU, RAY_GPU, Request, RayExecutor, actor_na
 from engine.scheduler import Scheduler
 from engine.spec import RunSpec, SpecError
 from pages import devices as devices_page
-from tests.conftest import NO_CALIBRATION, run_cli
+from tests.conftest import NO_CALIBRATION, run_cli, wait_until
 from tests.dashboard import free_port
 from tests.pages.helpers import failures
 
@@ -40,16 +41,6 @@ TINY = dict(model="mlp", dataset="digits", epochs=1, max_steps_per_epoch=5, samp
             **NO_CALIBRATION)
 LONG = dict(model="mlp", dataset="digits", epochs=500, max_steps_per_epoch=50, sample_hz=0, layer_stats=False)
 HERE = socket.gethostname()
-
-
-def wait_until(condition, timeout_s: float = 120.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not hold within {timeout_s} s")
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +127,9 @@ def test_auto_asks_ray_for_a_gpu_when_the_cluster_has_one_and_cpu_runs_ask_for_c
 
 
 def test_actor_names_are_one_per_run_and_database_whatever_the_url_s_spelling():
-    assert actor_name("sqlite:////tmp/a.db", 3) == actor_name("sqlite:////tmp/a.db", 3)
+    # The same in every process (a digest, not Python's per-process salted hash()): the canceller finds the actor.
+    digest = hashlib.sha256(b"sqlite:////tmp/a.db").hexdigest()[:12]
+    assert actor_name("sqlite:////tmp/a.db", 3) == f"arena-run-{digest}-3"
     assert actor_name("sqlite:////tmp/a.db", 3) != actor_name("sqlite:////tmp/b.db", 3)
     assert actor_name("sqlite:////tmp/a.db", 3) != actor_name("sqlite:////tmp/a.db", 4)
     url = "postgresql+psycopg://arena:p%40ss@db.example/arena"  # how the canceller's engine renders it

@@ -17,21 +17,11 @@ from engine import PROJECT_ROOT, child_env
 from engine.launch import queue_runs
 from engine.scheduler import LEASE_NAME, LEASE_TTL_S, Gpu, Scheduler, placement_env, plan
 from engine.spec import RunSpec
-from tests.conftest import NO_CALIBRATION
+from tests.conftest import NO_CALIBRATION, wait_until
 from tests.fakes import fake_gpu, fake_state, install_fake_nvml
 
 SPEC = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=1, max_steps_per_epoch=5, **NO_CALIBRATION)
 TWO_GPUS = [Gpu(0, "GPU-a"), Gpu(1, "GPU-b")]
-
-
-def wait_until(condition, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} did not hold within {timeout}s")
 
 
 # plan(): pure placement rules ------------------------------------------------------------------
@@ -224,7 +214,7 @@ def test_the_scheduler_command_holds_the_lease_until_it_dies_or_stops(arena_db, 
     process = subprocess.Popen([sys.executable, "-m", "engine", "scheduler", "--db", arena_db],
                                cwd=PROJECT_ROOT, env=child_env(), stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: _lease_holder_pid(sessions) == process.pid, timeout=60, what="the command holds the lease")
+        wait_until(lambda: _lease_holder_pid(sessions) == process.pid, timeout_s=60, what="the command holds the lease")
         local = Scheduler(sessions, arena_db, launcher=lambda *_: None, gpus=lambda: [])
         assert local.tick() == [] and not local.holds_lease
         start = time.monotonic()
@@ -233,7 +223,7 @@ def test_the_scheduler_command_holds_the_lease_until_it_dies_or_stops(arena_db, 
         else:
             process.send_signal(signal.SIGTERM)  # stops cleanly and gives the lease up at once
         returncode = process.wait(timeout=30)
-        wait_until(lambda: local.tick() is not None and local.holds_lease, timeout=LEASE_TTL_S + 10,
+        wait_until(lambda: local.tick() is not None and local.holds_lease, timeout_s=LEASE_TTL_S + 10,
                    what="the lease passes on")
         waited = time.monotonic() - start
         assert waited <= LEASE_TTL_S + 3 if how == "killed" else waited < 3
@@ -259,14 +249,14 @@ def test_runs_go_on_when_the_scheduler_stops_and_the_next_one_takes_the_queue(ar
     wait_until(lambda: run(first_id).status == "running", what="first run started")
     dashboard.stop()  # the dashboard goes away mid-run
     assert run(second_id).status == "queued" and run(second_id).placed_device is None
-    finished = wait_until(lambda: run(first_id).status == FINISHED and run(first_id), timeout=180,
+    finished = wait_until(lambda: run(first_id).status == FINISHED and run(first_id), timeout_s=180,
                           what="first run finished without a scheduler")
     assert finished.placed_device == "cpu" and finished.environment["cuda_visible_devices"] == ""
     time.sleep(1.5)
     assert run(second_id).status == "queued"  # nobody schedules: it waits, it is not lost
     restarted = Scheduler(sessions, arena_db).start()
     try:
-        second = wait_until(lambda: run(second_id).status == FINISHED and run(second_id), timeout=180,
+        second = wait_until(lambda: run(second_id).status == FINISHED and run(second_id), timeout_s=180,
                             what="the restarted scheduler ran the queue")
         assert second.started_at >= finished.finished_at and second.placed_device == "cpu"
     finally:

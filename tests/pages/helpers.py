@@ -1,20 +1,9 @@
 """Polling helpers for tests that watch a real runner process change a run."""
 from __future__ import annotations
 
-import time
-from typing import Callable
-
 from db import queries
 from db.session import make_sessionmaker
 from pages.page_errors import DATABASE_FAILED, PAGE_FAILED
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.2)
 
 
 _sessionmakers: dict = {}

@@ -14,7 +14,8 @@ from engine.launch import launch
 from engine.spec import RunSpec
 from pages import common, runs
 from pages.common import RUNS_PAGE
-from tests.pages.helpers import failures, run_status, wait_until
+from tests.conftest import wait_until
+from tests.pages.helpers import failures, run_status
 
 
 def shown(at) -> pd.DataFrame:
