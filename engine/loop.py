@@ -140,15 +140,14 @@ def _train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, met
             new_shape = shapes.first_time(tuple(x_batch.shape), global_step + 1)
             clock.before_step(global_step + 1, alone=new_shape)  # a new shape's step is timed alone: it may compile
             buffer.losses.append(backend.train_step(x_batch, y_batch))
-            timed = len(clock.totals.step_times)
-            clock.after_step(global_step + 1, size)  # synchronises only where this step is timed alone
+            step_s = clock.after_step(global_step + 1, size)  # synchronises only where this step is timed alone
             step_end = time.perf_counter()
             buffer.ended_at.append(time.time())
             global_step += 1
             samples += size
             buffer.steps.append(global_step)
-            if len(clock.totals.step_times) > timed:
-                buffer.timed.append((global_step, clock.totals.step_times[-1] * 1e3, buffer.ended_at[-1]))
+            if step_s is not None:
+                buffer.timed.append((global_step, step_s * 1e3, buffer.ended_at[-1]))
             if step_end - last_drain >= DRAIN_INTERVAL_S:
                 losses, bad = buffer.drain(backend, sink, epoch)
                 epoch_losses += losses

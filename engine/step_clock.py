@@ -90,15 +90,18 @@ class StepClock:
         if self._window_sampled:
             self._step_start = time.perf_counter()
 
-    def after_step(self, global_step: int, samples: int) -> None:
-        """Called right after step global_step was launched with `samples` samples."""
+    def after_step(self, global_step: int, samples: int) -> float | None:
+        """Called right after step global_step was launched with `samples` samples; its seconds if timed alone."""
+        seconds = None
         if self._window_sampled:
             self._synchronize()
-            self.totals.step_times.append(time.perf_counter() - self._step_start)
+            seconds = time.perf_counter() - self._step_start
+            self.totals.step_times.append(seconds)
             self.totals.timed_steps.append(global_step)
         self._window_steps += 1
         self._window_samples += samples
         self.totals.steps += 1
+        return seconds
 
     def end_epoch(self) -> None:
         """The epoch's last step was launched: close its window (synchronises)."""
