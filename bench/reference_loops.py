@@ -5,6 +5,10 @@ Self-contained on purpose: the models are written the way each framework's examp
 reference shares nothing with the engine but the canonical initial weights (engine/weights.py) and
 the data. Every loop trains on full batches only -- n_train // batch_size steps an epoch, the
 engine's steps_per_epoch -- so both sides do the same work, and returns its epoch times in seconds.
+After every epoch each loop evaluates the test set, untimed, in batches of the engine's
+EVAL_BATCH_SIZE, as the engine does and as the frameworks' examples do (pytorch/examples' test(),
+Keras's fit(validation_data=...)): a pause between epochs that lets the framework's threads sleep
+and its caches cool is then on both sides, not on the engine's alone.
 
 This module imports no framework; `train_reference` and `reference_logits` import the one asked for.
 """
@@ -14,13 +18,15 @@ import importlib
 
 import numpy as np
 
+from engine.loop import EVAL_BATCH_SIZE  # noqa: F401  (the references import it from here)
+
 # What each reference runs, for the report.
 REFERENCE_LABELS: dict[tuple[str, str], str] = {
-    ("torch", "eager"): "pytorch/examples loop: shuffled index slicing of pre-made tensors",
+    ("torch", "eager"): "pytorch/examples loop: shuffled index slicing of pre-made tensors, test() each epoch",
     ("torch", "compiled"): "the same loop with model = torch.compile(model)",
-    ("tensorflow", "graph"): "keras compile(jit_compile=False) + fit(shuffle=True)",
-    ("tensorflow", "eager"): "keras compile(run_eagerly=True) + fit(shuffle=True)",
-    ("tensorflow", "xla"): "keras compile(jit_compile=True) + fit(shuffle=True)",
+    ("tensorflow", "graph"): "keras compile(jit_compile=False) + fit(shuffle=True, validation_data)",
+    ("tensorflow", "eager"): "keras compile(run_eagerly=True) + fit(shuffle=True, validation_data)",
+    ("tensorflow", "xla"): "keras compile(jit_compile=True) + fit(shuffle=True, validation_data)",
 }
 
 # The reference model of each framework, for the report and the README.

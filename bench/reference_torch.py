@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.reference_loops import full_batch_samples, sinusoid
+from bench.reference_loops import EVAL_BATCH_SIZE, full_batch_samples, sinusoid
 
 
 class NHWCFlatten(nn.Module):
@@ -275,6 +275,7 @@ def torch_reference(model: str, mode: str, epochs: int, data, weights: dict, hpa
         net = torch.compile(net)  # the documented one-liner; the optimizer still sees the same parameters
     x = inputs(data.x_train, channels_last=choice)  # NCHW once, up front
     y = torch.from_numpy(data.y_train)
+    x_test, y_test = inputs(data.x_test, channels_last=choice), torch.from_numpy(data.y_test)
     # Frozen parameters (the LSTM's b_hh) get no gradient, and Adam skips a parameter without one.
     optimizer = torch.optim.Adam(net.parameters(), lr=hparams["lr"], eps=1e-8)
     batch = hparams["batch_size"]
@@ -305,4 +306,18 @@ def torch_reference(model: str, mode: str, epochs: int, data, weights: dict, hpa
         times.append(time.perf_counter() - start)
         if steps * batch != n_full:
             raise RuntimeError(f"torch reference trained {steps} batches of {batch}, expected {n_full} samples")
+        test(net, criterion, x_test, y_test)  # after every epoch, untimed, as pytorch/examples and the engine do
     return times
+
+
+def test(net: nn.Module, criterion, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """pytorch/examples' test(): eval mode, no_grad, summed loss and accuracy over the test set (batches of 1,024)."""
+    net.eval()
+    loss, correct = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(x), EVAL_BATCH_SIZE):
+            output = net(x[start:start + EVAL_BATCH_SIZE])
+            target = y[start:start + EVAL_BATCH_SIZE]
+            loss += criterion(output, target, reduction="sum").item()
+            correct += int((output.argmax(dim=1) == target).sum())
+    return loss / len(x), correct / len(x)
