@@ -19,7 +19,8 @@ from db.urls import DatabaseURLError, masked, validate
 from engine.run_ids import MAX_RUN_ID, parse_run_id
 from engine.spec import RunSpec, SpecError
 from engine.specfile import SpecFileError, load
-from pages import common, url_state
+from analysis import run_ids
+from ui import url_state
 
 
 def files_under(path: Path) -> list[Path]:
@@ -168,8 +169,8 @@ def test_a_run_id_is_ascii_digits_within_what_the_database_holds(text, message):
 
 
 def test_run_ids_in_a_link_are_kept_and_the_rest_named():
-    assert common.split_run_ids("3,²,#4,x,3," + "9" * 30) == ([3, 4], ["²", "x", "9" * 30])
-    assert "runs=²,x are not run ids" in common.not_run_ids_message("runs", ["²", "x"])
+    assert run_ids.split_run_ids("3,²,#4,x,3," + "9" * 30) == ([3, 4], ["²", "x", "9" * 30])
+    assert "runs=²,x are not run ids" in run_ids.not_run_ids_message("runs", ["²", "x"])
 
 
 @pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-inf", "Infinity", "1e999", "²", "1_0", "0x10", ""])

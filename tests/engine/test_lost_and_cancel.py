@@ -29,8 +29,8 @@ from engine.launch import queue_runs, start_runner
 from engine.runner import EXIT_CANCELLED
 from engine.scheduler import Scheduler
 from engine.spec import RunSpec
-from pages import common
-from pages.common import RUNS_PAGE
+from analysis import run_facts
+from ui.router import RUNS_PAGE
 from tests.conftest import run_cli, wait_until
 from tests.pages.helpers import failures
 
@@ -163,7 +163,7 @@ def test_another_hosts_run_is_lost_once_its_heartbeat_is_stale_and_not_before(ar
     assert not failures(at), failures(at)
     statuses = {run_id: cell[0] for run_id, cell in zip(at.dataframe[0].value["id"], at.dataframe[0].value["status"])}
     assert statuses[later] == statuses[stale] == "? lost · no heartbeat"
-    assert common.status_color(LOST) not in {common.status_color(other) for other in STATUSES if other != LOST}
+    assert run_facts.status_color(LOST) not in {run_facts.status_color(other) for other in STATUSES if other != LOST}
 
 
 def test_a_live_runner_on_this_host_is_never_lost_however_old_its_heartbeat(arena_db):

@@ -19,7 +19,7 @@ from db.models import ACTIVE_STATUSES
 from db.session import make_sessionmaker
 from engine import launch as launch_module
 from engine.spec import RunSpec
-from pages.common import LAUNCH_PAGE
+from ui.router import LAUNCH_PAGE
 from tests.pages.helpers import failures
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

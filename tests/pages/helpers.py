@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from db import queries
 from db.session import make_sessionmaker
-from pages.page_errors import DATABASE_FAILED, PAGE_FAILED
+from ui.page_errors import DATABASE_FAILED, PAGE_FAILED
 
 
 _sessionmakers: dict = {}
