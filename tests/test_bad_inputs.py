@@ -1,5 +1,5 @@
 """The checks behind the boundaries, on real files: database URLs (db/urls.py), spec files (engine/specfile.py),
-spec patterns (engine/spec.py), and run ids and numbers read from text (engine/run_ids.py, pages/url_state.py).
+spec patterns (engine/spec.py), and run ids and numbers read from text (engine/run_ids.py, ui/url_state.py).
 
 The CLI and the Launch form run these same checks end to end in tests/engine/test_bad_inputs_cli.py
 and tests/pages/test_bad_inputs_form.py.

@@ -7,8 +7,8 @@ from pathlib import Path
 from db import queries, run_table
 from db.session import make_sessionmaker
 from engine.spec import RunSpec
-from ui.router import COMPARE_PAGE, RUNS_PAGE
 from ui.page_errors import DATABASE_FAILED, PAGE_FAILED
+from ui.router import COMPARE_PAGE, RUNS_PAGE
 from tests.conftest import REPO_ROOT
 from tests.pages.conftest import APP_PATH
 from tests.reliability import corrupt_schema
