@@ -34,7 +34,7 @@ def runs_on(device: str, runs: Sequence[Run], pids: Sequence[int] = ()) -> list[
     return [run for run in runs if run.placed_device == device or (run.pid is not None and run.pid in wanted)]
 
 
-def shown(value: Optional[float], pattern: str) -> str:
+def gauge_text(value: Optional[float], pattern: str) -> str:
     """A gauge in display form ("{:.0f} W"), or "n/a" when NVML could not read it."""
     return "n/a" if value is None else pattern.format(value)
 
@@ -56,13 +56,14 @@ def gpu_table(found: Inventory, active: Sequence[Run]) -> pd.DataFrame:
     """One row per GPU in display units; a field NVML could not read is "n/a" (why: below the table)."""
     rows = []
     for gpu in found.gpus:
-        power = shown(gpu.power_w, "{:.0f} W") + ("" if gpu.power_limit_w is None else f" / {gpu.power_limit_w:.0f} W")
+        power = gauge_text(gpu.power_w, "{:.0f} W") + ("" if gpu.power_limit_w is None
+                                                         else f" / {gpu.power_limit_w:.0f} W")
         rows.append({
             "device": f"cuda:{gpu.index}",
             "name": gpu.name or "n/a",
             "memory": memory_text(gpu),
-            "utilization": shown(gpu.utilization_pct, "{:.0f} %"),
-            "temperature": shown(gpu.temperature_c, "{:.0f} °C"),
+            "utilization": gauge_text(gpu.utilization_pct, "{:.0f} %"),
+            "temperature": gauge_text(gpu.temperature_c, "{:.0f} °C"),
             "power": "n/a" if gpu.power_w is None else power,
             "energy": energy_text(gpu.energy_j),
             "runs": ", ".join(run_label(r) for r in runs_on(f"cuda:{gpu.index}", active,
@@ -76,7 +77,8 @@ def process_table(gpu: GpuInfo, active: Sequence[Run]) -> pd.DataFrame:
     by_pid = {run.pid: run for run in active if run.pid is not None}
     return pd.DataFrame([{
         "pid": process.pid,
-        "memory": shown(None if process.used_memory_bytes is None else process.used_memory_bytes / GIB, "{:.2f} GiB"),
+        "memory": gauge_text(None if process.used_memory_bytes is None else process.used_memory_bytes / GIB,
+                             "{:.2f} GiB"),
         "run": run_label(by_pid[process.pid]) if process.pid in by_pid else NOT_ARENA,
     } for process in gpu.processes], columns=["pid", "memory", "run"])
 

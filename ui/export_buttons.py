@@ -5,9 +5,11 @@ A page calls export_buttons(run_ids) where its runs are chosen; the Compare page
 from __future__ import annotations
 
 from functools import partial
+from typing import Sequence
 
 import streamlit as st
 
+from db.models import Run
 from engine.export import EXPORTERS, export_filename, open_tensorboard_command
 from ui.database import sessions as dashboard_sessions
 
@@ -19,7 +21,7 @@ BUTTONS = (
 )
 
 
-def tab(runs, available) -> None:
+def tab(runs: Sequence[Run], available: Sequence[str]) -> None:
     """The Compare page's Export tab."""
     st.subheader("Export")
     export_buttons([run.id for run in runs])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from ui.database import db_url, sessions
 from ui.page_errors import shown
 
 LAUNCH_PAGE, RUNS_PAGE, COMPARE_PAGE, DEVICES_PAGE = (
@@ -79,7 +80,6 @@ def show_pending_toasts() -> None:
 def start_scheduler() -> None:
     """Start this dashboard's scheduler: it places queued runs (or waits while another process holds the lease)."""
     from engine.scheduler import ensure_running
-    from ui.database import db_url, sessions
 
     try:
         ensure_running(sessions(), db_url())
