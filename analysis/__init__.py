@@ -16,6 +16,6 @@ hands a figure to st.plotly_chart.
 - step_times.py, speed_ratio.py, speed_figures.py, step_profile.py, compile_table.py: speed.
 - memory.py, layer_stats.py, summary.py, architecture_tables.py: memory, layers, the summary table, models.
 - launch_plan.py: the Launch form's values as a validated run matrix.
-- devices.py: the Devices page's tables and GPU history.
+- device_tables.py: the Devices page's tables and GPU history.
 - figure_layout.py: the layout every figure shares.
 """

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from analysis.devices import error_captions, gpu_table
+from analysis.device_tables import error_captions, gpu_table
 from db import queries
 from db.models import ACTIVE_STATUSES, QUEUED, SchedulerLease
 from engine import ray_executor, scheduler

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import streamlit as st
 
-from analysis.devices import (
+from analysis.device_tables import (
     GIB, GpuHistory, error_captions, history_chart, node_table, process_table, queue_table, run_label, runs_on,
 )
 from db.models import Run, SchedulerLease

@@ -30,7 +30,7 @@ from engine.launch import cancel_runs, queue_runs
 from engine.ray_executor import RAY_CPU, RAY_GPU, Request, RayExecutor, actor_name, request_for
 from engine.scheduler import Scheduler
 from engine.spec import RunSpec, SpecError
-from analysis import devices as devices_page
+from analysis import device_tables as devices_page
 from tests.conftest import NO_CALIBRATION, run_cli, wait_until
 from tests.dashboard import free_port
 from tests.pages.helpers import failures
