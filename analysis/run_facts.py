@@ -78,9 +78,9 @@ def run_facts(frame: pd.DataFrame, now: Optional[datetime] = None) -> pd.DataFra
     progress is a fraction (0..1); elapsed_s and eta_s are seconds, NaN where unknown.
     """
     now = now or queries.utcnow()
-    progress, elapsed = progress_fractions(frame), elapsed_seconds(frame, now)
+    progress, elapsed, words = progress_fractions(frame), elapsed_seconds(frame, now), status_words(frame)
     return pd.DataFrame({
-        "status_words": status_words(frame), "status": status_texts(frame), "mode": modes(frame),
+        "status_words": words, "status": status_texts(frame, words), "mode": modes(frame),
         "precision": precisions(frame), "device": device_texts(frame), "progress": progress,
         "elapsed_s": elapsed, "eta_s": eta_seconds(frame, progress, elapsed),
     }, index=frame.index, columns=FACT_COLUMNS)
@@ -110,10 +110,10 @@ def status_words(frame: pd.DataFrame) -> pd.Series:
     return words
 
 
-def status_texts(frame: pd.DataFrame) -> pd.Series:
-    """status_words behind the status's symbol: "✗ failed · out of memory", "△ diverged at step 12"."""
+def status_texts(frame: pd.DataFrame, words: Optional[pd.Series] = None) -> pd.Series:
+    """status_words (given, or read here) behind the status's symbol: "✗ failed · out of memory"."""
     symbols = {name: badge[:-len(name)] for name, badge in STATUS_BADGES.items() if badge.endswith(name)}
-    return frame["status"].map(symbols).fillna("") + status_words(frame)
+    return frame["status"].map(symbols).fillna("") + (status_words(frame) if words is None else words)
 
 
 def modes(frame: pd.DataFrame) -> pd.Series:
