@@ -120,7 +120,9 @@ def modes(frame: pd.DataFrame) -> pd.Series:
     """Execution mode id ("eager", "graph" ...): as reported, else as asked, else its framework's default
     (runs stored before modes existed ran in the default one)."""
     defaults = frame["framework"].map({fw: default_mode(fw) for fw in FRAMEWORKS}).fillna("—")
-    return _or(frame["summary_mode"], np.nan).fillna(_or(frame["spec_mode"], np.nan)).fillna(defaults)
+    reported, asked = _or(frame["summary_mode"], np.nan), _or(frame["spec_mode"], np.nan)
+    mode = reported.where(reported.notna(), asked)
+    return mode.where(mode.notna(), defaults)
 
 
 def precisions(frame: pd.DataFrame) -> pd.Series:
