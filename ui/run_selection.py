@@ -3,6 +3,7 @@ come, go or move, framework and status as coloured labels."""
 from __future__ import annotations
 
 import hashlib
+import math
 
 import pandas as pd
 import streamlit as st
@@ -47,6 +48,24 @@ COLUMNS = {
 
 
 
+# Left to right: the run, what it is, how it did, how far it got; the settings after. Results sit
+# beside the run so they are on screen at 1500 px, not cut off at the right edge.
+COLUMN_ORDER = ["id", "name", "framework", "experiment", "status", "result", "progress", "epochs", "eta",
+                "duration", "train_loss", "throughput", "mode", "precision", "device", "tags", "created", "error"]
+# Columns a user fills in (or that only failures fill): left out while every shown row has them empty.
+GIVE_WAY_WHEN_EMPTY = ("name", "tags", "error")
+
+
+def column_order(table: pd.DataFrame) -> list[str]:
+    """COLUMN_ORDER without the optional columns that are empty in every row of `table`."""
+    return [column for column in COLUMN_ORDER if column not in GIVE_WAY_WHEN_EMPTY or table[column].map(_filled).any()]
+
+
+def _filled(value) -> bool:
+    """A name, a non-empty tag list, an error text: not "", [], None or NaN."""
+    return bool(value) and not (isinstance(value, float) and math.isnan(value))
+
+
 def labelled(table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """The table and its column config with framework and status as coloured labels.
 
@@ -84,7 +103,8 @@ def selected_rows(shown: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     position = {run_id: row for row, run_id in enumerate(ids)}
     data, config = labelled(table.loc[shown.index].reset_index(drop=True))
     event = st.dataframe(
-        data, column_config=config, hide_index=True, placeholder="", key=key, on_select="rerun",
+        data, column_config=config, column_order=column_order(data), hide_index=True, placeholder="", key=key,
+        on_select="rerun",
         selection_mode="multi-row",
         selection_default={"selection": {"rows": [position[i] for i in remembered if i in position], "columns": []}},
         height=table_height(len(ids)),

@@ -171,6 +171,22 @@ def test_names_and_tags_show_in_the_table_with_how_many_runs_there_are(arena_db,
     assert any(caption.value == "2 of 2 runs." for caption in at.caption)
 
 
+def test_results_sit_beside_the_run_and_empty_name_and_tag_columns_give_way(arena_db, open_page, monkeypatch):
+    monkeypatch.setenv("ARENA_SCHEDULER", "off")
+    sessions = make_sessionmaker(arena_db)
+    first, second = made_up(sessions, status=FINISHED), made_up(sessions, status=FINISHED)
+    order = list(open_page(RUNS_PAGE).dataframe[0].proto.column_order)
+    assert order[:6] == ["id", "framework", "experiment", "status", "result", "progress"]
+    assert not {"name", "tags", "error"} & set(order)  # nobody named or tagged a run, none failed
+    with sessions.begin() as s:
+        queries.annotate_run(s, second, name="baseline", tags=[])
+    order = list(open_page(RUNS_PAGE).dataframe[0].proto.column_order)
+    assert order[:3] == ["id", "name", "framework"] and "tags" not in order  # a name appears where runs are told apart
+    with sessions.begin() as s:
+        queries.annotate_run(s, first, tags=["keep"])
+    assert "tags" in open_page(RUNS_PAGE).dataframe[0].proto.column_order
+
+
 def click_and_settle(at, key: str):
     """Click a button that opens a form through st.rerun, then render once more.
 
