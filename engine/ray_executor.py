@@ -5,7 +5,7 @@ engine/scheduler.py). The scheduler holding the database's lease submits every q
 detached Ray actor named after the database and the run. The actor asks for what the run needs
 (num_gpus=1 for a GPU run, ARENA_RAY_CPUS_PER_RUN CPUs otherwise), so Ray waits for and chooses a
 machine with a free GPU and sets CUDA_VISIBLE_DEVICES; there it starts the same runner process a
-local run gets (engine.launch.start_runner: `python -m engine.runner RUN_ID --db URL`), in its own
+local run gets (engine.processes.start_runner: `python -m engine.runner RUN_ID --db URL`), in its own
 process, so TensorFlow and PyTorch never share one, and ends with it. Detached: the run goes on when
 the dashboard that submitted it stops.
 
@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from db.models import QUEUED
 from engine import PROJECT_ROOT
+from engine.processes import start_runner
 
 ENV_EXECUTOR = "ARENA_EXECUTOR"
 ENV_RAY_ADDRESS = "ARENA_RAY_ADDRESS"
@@ -114,7 +115,6 @@ class RunActor:
         import ray
 
         from db.session import make_sessionmaker
-        from engine.launch import start_runner
 
         sessions = make_sessionmaker(db_url)
         try:

@@ -32,6 +32,7 @@ from typing import Callable, Optional
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
+from engine.processes import reap, runner_alive, start_runner
 from engine.ray_executor import RAY, RAY_PLACEMENTS, RayExecutor, executor_name
 
 ENV_SCHEDULER = "ARENA_SCHEDULER"
@@ -188,8 +189,6 @@ class Scheduler:
                 return []
 
     def _tick(self) -> list[Placement]:
-        from engine.launch import reap, runner_alive
-
         with self._sessions.begin() as s:
             self.holds_lease = queries.acquire_lease(s, LEASE_NAME, self.holder, self.hostname, os.getpid(), self._ttl)
         if not self.holds_lease:
@@ -241,8 +240,6 @@ class Scheduler:
         return self._gpus
 
     def _start_runner(self, run_id: int, env: dict[str, str]) -> subprocess.Popen:
-        from engine.launch import start_runner
-
         return start_runner(self._sessions, run_id, self._db_url, extra_env=env)
 
     # Background loop ------------------------------------------------------------------------

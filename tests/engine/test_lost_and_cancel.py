@@ -1,6 +1,6 @@
 """Lost runs (a runner that stopped beating) and cancelled ones: real runners, real signals, real readers.
 
-No scheduler runs in these tests: runners are started directly (engine.launch.start_runner), so
+No scheduler runs in these tests: runners are started directly (engine.processes.start_runner), so
 whatever ends a run is the reader or the canceller under test.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ from db import queries
 from db.models import CANCELLED, FINISHED, LOST, QUEUED, RUNNING, STATUSES
 from db.session import make_sessionmaker
 from engine import PROJECT_ROOT
-from engine.launch import queue_runs, start_runner
+from engine.launch import queue_runs
+from engine.processes import start_runner
 from engine.runner import EXIT_CANCELLED
 from engine.scheduler import Scheduler
 from engine.spec import RunSpec
