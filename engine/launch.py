@@ -1,8 +1,8 @@
-"""Queue runs and start their runner processes; find runs whose runner died; cancel runs.
+"""Arena's entry point for pages and the CLI: queue runs, launch them, cancel them, end the lost ones.
 
-Used by the dashboard and the CLI alike, so both go through the same path: queue a row -> the
-scheduler (engine/scheduler.py) places it on a device and starts `python -m engine.runner RUN_ID
---db URL` -> the runner claims the row.
+Both go through the same path: queue a row -> the scheduler (engine/scheduler.py) hands it to the
+executor (engine/executors/), which places it and starts `python -m engine.runner RUN_ID --db URL`
+(engine/processes.py) -> the runner claims the row. Nothing here places or starts a run itself.
 """
 from __future__ import annotations
 
@@ -18,11 +18,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
 from db.models import ACTIVE_STATUSES, RUNNING
+from db.session import resolve_db_url
+from db.urls import validate
 from engine.batches import steps_per_epoch
+from engine.executors import get_executor, queue_holder
 from engine.processes import CANCEL_GRACE_S, absolute_db_url, reap, runner_alive, stop_process_trees
-from engine.processes import children as _children  # noqa: F401  tests/pages/conftest.py waits on these by this name
-from engine.ray_executor import RAY_PLACEMENTS
+from engine.processes import children as _children  # noqa: F401  shim: tests/pages/conftest.py waits on these
+from engine.scheduler import ensure_running
 from engine.spec import RunSpec
+
+# What pages and the CLI call; reap and CANCEL_GRACE_S are engine.processes', offered here with the rest.
+__all__ = ["ALREADY_ENDED", "CANCELLED_NOW", "CANCEL_GRACE_S", "CANCEL_REQUESTED", "NO_SUCH_RUN", "cancel_runs",
+           "default_url_for", "launch", "queue_runs", "reap", "stop_run"]
 
 # What cancel_runs did with a run: ended it; asked its runner on another machine, which stops at its
 # next heartbeat; nothing, the run had already ended; nothing, there is no such run.
@@ -45,8 +52,6 @@ def launch(sessions: sessionmaker[Session], specs: Sequence[RunSpec], db_url: st
 
     If another process (a dashboard, a CLI) holds the database's scheduler lease, that one starts them.
     """
-    from engine.scheduler import ensure_running
-
     run_ids = queue_runs(sessions, specs)
     scheduler = ensure_running(sessions, db_url)
     if scheduler is not None:
@@ -88,7 +93,7 @@ def cancel_runs(sessions: sessionmaker[Session], run_ids: Iterable[int], via: st
     text = f"cancelled by {_user()}@{here} ({via}) at {queries.utcnow():%Y-%m-%d %H:%M:%S} UTC"
     outcomes: dict[int, str] = {}
     local: dict[int, Optional[int]] = {}  # run id -> its runner's pid on this machine, None when it is gone
-    in_ray_queue: list[int] = []  # handed to Ray, not started: their actors leave Ray's queue
+    in_queue: dict[str, list[int]] = {}  # executor name -> runs waiting in its own queue, not started: they leave it
     with sessions.begin() as s:
         for run_id in dict.fromkeys(run_ids):
             before = queries.request_cancel(s, run_id, text)
@@ -96,8 +101,9 @@ def cancel_runs(sessions: sessionmaker[Session], run_ids: Iterable[int], via: st
                 outcomes[run_id] = NO_SUCH_RUN if before is None else ALREADY_ENDED
                 continue
             run = queries.get_run(s, run_id)
-            if run.placed_device in RAY_PLACEMENTS and run.pid is None:
-                in_ray_queue.append(run_id)
+            holder = queue_holder(run.placed_device) if run.pid is None else None
+            if holder is not None:
+                in_queue.setdefault(holder, []).append(run_id)
             on_this_machine = run.pid is not None and run.hostname == here
             if on_this_machine:
                 local[run_id] = run.pid if runner_alive(run.pid) else None
@@ -110,20 +116,19 @@ def cancel_runs(sessions: sessionmaker[Session], run_ids: Iterable[int], via: st
                 outcomes[run_id] = CANCEL_REQUESTED
             else:
                 queries.end_cancelled(s, run_id)  # a no-op when the runner recorded it (or the run was queued)
-    if in_ray_queue:
-        _withdraw_from_ray(sessions, in_ray_queue)
+    for executor_name, waiting in in_queue.items():
+        _withdraw(sessions, executor_name, waiting)
     return outcomes
 
 
-def _withdraw_from_ray(sessions: sessionmaker[Session], run_ids: list[int]) -> None:
-    """Free Ray's queue of cancelled runs' actors; if Ray cannot be reached, each ends unstarted when Ray runs it."""
-    from engine.ray_executor import RayExecutor
-
+def _withdraw(sessions: sessionmaker[Session], executor_name: str, run_ids: list[int]) -> None:
+    """Free an executor's queue of cancelled runs; if it cannot be reached, each ends unstarted when it comes up."""
     url = sessions.kw["bind"].url.render_as_string(hide_password=False)
     try:
-        RayExecutor().withdraw(url, run_ids)
-    except Exception as exc:  # the cancel stands either way: the actor starts no runner for a cancelled run
-        print(f"arena: could not withdraw runs {run_ids} from Ray's queue: {exc}", file=sys.stderr)
+        get_executor(executor_name, sessions, url).withdraw(run_ids)
+    except Exception as exc:  # the cancel stands either way: no runner starts for a cancelled run
+        print(f"arena: could not withdraw runs {run_ids} from the {executor_name} executor's queue: {exc}",
+              file=sys.stderr)
 
 
 def _user() -> str:
@@ -135,7 +140,4 @@ def _user() -> str:
 
 def default_url_for(url: Optional[str]) -> str:
     """Resolved, runner-ready database URL; db.urls.DatabaseURLError naming a URL Arena cannot use."""
-    from db.session import resolve_db_url
-    from db.urls import validate
-
     return absolute_db_url(validate(resolve_db_url(url)))

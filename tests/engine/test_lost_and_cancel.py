@@ -25,6 +25,7 @@ from db import queries
 from db.models import CANCELLED, FINISHED, LOST, QUEUED, RUNNING, STATUSES
 from db.session import make_sessionmaker
 from engine import PROJECT_ROOT
+from engine.executors.local import LocalExecutor
 from engine.launch import queue_runs
 from engine.processes import start_runner
 from engine.runner import EXIT_CANCELLED
@@ -155,7 +156,7 @@ def test_another_hosts_run_is_lost_once_its_heartbeat_is_stale_and_not_before(ar
             queries.update_run(s, run_id, heartbeat_at=queries.utcnow() - timedelta(seconds=20))
 
     silence(fresh)  # the scheduler reads runs too
-    Scheduler(sessions, arena_db, launcher=lambda *_: None, gpus=lambda: []).tick()
+    Scheduler(sessions, arena_db, LocalExecutor(sessions, arena_db, launcher=lambda *_: None, gpus=lambda: [])).tick()
     assert (get(sessions, fresh).status, get(sessions, later).status) == (LOST, RUNNING)
 
     silence(later)  # and so does the dashboard, which says why

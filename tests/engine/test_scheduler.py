@@ -1,4 +1,5 @@
-"""engine/scheduler.py: placement over fake GPUs, the lease between schedulers, real runs on the CPU."""
+"""engine/scheduler.py with the local executor (engine/executors/local.py): placement over fake GPUs, the lease
+between schedulers, real runs on the CPU."""
 import os
 import signal
 import socket
@@ -15,7 +16,8 @@ from db.models import FINISHED
 from db.session import make_sessionmaker
 from engine import PROJECT_ROOT, child_env
 from engine.launch import queue_runs
-from engine.scheduler import LEASE_NAME, LEASE_TTL_S, Gpu, Scheduler, placement_env, plan
+from engine.executors.local import Gpu, LocalExecutor, placement_env, plan
+from engine.scheduler import LEASE_NAME, LEASE_TTL_S, Scheduler
 from engine.spec import RunSpec
 from tests.conftest import NO_CALIBRATION, wait_until
 from tests.fakes import fake_gpu, fake_state, install_fake_nvml
@@ -91,6 +93,11 @@ with sessions.begin() as s:
 """
 
 
+def local_scheduler(sessions, url, launcher, gpus=None, **options) -> Scheduler:
+    """A scheduler whose local executor starts placed runs with launcher(run id, env), over gpus() if given."""
+    return Scheduler(sessions, url, LocalExecutor(sessions, url, launcher, gpus), **options)
+
+
 def stub_launcher(sessions, url, release_prefix, processes):
     def launch(run_id, env):
         process = subprocess.Popen([sys.executable, "-c", STUB_RUNNER, "engine.runner", str(run_id), url,
@@ -109,7 +116,7 @@ def test_three_queued_runs_over_two_fake_gpus(arena_db, tmp_path, monkeypatch):
     sessions = make_sessionmaker(arena_db)
     first, second, third = queue_runs(sessions, [SPEC, SPEC, SPEC])
     release, processes = tmp_path / "release-", []
-    scheduler = Scheduler(sessions, arena_db, launcher=stub_launcher(sessions, arena_db, release, processes))
+    scheduler = local_scheduler(sessions, arena_db, stub_launcher(sessions, arena_db, release, processes))
     try:
         placed = scheduler.tick()
         assert [(p.run_id, p.device) for p in placed] == [(first, "cuda:0"), (second, "cuda:1")]
@@ -144,7 +151,7 @@ def test_a_gpu_busy_with_a_foreign_process_is_left_alone(arena_db, tmp_path, mon
     sessions = make_sessionmaker(arena_db)
     run_ids = queue_runs(sessions, [SPEC, SPEC])
     launched = []
-    scheduler = Scheduler(sessions, arena_db, launcher=lambda run_id, env: launched.append((run_id, env)))
+    scheduler = local_scheduler(sessions, arena_db, lambda run_id, env: launched.append((run_id, env)))
     assert [(p.run_id, p.device) for p in scheduler.tick()] == [(run_ids[0], "cuda:1")]
 
 
@@ -167,8 +174,8 @@ def test_two_schedulers_on_one_database_never_start_a_run_twice(arena_db, monkey
     schedulers = []
     for who in ("a", "b"):
         sessions = make_sessionmaker(arena_db)  # one engine each, as two dashboards have
-        schedulers.append(Scheduler(sessions, arena_db, launcher=instant_launcher(sessions, launched, who),
-                                    gpus=lambda: []))
+        launcher = instant_launcher(sessions, launched, who)
+        schedulers.append(local_scheduler(sessions, arena_db, launcher, gpus=lambda: []))
     barrier = threading.Barrier(2, timeout=30)
 
     def hammer(scheduler):
@@ -189,10 +196,10 @@ def test_two_schedulers_on_one_database_never_start_a_run_twice(arena_db, monkey
 def test_a_crashed_schedulers_lease_expires_and_another_takes_the_queue(arena_db):
     sessions = make_sessionmaker(arena_db)
     launched: list[tuple[int, str]] = []
-    first = Scheduler(sessions, arena_db, launcher=instant_launcher(sessions, launched, "first"),
-                      gpus=lambda: [], lease_ttl_s=1.0)
-    second = Scheduler(sessions, arena_db, launcher=instant_launcher(sessions, launched, "second"),
-                       gpus=lambda: [], lease_ttl_s=1.0)
+    first = local_scheduler(sessions, arena_db, instant_launcher(sessions, launched, "first"), gpus=lambda: [],
+                            lease_ttl_s=1.0)
+    second = local_scheduler(sessions, arena_db, instant_launcher(sessions, launched, "second"), gpus=lambda: [],
+                             lease_ttl_s=1.0)
     first.tick()
     assert first.holds_lease
     first.stop(release=False)  # as if it crashed: the lease stays until it expires
@@ -215,7 +222,7 @@ def test_the_scheduler_command_holds_the_lease_until_it_dies_or_stops(arena_db, 
                                cwd=PROJECT_ROOT, env=child_env(), stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: _lease_holder_pid(sessions) == process.pid, timeout_s=60, what="the command holds the lease")
-        local = Scheduler(sessions, arena_db, launcher=lambda *_: None, gpus=lambda: [])
+        local = local_scheduler(sessions, arena_db, lambda *_: None, gpus=lambda: [])
         assert local.tick() == [] and not local.holds_lease
         start = time.monotonic()
         if how == "killed":
