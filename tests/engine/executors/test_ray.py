@@ -25,10 +25,10 @@ from db import queries
 from db.models import CANCELLED, FAILED, FINISHED, LOST, QUEUED, RUNNING
 from db.session import make_sessionmaker
 from engine import PROJECT_ROOT
-from engine.executors import ray as arena_ray
 from engine.devices import check_available, device_choices, device_labels
-from engine.launch import cancel_runs, queue_runs
+from engine.executors import ray as arena_ray
 from engine.executors.ray import RAY_CPU, RAY_GPU, Request, RayExecutor, actor_name, request_for
+from engine.launch import cancel_runs, queue_runs
 from engine.scheduler import Scheduler
 from engine.spec import RunSpec, SpecError
 from pages import devices as devices_page
