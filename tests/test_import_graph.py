@@ -4,8 +4,9 @@ A function-level import runs later than a top-level one, but it is an edge all t
 import into a function to dodge a cycle hides the tangle, it does not remove it. The graph is read
 from the source with `ast`, so a module imported only on some path (a button, Ray's worker) counts.
 Imports of other libraries (torch, tensorflow, ray, streamlit) are not edges: only Arena's modules
-are nodes. Packages are found on disk (every top-level directory with an __init__.py but tests/), so
-a package added later (ui/, analysis/) is checked without touching this file.
+are nodes. Packages are found on disk (every top-level directory holding Python files but tests/,
+with or without an __init__.py), so one added later (ui/, analysis/) is checked without touching
+this file.
 """
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ NOT_ARENA = {"tests"}  # test code imports whatever it tests; it is not part of 
 
 
 def arena_packages(root: Path = REPO_ROOT) -> list[str]:
-    """Top-level packages of the repository: directories with an __init__.py, tests/ aside."""
-    return sorted(path.parent.name for path in root.glob("*/__init__.py") if path.parent.name not in NOT_ARENA)
+    """Top-level directories of the repository that hold Python files (.venv and the like, and tests/, aside)."""
+    return sorted(path.name for path in root.iterdir()
+                  if path.is_dir() and not path.name.startswith(".") and path.name not in NOT_ARENA
+                  and any(path.glob("*.py")))
 
 
 def module_files(root: Path, packages: list[str]) -> dict[str, Path]:
@@ -141,7 +144,7 @@ def test_a_function_level_import_that_dodges_a_cycle_still_counts(tmp_path):
 
 def test_the_packages_are_found_not_listed():
     packages = arena_packages()
-    assert {"engine", "db", "pages"} <= set(packages) and "tests" not in packages
+    assert {"engine", "db", "pages", "bench"} <= set(packages) and "tests" not in packages
     modules = module_files(REPO_ROOT, packages)
     assert {"engine.launch", "engine.scheduler", "engine.processes", "engine.executors.base",
             "db.queries", "engine.backends.base"} <= set(modules)
