@@ -26,7 +26,11 @@ class Placement:
 
 
 class Executor(ABC):
-    """Runs queued runs somewhere; one instance per database (sessions and URL given at construction)."""
+    """Runs queued runs somewhere; one instance per database (sessions and URL given at construction).
+
+    submit() is asked on every tick the scheduler holds the lease, with an empty queue too, so a bad
+    setting is reported while nothing waits; a run an executor can never execute fails saying why.
+    """
 
     name: ClassVar[str]  # the ARENA_EXECUTOR value that picks it
     # Run.placed_device of a run waiting in this executor's own queue with no process yet (none: placed
@@ -43,11 +47,7 @@ class Executor(ABC):
 
     @abstractmethod
     def submit(self, queued: list[tuple[int, str]]) -> list[Placement]:
-        """Take what it can of the queued (run id, requested device) pairs, oldest first; what it took.
-
-        Called on every tick, with an empty list too, so a bad setting is reported while nothing waits.
-        A run it can never execute fails saying why.
-        """
+        """Take what it can of the queued (run id, requested device) pairs, oldest first; what it took."""
 
     @abstractmethod
     def withdraw(self, run_ids: list[int]) -> None:
