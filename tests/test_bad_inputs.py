@@ -204,7 +204,7 @@ def test_a_spec_file_past_the_limit_or_a_device_is_refused(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("address", ["headnode:²", "headnode:٣٣", "headnode:99999999", "headnode:0", "headnode:"])
 def test_a_ray_address_whose_port_is_not_one_is_named(address):
-    from engine import ray_executor
+    from engine.executors import ray as arena_ray
 
     with pytest.raises(RuntimeError, match=rf"ARENA_RAY_ADDRESS='{address}': expected host:port"):
-        ray_executor._check_reachable(address, timeout_s=0.1)
+        arena_ray._check_reachable(address, timeout_s=0.1)

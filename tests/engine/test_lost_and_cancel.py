@@ -1,6 +1,6 @@
 """Lost runs (a runner that stopped beating) and cancelled ones: real runners, real signals, real readers.
 
-No scheduler runs in these tests: runners are started directly (engine.launch.start_runner), so
+No scheduler runs in these tests: runners are started directly (engine.processes.start_runner), so
 whatever ends a run is the reader or the canceller under test.
 """
 from __future__ import annotations
@@ -25,7 +25,9 @@ from db import queries
 from db.models import CANCELLED, FINISHED, LOST, QUEUED, RUNNING, STATUSES
 from db.session import make_sessionmaker
 from engine import PROJECT_ROOT
-from engine.launch import queue_runs, start_runner
+from engine.executors.local import LocalExecutor
+from engine.launch import queue_runs
+from engine.processes import start_runner
 from engine.runner import EXIT_CANCELLED
 from engine.scheduler import Scheduler
 from engine.spec import RunSpec
@@ -154,7 +156,7 @@ def test_another_hosts_run_is_lost_once_its_heartbeat_is_stale_and_not_before(ar
             queries.update_run(s, run_id, heartbeat_at=queries.utcnow() - timedelta(seconds=20))
 
     silence(fresh)  # the scheduler reads runs too
-    Scheduler(sessions, arena_db, launcher=lambda *_: None, gpus=lambda: []).tick()
+    Scheduler(sessions, arena_db, LocalExecutor(sessions, arena_db, launcher=lambda *_: None, gpus=lambda: [])).tick()
     assert (get(sessions, fresh).status, get(sessions, later).status) == (LOST, RUNNING)
 
     silence(later)  # and so does the dashboard, which says why

@@ -2,17 +2,17 @@
 
 Alembic is configured here in code, not by an alembic.ini: the database URL is only known at run
 time (ARENA_DB_URL, ARENA_HOME), every process migrates the database it opens on its own, and
-the migrations directory is found next to this file whatever the working directory.
+the migrations directory (db/migrations) is found from this file whatever the working directory.
+`python -m db.migrate` (db/migrate/__main__.py) runs the upgrade by hand: a command of its own, since
+it opens the database through db.session, which imports this module.
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import tempfile
 import zlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from alembic import command
 from alembic.config import Config
@@ -23,7 +23,7 @@ from sqlalchemy.pool import NullPool
 
 from db.migrations.legacy import missing
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # Seconds a starting process waits for another process's migration to finish (SQLite busy
 # timeout on the write lock): long enough for a big database's table copy, short of a hang.
 MIGRATION_WAIT_S = 600
@@ -164,34 +164,3 @@ def _scripts(directory: str) -> ScriptDirectory:
 
 def _oldest_first(scripts: ScriptDirectory) -> list[Script]:
     return list(reversed(list(scripts.walk_revisions("base", "heads"))))
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    """`python -m db.migrate [--db URL]` upgrades now, any error shown whole; `revision MESSAGE` adds a revision."""
-    from db.session import make_engine
-
-    parser = argparse.ArgumentParser(prog="python -m db.migrate", description=main.__doc__)
-    parser.add_argument("action", nargs="?", choices=("upgrade", "revision"), default="upgrade")
-    parser.add_argument("message", nargs="?", help="revision: what the new revision changes")
-    parser.add_argument("--db", help="upgrade: the database URL (default: ARENA_DB_URL, then $ARENA_HOME/arena.db)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.action == "upgrade":
-        engine = make_engine(args.db)
-        print(f"{engine.url.render_as_string(hide_password=True)} is at revision {head_revision()}")
-        return
-    if not args.message:
-        parser.error("revision needs a MESSAGE")
-    with tempfile.TemporaryDirectory() as scratch:
-        # Autogenerate compares db/models.py with a database the revisions so far built, nobody's real one.
-        engine = make_engine(f"sqlite:///{Path(scratch) / 'head.db'}")
-        config = alembic_config()
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.revision(config, args.message, autogenerate=True, rev_id=f"{int(head_revision()) + 1:04d}")
-        engine.dispose()
-    print("Read the new revision before committing it: autogenerate misses renames and some type changes.")
-
-
-if __name__ == "__main__":
-    main()

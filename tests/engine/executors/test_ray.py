@@ -1,4 +1,4 @@
-"""The Ray executor against a real local Ray cluster: runs placed by Ray's resource accounting, cancel, lost.
+"""engine/executors/ray.py against a real local Ray cluster: runs placed by Ray's resource accounting, cancel, lost.
 
 The cluster is started by the tests (`ray start --head --block`) with 2 CPUs and one GPU that Ray counts but
 that does not exist (this machine has none): enough to see Ray hold a GPU run back until the GPU is free
@@ -24,10 +24,11 @@ from streamlit.testing.v1 import AppTest
 from db import queries
 from db.models import CANCELLED, FAILED, FINISHED, LOST, QUEUED, RUNNING
 from db.session import make_sessionmaker
-from engine import PROJECT_ROOT, ray_executor
+from engine import PROJECT_ROOT
 from engine.devices import check_available, device_choices, device_labels
+from engine.executors import ray as arena_ray
+from engine.executors.ray import RAY_CPU, RAY_GPU, Request, RayExecutor, actor_name, request_for
 from engine.launch import cancel_runs, queue_runs
-from engine.ray_executor import RAY_CPU, RAY_GPU, Request, RayExecutor, actor_name, request_for
 from engine.scheduler import Scheduler
 from engine.spec import RunSpec, SpecError
 from analysis import device_tables as devices_page
@@ -85,11 +86,11 @@ def on_ray(ray_cluster, db_url, monkeypatch):
     monkeypatch.setenv("ARENA_EXECUTOR", "ray")
     monkeypatch.setenv("ARENA_RAY_ADDRESS", ray_cluster["address"])
     monkeypatch.setenv("ARENA_SCHEDULER", "off")  # pages under test only watch; the test's own scheduler places
-    ray_executor.connect()
+    arena_ray.connect()
     wait_until(lambda: ray.available_resources().get("CPU") == 2 and ray.available_resources().get("GPU") == 1,
                60, "a previous test's runs to give their resources back")
     sessions = make_sessionmaker(db_url)
-    scheduler = Scheduler(sessions, db_url, executor=RayExecutor(), interval_s=0.5)
+    scheduler = Scheduler(sessions, db_url, RayExecutor(sessions, db_url), interval_s=0.5)
     yield {"sessions": sessions, "url": db_url, "scheduler": scheduler, **ray_cluster}
     scheduler.stop()
     with sessions.begin() as s:
@@ -144,7 +145,7 @@ def test_bad_executor_settings_are_named_before_anything_is_queued(arena_db, mon
         assert queries.list_runs(s) == []
     monkeypatch.setenv("ARENA_RAY_CPUS_PER_RUN", "none")
     with pytest.raises(ValueError, match="ARENA_RAY_CPUS_PER_RUN='none'"):
-        ray_executor.cpus_per_run()
+        arena_ray.cpus_per_run()
     monkeypatch.setenv("ARENA_EXECUTOR", "ray")
     with pytest.raises(SpecError, match="pins a GPU of one machine"):
         check_available("cuda:0")
@@ -157,10 +158,10 @@ def test_an_unreachable_ray_address_is_named_within_seconds_not_minutes():
         pytest.skip("this process is connected to a cluster already")
     started = time.monotonic()
     with pytest.raises(RuntimeError, match=r"cannot reach the Ray cluster at '127.0.0.1:\d+'"):
-        ray_executor.connect(f"127.0.0.1:{free_port()}")
-    assert time.monotonic() - started < ray_executor.CONNECT_TIMEOUT_S + 5
+        arena_ray.connect(f"127.0.0.1:{free_port()}")
+    assert time.monotonic() - started < arena_ray.CONNECT_TIMEOUT_S + 5
     with pytest.raises(RuntimeError, match="expected host:port"):
-        ray_executor.connect("headnode")
+        arena_ray.connect("headnode")
 
 
 # On a real cluster -------------------------------------------------------------------------------------
@@ -216,7 +217,7 @@ def test_cancel_stops_a_running_ray_run_and_takes_a_waiting_one_out_of_rays_queu
         wait_until(lambda: get(sessions, running).status == RUNNING and point_count(sessions, running) >= 3, 240,
                    "the long run to record points")
         assert get(sessions, waiting).placed_device == RAY_GPU
-        ray.get_actor(actor_name(url, waiting), namespace=ray_executor.NAMESPACE)  # submitted: Ray holds it
+        ray.get_actor(actor_name(url, waiting), namespace=arena_ray.NAMESPACE)  # submitted: Ray holds it
 
         outcomes = cancel_runs(sessions, [running, waiting], via="test")
         assert outcomes == {running: "cancelled", waiting: "cancelled"}
@@ -224,7 +225,7 @@ def test_cancel_stops_a_running_ray_run_and_takes_a_waiting_one_out_of_rays_queu
         assert stopped.status == withdrawn.status == CANCELLED
         assert point_count(sessions, running) >= 3  # what it recorded stays
         with pytest.raises(ValueError):
-            ray.get_actor(actor_name(url, waiting), namespace=ray_executor.NAMESPACE)
+            ray.get_actor(actor_name(url, waiting), namespace=arena_ray.NAMESPACE)
         assert withdrawn.pid is None  # no runner was ever started for it
     finally:
         ray.util.remove_placement_group(taken)
