@@ -13,7 +13,7 @@ from analysis.run_facts import device_texts, runs_frame
 from analysis.run_styles import UNKNOWN_FRAMEWORK_COLOR
 from db.models import Run
 from engine.nvml import GpuInfo, Inventory
-from engine.ray_executor import RayNode
+from engine.executors.ray import RayNode
 
 HISTORY_WINDOW_S = 300.0  # the charts show the last five minutes
 HISTORY_MIN_GAP_S = 1.0  # several open tabs refresh at once: one sample per second is plenty

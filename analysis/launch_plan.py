@@ -7,8 +7,9 @@ from typing import Any, Optional, Sequence
 from engine import datafiles
 from engine.catalog import DATASETS, MODE_LABELS, framework_label
 from engine.matrix import MAX_MATRIX_RUNS, expand, parse_seeds
-from engine.ray_executor import executor_name
-from engine.scheduler import cpu_slots, runs_per_gpu, scheduling_enabled
+from engine.executors import executor_name
+from engine.executors.local import cpu_slots, runs_per_gpu
+from engine.scheduler import scheduling_enabled
 from engine.spec import RunSpec, SpecError
 
 FIELD_LABELS = {

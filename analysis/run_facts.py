@@ -20,7 +20,7 @@ from db.models import (
 )
 from engine.batches import steps_per_epoch
 from engine.catalog import FRAMEWORKS, default_mode
-from engine.ray_executor import RAY_CPU, RAY_GPU, RAY_PLACEMENTS
+from engine.executors.ray import RAY_CPU, RAY_GPU, RAY_PLACEMENTS
 from engine.spec import RunSpec, SpecError
 
 # Plain symbols, not emoji: table cells are drawn on a canvas, where emoji fonts are often missing.
@@ -34,7 +34,7 @@ UNKNOWN_STATUS_COLOR = "#6B7280"
 # run says whether its process ended (this host saw it go) or its heartbeat stopped (another host's).
 REASON_LABELS = {OUT_OF_MEMORY: "out of memory", NON_FINITE_LOSS: "loss not finite",
                  queries.PROCESS_GONE: "process ended", queries.NO_HEARTBEAT: "no heartbeat"}
-# A run handed to Ray that has no process yet (Run.placed_device is one of engine.ray_executor's
+# A run handed to Ray that has no process yet (Run.placed_device is one of engine.executors.ray's
 # RAY_PLACEMENTS): what it waits for, in words.
 RAY_QUEUE_WORDS = {RAY_GPU: "in Ray's queue, waiting for a free GPU", RAY_CPU: "in Ray's queue, waiting for free CPUs"}
 assert set(RAY_QUEUE_WORDS) == set(RAY_PLACEMENTS), "a Ray placement without words"

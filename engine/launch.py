@@ -23,7 +23,6 @@ from db.urls import validate
 from engine.batches import steps_per_epoch
 from engine.executors import get_executor, queue_holder
 from engine.processes import CANCEL_GRACE_S, absolute_db_url, reap, runner_alive, stop_process_trees
-from engine.processes import children as _children  # noqa: F401  shim: tests/pages/conftest.py waits on these
 from engine.scheduler import ensure_running
 from engine.spec import RunSpec
 

@@ -24,8 +24,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from engine.executors import Executor, Placement, configured_executor
 from engine.executors.local import LocalExecutor
-# Shim until pages/ import the local executor's settings from engine/executors/local.py, where they live.
-from engine.executors.local import CPU, ENV_CPU_SLOTS, ENV_RUNS_PER_GPU, cpu_slots, runs_per_gpu  # noqa: F401
 from engine.processes import reap
 
 ENV_SCHEDULER = "ARENA_SCHEDULER"

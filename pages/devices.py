@@ -6,7 +6,7 @@ import streamlit as st
 from analysis.device_tables import error_captions, gpu_table
 from db import queries
 from db.models import ACTIVE_STATUSES, QUEUED, SchedulerLease
-from engine import ray_executor, scheduler
+from engine import executors, scheduler
 from engine.nvml import inventory
 from ui.database import sessions
 from ui.device_cards import GPU_COLUMNS, cluster_card, cpu_card, gpu_card, gpu_history, scheduler_card
@@ -26,7 +26,7 @@ def panel() -> None:
     queued = [run for run in active if run.status == QUEUED]
 
     try:
-        on_ray = ray_executor.executor_name() == ray_executor.RAY
+        on_ray = executors.executor_name() == executors.RAY
     except ValueError as exc:
         on_ray = False
         st.error(f"{exc}. Fix it and restart the dashboard; until then queued runs wait.",

@@ -17,7 +17,7 @@ from engine.catalog import (
 from engine import devices
 from engine.devices import check_available, on_cluster
 from engine.launch import launch
-from engine.scheduler import cpu_slots, runs_per_gpu
+from engine.executors.local import cpu_slots, runs_per_gpu
 from engine.spec import LAST_BATCH_CHOICES, STEP_TIMINGS, RunSpec, SpecError
 from ui.database import db_url, sessions
 from ui.router import COMPARE_PAGE, RUNS_PAGE, ensure_router

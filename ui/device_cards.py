@@ -13,7 +13,10 @@ from analysis.device_tables import (
     GIB, GpuHistory, error_captions, history_chart, node_table, process_table, queue_table, run_label, runs_on,
 )
 from db.models import Run, SchedulerLease
-from engine import ray_executor, scheduler
+from engine import scheduler
+from engine.executors import ENV_EXECUTOR
+from engine.executors import local as local_executor
+from engine.executors import ray as ray_executor
 from engine.nvml import GpuInfo, Inventory
 from ui.database import db_url
 from ui.router import COMPARE_PAGE, LAUNCH_PAGE
@@ -82,7 +85,7 @@ def cpu_card(found: Inventory, active: Sequence[Run]) -> None:
         cells[1].metric("Host CPU", f"{found.cpu_percent:.0f} %")
         cells[2].metric("Host memory", f"{found.host_memory_used_bytes / GIB:.1f} / "
                                        f"{found.host_memory_total_bytes / GIB:.1f} GiB")
-        on_cpu = runs_on(scheduler.CPU, active)
+        on_cpu = runs_on(local_executor.CPU, active)
         if on_cpu:
             run_links(on_cpu)
         else:
@@ -91,11 +94,11 @@ def cpu_card(found: Inventory, active: Sequence[Run]) -> None:
 
 def scheduler_card(lease: Optional[SchedulerLease], queued: Sequence[Run], now: datetime, on_ray: bool = False) -> None:
     st.subheader("Scheduler")
-    local_settings = ((scheduler.ENV_RUNS_PER_GPU, scheduler.runs_per_gpu),
-                      (scheduler.ENV_CPU_SLOTS, scheduler.cpu_slots))
+    local_settings = ((local_executor.ENV_RUNS_PER_GPU, local_executor.runs_per_gpu),
+                      (local_executor.ENV_CPU_SLOTS, local_executor.cpu_slots))
     if on_ray:
         st.caption("The scheduler hands queued runs to the Ray cluster, which places them "
-                   f"(`{scheduler.ENV_RUNS_PER_GPU}` and `{scheduler.ENV_CPU_SLOTS}` apply to the local executor).")
+                   f"(`{local_executor.ENV_RUNS_PER_GPU}` and `{local_executor.ENV_CPU_SLOTS}` apply to the local executor).")
     for variable, read in () if on_ray else local_settings:
         try:
             st.caption(f"`{variable}` = {read()}")
@@ -135,7 +138,7 @@ def cluster_card(active: Sequence[Run]) -> None:
         return
     alive = [node for node in nodes if node.alive]
     gpus = sum(node.gpus for node in alive)
-    st.caption(f"`{ray_executor.ENV_EXECUTOR}=ray` · address `{address}` · {len(alive)} node(s) alive, "
+    st.caption(f"`{ENV_EXECUTOR}=ray` · address `{address}` · {len(alive)} node(s) alive, "
                f"{sum(node.cpus for node in alive):g} CPUs, {gpus:g} GPUs. Each run asks Ray for "
                f"{'1 GPU (auto) or ' if gpus else ''}{ray_executor.cpus_per_run():g} CPU(s) and runs where Ray "
                "puts it; free counts are Ray's accounting, not measured load.")

@@ -78,6 +78,6 @@ def test_a_queue_table_leaves_the_place_out_and_says_where_a_run_starts():
 
 
 def test_every_ray_placement_has_its_words():
-    from engine.ray_executor import RAY_PLACEMENTS
+    from engine.executors.ray import RAY_PLACEMENTS
 
     assert set(run_facts.RAY_QUEUE_WORDS) == set(RAY_PLACEMENTS)
