@@ -1,7 +1,7 @@
-"""Arena dashboard entrypoint: page config, the router, and this process's scheduler (pages live in pages/)."""
+"""Arena dashboard entrypoint: page config, then the router (ui/router.py), which lists the pages of pages/."""
 import streamlit as st
 
-from pages import common
+from ui import router
 
-st.set_page_config(**common.PAGE_CONFIG)
-common.run_routed()
+st.set_page_config(**router.PAGE_CONFIG)
+router.run_routed()

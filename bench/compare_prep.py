@@ -25,12 +25,12 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `db` and `pages` import from the repo
+    sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `db` and `analysis` import from the repo
 
 from db import queries  # noqa: E402  (needs ROOT on the path)
 from db.session import make_sessionmaker  # noqa: E402
 from engine.spec import RunSpec  # noqa: E402
-from pages import series  # noqa: E402
+from analysis import series  # noqa: E402
 
 METRIC = "step/train_loss"
 RUNS, POINTS, REPEATS, SMOOTHING = 20, 100_000, 5, 0.6

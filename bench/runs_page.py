@@ -1,12 +1,12 @@
-"""What the Runs page pays for its table at 10,000 runs: run_table.runs_overview, then pages.runs.runs_table.
+"""What the Runs page pays for its table at 10,000 runs: run_table.runs_overview, then analysis.runs_table.runs_table.
 
 `python bench/runs_page.py [--runs N] [--epochs N] [--repeats N] [--json]`
 
 Builds a temporary SQLite database of --runs runs (mixed frameworks, models, statuses, tags and
 groups; some failed with a traceback, some queued or running) with --epochs per-epoch points of
 train_loss, test_accuracy and samples_per_s each, written through queries.add_metric_points. Then
-times `runs_overview(s)` and `runs_table(frame, now)` (the page's pure table preparation, imported
-without running the page) separately:
+times `runs_overview(s)` and `runs_table(frame, now)` (the page's pure table preparation, from
+analysis/runs_table.py) separately:
 
 - cold: a new sessionmaker each repeat (fresh engine: connection, pragmas, SQLite page cache and
   statement cache all cold, as in a new dashboard process), its first call;
@@ -15,7 +15,7 @@ without running the page) separately:
 Medians over --repeats of each. The operating system's file cache stays warm: the database was
 just written. Informational, outside the goal: what the page does after that (filters, coloured
 labels, Arrow serialisation for st.dataframe), warm; and, once, the two queries the page ran
-before run_table existed (queries.list_runs, an ORM Run per row, and common.epoch_metrics).
+before run_table existed (queries.list_runs, an ORM Run per row, and every run's per-epoch points).
 """
 from __future__ import annotations
 
@@ -35,13 +35,15 @@ from sqlalchemy import insert, select
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `db` and `pages` import from the repo
+    sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `db` and `analysis` import from the repo
 
 from db import queries, run_table  # noqa: E402  (needs ROOT on the path)
 from db.models import DIVERGED, FAILED, FINISHED, NON_FINITE_LOSS, QUEUED, RUNNING, Run  # noqa: E402
 from db.session import make_sessionmaker  # noqa: E402
 from engine.spec import RunSpec  # noqa: E402
-from pages import common, run_filters, runs  # noqa: E402  (runs only defines the table; main() is not called)
+from analysis import run_filters  # noqa: E402
+from analysis.runs_table import runs_table  # noqa: E402
+from ui.run_selection import labelled  # noqa: E402
 
 RUNS, EPOCHS, REPEATS = 10_000, 5, 5
 METRICS = ("train_loss", "test_accuracy", "samples_per_s")
@@ -135,8 +137,19 @@ def measure(sessions) -> dict[str, float]:
     """One runs_overview and one runs_table on this sessionmaker."""
     with sessions() as s:
         frame, query_s = _time(lambda: run_table.runs_overview(s))
-    _, table_s = _time(lambda: runs.runs_table(frame, queries.utcnow()))
+    _, table_s = _time(lambda: runs_table(frame, queries.utcnow()))
     return {"overview_s": query_s, "table_s": table_s, "total_s": query_s + table_s, "rows": len(frame)}
+
+
+def _epoch_metrics(s, run_ids: list[int]) -> dict[int, dict[str, list[float]]]:
+    """Every run's per-epoch points as lists, as the page read them before run_table kept results on the run."""
+    result: dict[int, dict[str, list[float]]] = {int(r): {} for r in run_ids}
+    frame = queries.metric_frame(s, run_ids, METRICS) if run_ids else None
+    if frame is None or frame.empty:
+        return result
+    for (run_id, name), group in frame.groupby(["run_id", "name"], sort=False):
+        result[int(run_id)][name] = group.sort_values("epoch")["value"].astype(float).tolist()
+    return result
 
 
 def measure_display(sessions) -> dict[str, float]:
@@ -145,13 +158,13 @@ def measure_display(sessions) -> dict[str, float]:
 
     with sessions() as s:
         frame = run_table.runs_overview(s)
-    table = runs.runs_table(frame, queries.utcnow())
+    table = runs_table(frame, queries.utcnow())
     filters = run_filters.RunFilters(tags=("ablation",), text="sweep")
     shown, filter_s = _time(lambda: run_filters.apply_filters(frame, filters))
-    (data, _), labels_s = _time(lambda: runs.labelled(table.reset_index(drop=True)))
+    (data, _), labels_s = _time(lambda: labelled(table.reset_index(drop=True)))
     _, arrow_s = _time(lambda: dataframe_util.convert_pandas_df_to_arrow_bytes(data))
     with sessions() as s:
-        _, orm_s = _time(lambda: common.epoch_metrics(s, [run.id for run in queries.list_runs(s)]))
+        _, orm_s = _time(lambda: _epoch_metrics(s, [run.id for run in queries.list_runs(s)]))
     return {"filter_s": filter_s, "labels_s": labels_s, "arrow_s": arrow_s, "shown": len(shown), "orm_s": orm_s}
 
 
@@ -166,7 +179,7 @@ def format_report(runs_n: int, epochs: int, cold: list[dict], warm: list[dict], 
                      "noisy; rerun on a quiet machine")
     header = f"{'part':<26} {'cold s':>8} {'warm s':>8} {'warm range s':>15}"
     lines += ["", header, "-" * len(header)]
-    for key, label in (("overview_s", "run_table.runs_overview"), ("table_s", "runs.runs_table"),
+    for key, label in (("overview_s", "run_table.runs_overview"), ("table_s", "runs_table"),
                        ("total_s", "together")):
         warm_values = [r[key] for r in warm]
         lines.append(f"{label:<26} {statistics.median(r[key] for r in cold):>8.3f} "

@@ -20,11 +20,12 @@ from db.session import make_sessionmaker, resolve_db_url
 from db.urls import DatabaseURLError
 from engine import PROJECT_ROOT, child_env, datafiles, devices, specfile
 from engine.catalog import DATASETS, FRAMEWORKS, LAYOUTS, MODELS, MODES, OPTIMIZERS, PRECISIONS, framework_label
+from engine.executors import LOCAL, RAY, executor_name, get_executor
+from engine.executors.local import cpu_slots, runs_per_gpu
 from engine.export import FORMATS as EXPORT_FORMATS, open_tensorboard_command, write_export
 from engine.launch import default_url_for, queue_runs, reap
 from engine.launch import ALREADY_ENDED, CANCEL_GRACE_S, CANCEL_REQUESTED, cancel_runs
-from engine.ray_executor import executor_name
-from engine.scheduler import LEASE_NAME, cpu_slots, ensure_running, runs_per_gpu, scheduling_enabled
+from engine.scheduler import LEASE_NAME, Scheduler, ensure_running, scheduling_enabled
 from engine.matrix import expand, parse_seeds
 from engine.run_ids import parse_run_id
 from engine.spec import RunSpec, SpecError
@@ -357,17 +358,16 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     """Place queued runs until SIGTERM or Ctrl-C, then give the lease up."""
     import signal
 
-    from engine.scheduler import Scheduler, configured_executor
-
     url = default_url_for(args.db)
     try:
-        executor = configured_executor()
-    except ValueError as exc:
+        name = executor_name()
+    except ValueError as exc:  # named before the database is opened
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    scheduler = Scheduler(make_sessionmaker(url), url, interval_s=args.interval, executor=executor)
+    sessions = make_sessionmaker(url)
+    scheduler = Scheduler(sessions, url, get_executor(name, sessions, url), interval_s=args.interval)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it as Ctrl-C does
-    where = "on the Ray cluster" if executor is not None else "on this machine"
+    where = {LOCAL: "on this machine", RAY: "on the Ray cluster"}.get(name, f"by the {name} executor")
     print(f"arena scheduler on {url} (pid {os.getpid()}), runs {where}; Ctrl-C stops it, runs go on",
           file=sys.stderr, flush=True)
     was_holding = None

@@ -1,6 +1,7 @@
 """Device checks at the boundary (form, CLI) without importing a framework: NVML tells what GPUs exist."""
 from __future__ import annotations
 
+from engine.executors import RAY, executor_name
 from engine.nvml import GpuInfo, Nvml, describe_error, inventory
 from engine.spec import SpecError
 
@@ -25,8 +26,6 @@ def on_cluster() -> bool:
 
     A value that is neither local nor ray counts as local here; the form and the CLI refuse it before queuing.
     """
-    from engine.ray_executor import RAY, executor_name
-
     try:
         return executor_name() == RAY
     except ValueError:

@@ -56,6 +56,13 @@ class _StepBuffer:
         self.ended_at: list[float] = []  # unix time each step ended: memory can be plotted against step
         self.timed: list[tuple[int, float, float]] = []  # (step, milliseconds, ended at) of steps timed alone
 
+    def add(self, step: int, ended_at: float, timed_s: Optional[float]) -> None:
+        """Note step `step` (its loss already appended), ended at unix time ended_at, and its seconds if timed alone."""
+        self.steps.append(step)
+        self.ended_at.append(ended_at)
+        if timed_s is not None:
+            self.timed.append((step, timed_s * 1e3, ended_at))
+
     def drain(self, backend: Backend, sink: MetricSink, epoch: int) -> tuple[list[float], Optional[tuple[int, float]]]:
         """Send buffered steps; return their losses and the first (step, loss) that is not finite."""
         losses = backend.losses_to_floats(self.losses)
@@ -83,129 +90,145 @@ def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, mete
     appended to artifacts, for the caller to store.
     """
     with numpy_blas_single_threaded():
-        summary = _train(spec, backend, data, sink, meter, artifacts)
-    return summary
+        run = _Run(spec, backend, data, sink, meter)
+        for epoch in range(1, spec.epochs + 1):
+            run.epoch(epoch)
+        return run.finish(artifacts)
 
 
-def _train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, meter: Optional[EpochMeter],
-           artifacts: Optional[list[calibration.Artifact]] = None) -> dict:
-    input_shape = tuple(data.x_train.shape[1:])
-    weights = initial_weights(spec.model, input_shape, data.num_outputs, spec.seed) if spec.same_init else None
-    param_count = backend.build(spec, data.task, weights, input_shape, data.num_outputs)
-    expected = parameter_count(spec.model, input_shape, data.num_outputs)
-    if param_count != expected:
-        raise RuntimeError(f"{backend.name} built {spec.model} with {param_count} parameters, expected {expected}")
-    n_train, batch = len(data.x_train), spec.batch_size
-    steps = steps_per_epoch(spec, n_train)
-    summary: dict = {"param_count": param_count, "steps_per_epoch": steps, "same_init": spec.same_init,
-                     **backend.settings(), "numpy_blas_threads": numpy_blas_threads()}
-    global_step = 0
-    every_step = spec.step_timing == "every_step" or (spec.step_timing == "auto" and not backend.asynchronous)
-    clock = StepClock(backend.synchronize, every_step, spec.warmup_steps)
-    summary["step_timing"] = clock.describe()
-    shapes = ShapeLog()
-    train_total_s = 0.0
-    energy_j, energy_samples = 0.0, 0
-    target = spec.target_accuracy
+class _Run:
+    """One training run's state between epochs: the model built, the clock, the counters, the summary so far."""
 
-    # The run's first training batch: the same samples in both frameworks, every epoch.
-    first_batch = epoch_order(n_train, spec.seed, 1)[:batch]
-    stats_batch = (data.x_train[first_batch], data.y_train[first_batch])
-    if spec.layer_stats:
-        # Epoch 0 without gradients: a forward and backward pass before the first step would warm up
-        # the kernels that step uses and make its time, the compile estimate, look shorter.
-        summary["layer_stats_s"] = _record_layer_stats(spec, backend, sink, None, 0, 0)
+    def __init__(self, spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink,
+                 meter: Optional[EpochMeter]) -> None:
+        self.spec, self.backend, self.data, self.sink, self.meter = spec, backend, data, sink, meter
+        input_shape = tuple(data.x_train.shape[1:])
+        weights = initial_weights(spec.model, input_shape, data.num_outputs, spec.seed) if spec.same_init else None
+        param_count = backend.build(spec, data.task, weights, input_shape, data.num_outputs)
+        expected = parameter_count(spec.model, input_shape, data.num_outputs)
+        if param_count != expected:
+            raise RuntimeError(f"{backend.name} built {spec.model} with {param_count} parameters, expected {expected}")
+        self.steps = steps_per_epoch(spec, len(data.x_train))
+        self.summary: dict = {"param_count": param_count, "steps_per_epoch": self.steps, "same_init": spec.same_init,
+                              **backend.settings(), "numpy_blas_threads": numpy_blas_threads()}
+        every_step = spec.step_timing == "every_step" or (spec.step_timing == "auto" and not backend.asynchronous)
+        self.clock = StepClock(backend.synchronize, every_step, spec.warmup_steps)
+        self.summary["step_timing"] = self.clock.describe()
+        self.shapes = ShapeLog()
+        self.global_step = 0
+        self.train_total_s = 0.0
+        self.energy_j, self.energy_samples = 0.0, 0
+        # The run's first training batch: the same samples in both frameworks, every epoch.
+        first_batch = epoch_order(len(data.x_train), spec.seed, 1)[:spec.batch_size]
+        self.stats_batch = (data.x_train[first_batch], data.y_train[first_batch])
+        if spec.layer_stats:
+            # Epoch 0 without gradients: a forward and backward pass before the first step would warm up
+            # the kernels that step uses and make its time, the compile estimate, look shorter.
+            self.summary["layer_stats_s"] = _record_layer_stats(spec, backend, sink, None, 0, 0)
 
-    def diverged(step: int, name: str, value: float) -> None:
-        if "diverged_at_step" not in summary:
-            summary.update(diverged_at_step=step, diverged_metric=name)
-        if spec.on_divergence == "stop":
-            raise Diverged(step, name, value, spec.lr)
-
-    for epoch in range(1, spec.epochs + 1):
-        order = epoch_order(n_train, spec.seed, epoch)
-        if meter is not None:
-            meter.start()
-        backend.synchronize()
-        start = time.perf_counter()
-        clock.start_epoch(start)
-        before = clock.snapshot()
-        batch_at = epoch_batches(spec, backend, data.x_train[order], data.y_train[order], epoch, data.num_outputs)
-        buffer = _StepBuffer()
-        epoch_losses: list[float] = []
-        last_drain = start
-        samples = 0
-        for i in range(steps):
-            x_batch, y_batch, size = batch_at(i)
-            new_shape = shapes.first_time(tuple(x_batch.shape), global_step + 1)
-            clock.before_step(global_step + 1, alone=new_shape)  # a new shape's step is timed alone: it may compile
-            buffer.losses.append(backend.train_step(x_batch, y_batch))
-            step_s = clock.after_step(global_step + 1, size)  # synchronises only where this step is timed alone
-            step_end = time.perf_counter()
-            buffer.ended_at.append(time.time())
-            global_step += 1
-            samples += size
-            buffer.steps.append(global_step)
-            if step_s is not None:
-                buffer.timed.append((global_step, step_s * 1e3, buffer.ended_at[-1]))
-            if step_end - last_drain >= DRAIN_INTERVAL_S:
-                losses, bad = buffer.drain(backend, sink, epoch)
-                epoch_losses += losses
-                sink.progress(epoch - 1, global_step)
-                if bad:
-                    diverged(bad[0], "train_loss", bad[1])
-                last_drain = time.perf_counter()
-        clock.end_epoch()
-        train_s = time.perf_counter() - start
-        train_total_s += train_s
-        losses, bad = buffer.drain(backend, sink, epoch)
-        epoch_losses += losses
-        energy = meter.train_done(samples) if meter is not None else {}
+    def epoch(self, epoch: int) -> None:
+        """Train one epoch, timed; then, untimed, evaluate, record its metrics and its layer statistics."""
+        if self.meter is not None:
+            self.meter.start()
+        before = self.clock.snapshot()
+        samples, train_s, losses, bad = self._train_steps(epoch)
+        self.train_total_s += train_s
+        energy = self.meter.train_done(samples) if self.meter is not None else {}
         if "energy_j" in energy:
-            energy_j, energy_samples = energy_j + energy["energy_j"], energy_samples + samples
-        if bad:
-            sink.progress(epoch - 1, global_step)
-            diverged(bad[0], "train_loss", bad[1])
-        timed_samples, timed_s = clock.steady(since=before)
-        metrics = {
-            "train_loss": sum(epoch_losses) / len(epoch_losses),
-            "epoch_time_s": train_s,
-        }
+            self.energy_j, self.energy_samples = self.energy_j + energy["energy_j"], self.energy_samples + samples
+        if bad:  # a loss of the epoch's last steps, drained after the timer stopped
+            self.sink.progress(epoch - 1, self.global_step)
+            self._diverged(bad[0], "train_loss", bad[1])
+        metrics = {"train_loss": sum(losses) / len(losses), "epoch_time_s": train_s}
+        timed_samples, timed_s = self.clock.steady(since=before)
         if timed_samples and timed_s > 0:
             metrics["samples_per_s"] = timed_samples / timed_s
         metrics.update(energy)
-        metrics.update(backend.evaluate(data.x_test, data.y_test, EVAL_BATCH_SIZE))
-        if meter is not None:
-            metrics.update(meter.end())
-        if spec.layer_stats:
-            summary["layer_stats_s"] += _record_layer_stats(spec, backend, sink, stats_batch, epoch, global_step)
-        if "phi_true" in data.info:
-            metrics["phi_true"] = data.info["phi_true"]  # the target, plotted beside the estimate
-        sink.epoch_metrics(epoch, global_step, metrics)
-        for name, value in metrics.items():
-            if not math.isfinite(value):
-                sink.progress(epoch, global_step)
-                diverged(global_step, name, value)
-                break
-        sink.progress(epoch, global_step)
-        if target is not None and "time_to_target_s" not in summary and metrics.get("test_accuracy", 0) >= target:
-            # Training time only (evaluation excluded), warm-up included: it is part of getting there.
-            summary.update(time_to_target_s=train_total_s, epochs_to_target=epoch, steps_to_target=global_step)
+        metrics.update(self.backend.evaluate(self.data.x_test, self.data.y_test, EVAL_BATCH_SIZE))
+        if self.meter is not None:
+            metrics.update(self.meter.end())
+        if self.spec.layer_stats:
+            self.summary["layer_stats_s"] += _record_layer_stats(self.spec, self.backend, self.sink, self.stats_batch,
+                                                                 epoch, self.global_step)
+        if "phi_true" in self.data.info:
+            metrics["phi_true"] = self.data.info["phi_true"]  # the target, plotted beside the estimate
+        self.sink.epoch_metrics(epoch, self.global_step, metrics)
+        bad = next(((name, value) for name, value in metrics.items() if not math.isfinite(value)), None)
+        if bad:
+            self.sink.progress(epoch, self.global_step)
+            self._diverged(self.global_step, *bad)
+        self.sink.progress(epoch, self.global_step)
+        self._check_target(epoch, metrics)
 
-    summary.update(_timing_summary(spec, clock))
-    summary["shapes"] = shapes.summary(clock.totals, summary.get("step_time_p50_ms"))
-    summary["compile_events"] = backend.compile_events()
-    if meter is not None:
-        summary["peak_bytes"] = meter.run_peaks()
-    if energy_samples:
-        summary.update(energy_j=energy_j, samples_per_j=energy_samples / energy_j if energy_j > 0 else None)
-    summary["target_accuracy"] = target
-    if target is not None:
-        summary.setdefault("time_to_target_s", None)
-    summary.update(calibration.after_training(spec, backend, data, artifacts))  # phases, operator profile
-    if spec.inference_iters:
-        summary.update(inference.benchmark(backend, data.x_test, data.y_test, batch, spec.inference_iters))
-    return summary
+    def _train_steps(self, epoch: int) -> tuple[int, float, list[float], Optional[tuple[int, float]]]:
+        """The epoch's optimizer steps, losses drained to the sink as they go.
+
+        Returns samples, seconds, the losses, and the first (step, loss) of the last drain that is not finite.
+        """
+        spec, backend, clock = self.spec, self.backend, self.clock
+        order = epoch_order(len(self.data.x_train), spec.seed, epoch)
+        backend.synchronize()
+        start = time.perf_counter()
+        clock.start_epoch(start)
+        batch_at = epoch_batches(spec, backend, self.data.x_train[order], self.data.y_train[order], epoch,
+                                 self.data.num_outputs)
+        buffer, losses = _StepBuffer(), []
+        last_drain, samples = start, 0
+        for i in range(self.steps):
+            x_batch, y_batch, size = batch_at(i)
+            step = self.global_step + 1
+            new_shape = self.shapes.first_time(tuple(x_batch.shape), step)
+            clock.before_step(step, alone=new_shape)  # a new shape's step is timed alone: it may compile
+            buffer.losses.append(backend.train_step(x_batch, y_batch))
+            step_s = clock.after_step(step, size)  # synchronises only where this step is timed alone
+            step_end = time.perf_counter()
+            buffer.add(step, time.time(), step_s)
+            self.global_step, samples = step, samples + size
+            if step_end - last_drain >= DRAIN_INTERVAL_S:
+                drained, bad = buffer.drain(backend, self.sink, epoch)
+                losses += drained
+                self.sink.progress(epoch - 1, self.global_step)
+                if bad:
+                    self._diverged(bad[0], "train_loss", bad[1])
+                last_drain = time.perf_counter()
+        clock.end_epoch()
+        train_s = time.perf_counter() - start
+        drained, bad = buffer.drain(backend, self.sink, epoch)
+        return samples, train_s, losses + drained, bad
+
+    def _diverged(self, step: int, name: str, value: float) -> None:
+        if "diverged_at_step" not in self.summary:
+            self.summary.update(diverged_at_step=step, diverged_metric=name)
+        if self.spec.on_divergence == "stop":
+            raise Diverged(step, name, value, self.spec.lr)
+
+    def _check_target(self, epoch: int, metrics: dict[str, float]) -> None:
+        target = self.spec.target_accuracy
+        if target is not None and "time_to_target_s" not in self.summary and metrics.get("test_accuracy", 0) >= target:
+            # Training time only (evaluation excluded), warm-up included: it is part of getting there.
+            self.summary.update(time_to_target_s=self.train_total_s, epochs_to_target=epoch,
+                                steps_to_target=self.global_step)
+
+    def finish(self, artifacts: Optional[list[calibration.Artifact]]) -> dict:
+        """The run's summary: timing, shapes, compiles, peaks, energy, target; then calibration and inference."""
+        spec, summary = self.spec, self.summary
+        summary.update(_timing_summary(spec, self.clock))
+        summary["shapes"] = self.shapes.summary(self.clock.totals, summary.get("step_time_p50_ms"))
+        summary["compile_events"] = self.backend.compile_events()
+        if self.meter is not None:
+            summary["peak_bytes"] = self.meter.run_peaks()
+        if self.energy_samples:
+            summary.update(energy_j=self.energy_j,
+                           samples_per_j=self.energy_samples / self.energy_j if self.energy_j > 0 else None)
+        summary["target_accuracy"] = spec.target_accuracy
+        if spec.target_accuracy is not None:
+            summary.setdefault("time_to_target_s", None)
+        # Phases and the operator profile, then the inference benchmark: outside every timer above.
+        summary.update(calibration.after_training(spec, self.backend, self.data, artifacts))
+        if spec.inference_iters:
+            summary.update(inference.benchmark(self.backend, self.data.x_test, self.data.y_test, spec.batch_size,
+                                               spec.inference_iters))
+        return summary
 
 
 def _record_layer_stats(spec: RunSpec, backend: Backend, sink: MetricSink, batch: Optional[tuple], epoch: int,

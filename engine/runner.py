@@ -51,7 +51,7 @@ CANCEL_DEADLINE_S = 10.0
 EXIT_CANCELLED = 128 + signal.SIGTERM  # as a shell reports a process SIGTERM ended
 
 
-# Set by the scheduler (engine/scheduler.py placement_env) for the process it starts.
+# Set by the executor for the process it starts (engine/executors/local.py placement_env, ray.py runner_env).
 ENV_DEVICE = "ARENA_DEVICE"  # the device as this process sees it: "cpu" or "cuda:0"
 ENV_PLACED_DEVICE = "ARENA_PLACED_DEVICE"  # the machine's name for it: "cpu" or "cuda:<NVML index>"
 ENV_NVML_INDEX = "ARENA_NVML_INDEX"  # NVML ignores CUDA_VISIBLE_DEVICES: the physical index to watch

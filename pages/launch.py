@@ -1,10 +1,14 @@
 """Launch: pick a model and settings, queue one run or a matrix (frameworks x modes x precisions x seeds)."""
 from __future__ import annotations
 
-from decimal import Decimal
-
 import streamlit as st
 
+from analysis.formatting import escape_markdown
+from analysis.launch_plan import (
+    PRECISION_LABELS, build_matrix, data_files_note, describe_matrix, run_names, setting_problem, spec_error_message,
+    whole,
+)
+from analysis.run_ids import format_run_ids
 from db import queries
 from engine.catalog import (
     DATASETS, FRAMEWORKS, LAYOUTS, MODE_LABELS, MODELS, MODES, OPTIMIZERS, PRECISIONS, SYNTHETIC_DEFAULT_SIZE,
@@ -13,12 +17,11 @@ from engine.catalog import (
 from engine import devices
 from engine.devices import check_available, on_cluster
 from engine.launch import launch
-from engine.ray_executor import executor_name
-from engine.scheduler import cpu_slots, runs_per_gpu, scheduling_enabled
+from engine.executors.local import cpu_slots, runs_per_gpu
 from engine.spec import LAST_BATCH_CHOICES, STEP_TIMINGS, RunSpec, SpecError
-from pages import common
-from pages.launch_plan import PRECISION_LABELS, build_matrix, describe_matrix, data_files_note, run_names, \
-    spec_error_message
+from ui.database import db_url, sessions
+from ui.router import COMPARE_PAGE, RUNS_PAGE, ensure_router
+from ui.widgets import LAUNCHED_KEY, RUNS_PARAM
 
 BOTH = "both"
 FRAMEWORK_CHOICES = (*FRAMEWORKS, BOTH)
@@ -33,36 +36,15 @@ def framework_choice_label(choice: str) -> str:
     return "Both (identical settings)" if choice == BOTH else framework_label(choice)
 
 
-def setting_problem() -> str | None:
-    """What is wrong with ARENA_RUNS_PER_GPU, ARENA_CPU_SLOTS, ARENA_SCHEDULER or ARENA_EXECUTOR, if anything.
-
-    The CLI asks the same before it queues.
-    """
-    try:
-        for check in (runs_per_gpu, cpu_slots, scheduling_enabled, executor_name):
-            check()
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def whole(value: float) -> int | float:
-    """A counting input's value as an int when it is whole, else as it is (RunSpec names the field and value).
-
-    Through the shortest decimal form, so 1e30 is named as 1 and 30 zeros, as typed, not as int(1e30).
-    """
-    return int(Decimal(repr(value))) if isinstance(value, float) and value.is_integer() else value
-
-
 def launch_matrix(specs: list[RunSpec]) -> tuple[list[int], str | None]:
     """Queue the specs as one group and wake the scheduler, which places them; (run ids, group tag)."""
-    sessions = common.sessions()
-    run_ids = launch(sessions, specs, common.db_url())
-    with sessions.begin() as s:
+    dashboard = sessions()
+    run_ids = launch(dashboard, specs, db_url())
+    with dashboard.begin() as s:
         return run_ids, queries.get_run(s, run_ids[0]).group_tag
 
 
-common.ensure_router()
+ensure_router()
 st.title("Launch")
 st.caption("Train the same experiment in PyTorch and TensorFlow and compare them run for run. "
            "Runs train in their own processes, one after the other: you can leave this page while they run.")
@@ -265,7 +247,7 @@ if problem is not None:
     message = spec_error_message(problem, submitted=submitted)
     (preview.error if submitted else preview.warning)(message, icon=":material/error:")
 elif setting is not None:
-    preview.error(f"{common.escape_markdown(setting)}. Fix it in the dashboard's environment and restart the "
+    preview.error(f"{escape_markdown(setting)}. Fix it in the dashboard's environment and restart the "
                   "dashboard. Nothing was queued.", icon=":material/error:")
 elif submitted:
     try:
@@ -274,12 +256,12 @@ elif submitted:
         preview.error(f"Could not start a runner process: {exc}. Check that this machine can start Python "
                       "processes, then submit again.", icon=":material/error:")
     else:
-        st.session_state[common.LAUNCHED_KEY] = run_ids
+        st.session_state[LAUNCHED_KEY] = run_ids
         st.session_state[LAUNCHED_GROUP_KEY] = group_tag
 
-launched = st.session_state.get(common.LAUNCHED_KEY)
+launched = st.session_state.get(LAUNCHED_KEY)
 if launched:
-    ids = common.format_run_ids(launched)
+    ids = format_run_ids(launched)
     group = st.session_state.get(LAUNCHED_GROUP_KEY)
     what = f"{len(launched)} runs {run_names(launched)} as group `{group}`" if len(launched) > 1 else \
         f"run {run_names(launched)}"
@@ -293,8 +275,8 @@ if launched:
                icon=":material/check_circle:")
     c1, c2, _ = st.columns([1, 1, 3])
     with c1:
-        st.page_link(common.RUNS_PAGE, label="Follow on Runs", icon=":material/table_rows:",
-                     query_params={common.RUNS_PARAM: ids})
+        st.page_link(RUNS_PAGE, label="Follow on Runs", icon=":material/table_rows:",
+                     query_params={RUNS_PARAM: ids})
     with c2:
-        st.page_link(common.COMPARE_PAGE, label="Open in Compare", icon=":material/compare_arrows:",
-                     query_params={common.RUNS_PARAM: ids})
+        st.page_link(COMPARE_PAGE, label="Open in Compare", icon=":material/compare_arrows:",
+                     query_params={RUNS_PARAM: ids})

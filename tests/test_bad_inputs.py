@@ -1,5 +1,5 @@
 """The checks behind the boundaries, on real files: database URLs (db/urls.py), spec files (engine/specfile.py),
-spec patterns (engine/spec.py), and run ids and numbers read from text (engine/run_ids.py, pages/url_state.py).
+spec patterns (engine/spec.py), and run ids and numbers read from text (engine/run_ids.py, ui/url_state.py).
 
 The CLI and the Launch form run these same checks end to end in tests/engine/test_bad_inputs_cli.py
 and tests/pages/test_bad_inputs_form.py.
@@ -19,7 +19,8 @@ from db.urls import DatabaseURLError, masked, validate
 from engine.run_ids import MAX_RUN_ID, parse_run_id
 from engine.spec import RunSpec, SpecError
 from engine.specfile import SpecFileError, load
-from pages import common, url_state
+from analysis import run_ids
+from ui import url_state
 
 
 def files_under(path: Path) -> list[Path]:
@@ -168,8 +169,8 @@ def test_a_run_id_is_ascii_digits_within_what_the_database_holds(text, message):
 
 
 def test_run_ids_in_a_link_are_kept_and_the_rest_named():
-    assert common.split_run_ids("3,²,#4,x,3," + "9" * 30) == ([3, 4], ["²", "x", "9" * 30])
-    assert "runs=²,x are not run ids" in common.not_run_ids_message("runs", ["²", "x"])
+    assert run_ids.split_run_ids("3,²,#4,x,3," + "9" * 30) == ([3, 4], ["²", "x", "9" * 30])
+    assert "runs=²,x are not run ids" in run_ids.not_run_ids_message("runs", ["²", "x"])
 
 
 @pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-inf", "Infinity", "1e999", "²", "1_0", "0x10", ""])
@@ -203,7 +204,7 @@ def test_a_spec_file_past_the_limit_or_a_device_is_refused(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("address", ["headnode:²", "headnode:٣٣", "headnode:99999999", "headnode:0", "headnode:"])
 def test_a_ray_address_whose_port_is_not_one_is_named(address):
-    from engine import ray_executor
+    from engine.executors import ray as arena_ray
 
     with pytest.raises(RuntimeError, match=rf"ARENA_RAY_ADDRESS='{address}': expected host:port"):
-        ray_executor._check_reachable(address, timeout_s=0.1)
+        arena_ray._check_reachable(address, timeout_s=0.1)

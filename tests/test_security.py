@@ -18,7 +18,7 @@ import pytest
 from tests import dashboard
 from tests.conftest import REPO_ROOT
 
-SCANNED = ["engine", "db", "pages", "bench", "app.py"]
+SCANNED = ["engine", "db", "pages", "ui", "analysis", "bench", "app.py"]
 # Modules whose loaders run code from the bytes they read.
 UNPICKLING_MODULES = {"pickle", "_pickle", "cPickle", "marshal", "shelve", "dill", "cloudpickle", "joblib"}
 SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader", "BaseLoader"}

@@ -1,4 +1,4 @@
-"""db/migrate.py and db/migrations: databases of every earlier Arena upgrade in place, rows intact, schema = models.
+"""db/migrate/ and db/migrations: databases of every earlier Arena upgrade in place, rows intact, schema = models.
 
 The revisions run on both backends (db_url: a SQLite file and a PostgreSQL database). The
 databases from before revision tracking are frozen SQLite files (legacy_schemas/), and what

@@ -101,6 +101,16 @@ def test_launch_a_run_watch_it_finish_and_compare_it(dashboard, page):
     expect(page.get_by_role("heading", name="Compare", exact=True)).to_be_visible()
     expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
     expect(page.get_by_text("#1 PyTorch").first).to_be_visible()
+    # At 1500x1100 the first chart starts on the first screen: "What was compared" is one line, its
+    # details open on request.
+    page.set_viewport_size({"width": 1500, "height": 1100})
+    expect(page.get_by_text("What was compared:")).to_be_visible()
+    page.wait_for_timeout(500)  # the layout settles after the resize
+    assert page.locator(".js-plotly-plot").first.bounding_box()["y"] < 1100 - 100
+    expect(page.get_by_text("How the runs were measured")).not_to_be_visible()
+    page.get_by_role("button", name="Run settings").click()
+    expect(page.get_by_text("How the runs were measured")).to_be_visible()
+    page.keyboard.press("Escape")
 
     # Tabs: only the open one is drawn, and the link keeps it (and the runs) for a reload or a colleague.
     page.get_by_role("tab", name="Speed").click()

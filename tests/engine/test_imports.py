@@ -30,8 +30,9 @@ def neutral_modules() -> list[str]:
 
 def test_the_module_list_is_found_not_kept():
     names = neutral_modules()
-    for expected in ("engine.scheduler", "engine.ray_executor", "engine.nvml", "engine.recorder", "db.queries",
-                     "engine.step_clock", "engine.calibration", "engine.cli"):
+    for expected in ("engine.scheduler", "engine.executors.ray", "engine.executors.local", "engine.processes",
+                     "engine.nvml", "engine.recorder", "db.queries", "engine.step_clock", "engine.calibration",
+                     "engine.cli"):
         assert expected in names
     assert "engine.backends.parity_worker" in names  # a worker picks its framework at run time
     assert len(names) > 40

@@ -1,6 +1,6 @@
 """Lost runs (a runner that stopped beating) and cancelled ones: real runners, real signals, real readers.
 
-No scheduler runs in these tests: runners are started directly (engine.launch.start_runner), so
+No scheduler runs in these tests: runners are started directly (engine.processes.start_runner), so
 whatever ends a run is the reader or the canceller under test.
 """
 from __future__ import annotations
@@ -25,12 +25,14 @@ from db import queries
 from db.models import CANCELLED, FINISHED, LOST, QUEUED, RUNNING, STATUSES
 from db.session import make_sessionmaker
 from engine import PROJECT_ROOT
-from engine.launch import queue_runs, start_runner
+from engine.executors.local import LocalExecutor
+from engine.launch import queue_runs
+from engine.processes import start_runner
 from engine.runner import EXIT_CANCELLED
 from engine.scheduler import Scheduler
 from engine.spec import RunSpec
-from pages import common
-from pages.common import RUNS_PAGE
+from analysis import run_facts
+from ui.router import RUNS_PAGE
 from tests.conftest import run_cli, wait_until
 from tests.pages.helpers import failures
 
@@ -154,7 +156,7 @@ def test_another_hosts_run_is_lost_once_its_heartbeat_is_stale_and_not_before(ar
             queries.update_run(s, run_id, heartbeat_at=queries.utcnow() - timedelta(seconds=20))
 
     silence(fresh)  # the scheduler reads runs too
-    Scheduler(sessions, arena_db, launcher=lambda *_: None, gpus=lambda: []).tick()
+    Scheduler(sessions, arena_db, LocalExecutor(sessions, arena_db, launcher=lambda *_: None, gpus=lambda: [])).tick()
     assert (get(sessions, fresh).status, get(sessions, later).status) == (LOST, RUNNING)
 
     silence(later)  # and so does the dashboard, which says why
@@ -163,7 +165,7 @@ def test_another_hosts_run_is_lost_once_its_heartbeat_is_stale_and_not_before(ar
     assert not failures(at), failures(at)
     statuses = {run_id: cell[0] for run_id, cell in zip(at.dataframe[0].value["id"], at.dataframe[0].value["status"])}
     assert statuses[later] == statuses[stale] == "? lost · no heartbeat"
-    assert common.status_color(LOST) not in {common.status_color(other) for other in STATUSES if other != LOST}
+    assert run_facts.status_color(LOST) not in {run_facts.status_color(other) for other in STATUSES if other != LOST}
 
 
 def test_a_live_runner_on_this_host_is_never_lost_however_old_its_heartbeat(arena_db):

@@ -7,7 +7,8 @@ from pathlib import Path
 from db import queries
 from db.models import LOST
 from db.session import database_key, make_sessionmaker
-from engine.launch import queue_runs, reap, start_runner
+from engine.launch import queue_runs, reap
+from engine.processes import start_runner
 from engine.spec import RunSpec
 from tests.conftest import NO_CALIBRATION
 

@@ -12,7 +12,8 @@ import pytest
 from db import queries
 from db.models import DIVERGED, FAILED, FINISHED, LOST
 from db.session import make_sessionmaker
-from engine.launch import launch, reap, runner_alive, stop_run
+from engine.launch import launch, reap, stop_run
+from engine.processes import runner_alive
 from engine.spec import RunSpec
 
 FRAMEWORKS = ("torch", "tensorflow")
@@ -183,7 +184,7 @@ def test_stopped_run_records_why_and_keeps_points(arena_db):
 
 def test_a_runner_caught_between_vfork_and_exec_counts_as_alive(monkeypatch):
     """/proc/PID/cmdline is empty for a moment after Popen returns (vfork): that runner must not be reaped as lost."""
-    import engine.launch as launch_module
+    from engine import processes
 
     class Seen:
         def __init__(self, cmdline):
@@ -197,8 +198,8 @@ def test_a_runner_caught_between_vfork_and_exec_counts_as_alive(monkeypatch):
 
     for cmdline, alive in (([], True), ([sys.executable, "-m", "engine.runner", "3"], True),
                            ([sys.executable, "-m", "http.server"], False)):  # a pid reused by something else
-        monkeypatch.setattr(launch_module.psutil, "Process", lambda pid, c=cmdline: Seen(c))
-        assert launch_module.runner_alive(4242) is alive
+        monkeypatch.setattr(processes.psutil, "Process", lambda pid, c=cmdline: Seen(c))
+        assert processes.runner_alive(4242) is alive
 
 
 @pytest.fixture(scope="module")

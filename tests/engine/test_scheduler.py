@@ -1,4 +1,5 @@
-"""engine/scheduler.py: placement over fake GPUs, the lease between schedulers, real runs on the CPU."""
+"""engine/scheduler.py with the local executor: placement over fake GPUs, the lease between schedulers, real runs
+on the CPU. The placement rules alone: tests/engine/executors/test_local.py."""
 import os
 import signal
 import socket
@@ -6,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 
 import pytest
 
@@ -14,60 +14,14 @@ from db import queries
 from db.models import FINISHED
 from db.session import make_sessionmaker
 from engine import PROJECT_ROOT, child_env
+from engine.executors.local import LocalExecutor
 from engine.launch import queue_runs
-from engine.scheduler import LEASE_NAME, LEASE_TTL_S, Gpu, Scheduler, placement_env, plan
+from engine.scheduler import LEASE_NAME, LEASE_TTL_S, Scheduler
 from engine.spec import RunSpec
 from tests.conftest import NO_CALIBRATION, wait_until
 from tests.fakes import fake_gpu, fake_state, install_fake_nvml
 
 SPEC = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=1, max_steps_per_epoch=5, **NO_CALIBRATION)
-TWO_GPUS = [Gpu(0, "GPU-a"), Gpu(1, "GPU-b")]
-
-
-# plan(): pure placement rules ------------------------------------------------------------------
-
-def test_auto_runs_fill_free_gpus_in_queue_order_and_the_rest_wait():
-    placements, impossible = plan([(1, "auto"), (2, "auto"), (3, "auto")], TWO_GPUS, Counter(), set(), 1, 1)
-    assert [(p.run_id, p.device) for p in placements] == [(1, "cuda:0"), (2, "cuda:1")] and impossible == {}
-    assert placements[1].env["CUDA_VISIBLE_DEVICES"] == "GPU-b" and placements[1].env["ARENA_DEVICE"] == "cuda:0"
-
-
-def test_a_pinned_run_waits_for_its_gpu_while_later_runs_take_free_ones():
-    busy = Counter({"cuda:0": 1})
-    placements, _ = plan([(1, "cuda:0"), (2, "auto"), (3, "cpu")], TWO_GPUS, busy, set(), 1, 1)
-    assert [(p.run_id, p.device) for p in placements] == [(2, "cuda:1"), (3, "cpu")]
-
-
-def test_more_runs_per_gpu_go_to_the_least_loaded_gpu():
-    placements, _ = plan([(1, "auto"), (2, "auto"), (3, "auto"), (4, "auto"), (5, "auto")], TWO_GPUS,
-                         Counter({"cuda:0": 1}), set(), 2, 1)
-    assert [p.device for p in placements] == ["cuda:1", "cuda:0", "cuda:1"]
-
-
-def test_a_gpu_someone_else_uses_is_not_free_for_auto_but_can_be_pinned():
-    gpus = [Gpu(0, "GPU-a", frozenset({4242})), Gpu(1, "GPU-b", frozenset({777}))]
-    placements, _ = plan([(1, "auto"), (2, "auto"), (3, "cuda:0")], gpus, Counter({"cuda:1": 1}), {777}, 2, 1)
-    # GPU 0 runs a foreign process (4242); GPU 1 runs only Arena's 777, with room for one more.
-    assert [(p.run_id, p.device) for p in placements] == [(1, "cuda:1"), (3, "cuda:0")]
-
-
-def test_without_gpus_runs_take_turns_on_the_cpu_slots():
-    placements, _ = plan([(1, "auto"), (2, "cpu"), (3, "auto")], [], Counter(), set(), 1, 2)
-    assert [(p.run_id, p.device) for p in placements] == [(1, "cpu"), (2, "cpu")]
-    assert placements[0].env == {"CUDA_VISIBLE_DEVICES": "", "ARENA_DEVICE": "cpu", "ARENA_PLACED_DEVICE": "cpu"}
-
-
-def test_runs_that_can_never_be_placed_say_why():
-    _, impossible = plan([(1, "cuda:5"), (2, "auto")], TWO_GPUS, Counter(), set(), 1, 0)
-    assert impossible == {1: "device 'cuda:5' does not exist here (2 GPU(s) found)"}
-    _, impossible = plan([(2, "auto"), (3, "cpu")], [], Counter(), set(), 1, 0)
-    assert set(impossible) == {2, 3} and "ARENA_CPU_SLOTS=0" in impossible[2]
-
-
-def test_gpu_placement_names_the_gpu_by_uuid_and_nvml_index():
-    env = placement_env("cuda:3", Gpu(3, "GPU-xyz"))
-    assert env == {"CUDA_VISIBLE_DEVICES": "GPU-xyz", "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "ARENA_DEVICE": "cuda:0",
-                   "ARENA_PLACED_DEVICE": "cuda:3", "ARENA_NVML_INDEX": "3"}
 
 
 # Placement over two fake GPUs, with real processes --------------------------------------------
@@ -91,6 +45,11 @@ with sessions.begin() as s:
 """
 
 
+def local_scheduler(sessions, url, launcher, gpus=None, **options) -> Scheduler:
+    """A scheduler whose local executor starts placed runs with launcher(run id, env), over gpus() if given."""
+    return Scheduler(sessions, url, LocalExecutor(sessions, url, launcher, gpus), **options)
+
+
 def stub_launcher(sessions, url, release_prefix, processes):
     def launch(run_id, env):
         process = subprocess.Popen([sys.executable, "-c", STUB_RUNNER, "engine.runner", str(run_id), url,
@@ -109,7 +68,7 @@ def test_three_queued_runs_over_two_fake_gpus(arena_db, tmp_path, monkeypatch):
     sessions = make_sessionmaker(arena_db)
     first, second, third = queue_runs(sessions, [SPEC, SPEC, SPEC])
     release, processes = tmp_path / "release-", []
-    scheduler = Scheduler(sessions, arena_db, launcher=stub_launcher(sessions, arena_db, release, processes))
+    scheduler = local_scheduler(sessions, arena_db, stub_launcher(sessions, arena_db, release, processes))
     try:
         placed = scheduler.tick()
         assert [(p.run_id, p.device) for p in placed] == [(first, "cuda:0"), (second, "cuda:1")]
@@ -144,7 +103,7 @@ def test_a_gpu_busy_with_a_foreign_process_is_left_alone(arena_db, tmp_path, mon
     sessions = make_sessionmaker(arena_db)
     run_ids = queue_runs(sessions, [SPEC, SPEC])
     launched = []
-    scheduler = Scheduler(sessions, arena_db, launcher=lambda run_id, env: launched.append((run_id, env)))
+    scheduler = local_scheduler(sessions, arena_db, lambda run_id, env: launched.append((run_id, env)))
     assert [(p.run_id, p.device) for p in scheduler.tick()] == [(run_ids[0], "cuda:1")]
 
 
@@ -167,8 +126,8 @@ def test_two_schedulers_on_one_database_never_start_a_run_twice(arena_db, monkey
     schedulers = []
     for who in ("a", "b"):
         sessions = make_sessionmaker(arena_db)  # one engine each, as two dashboards have
-        schedulers.append(Scheduler(sessions, arena_db, launcher=instant_launcher(sessions, launched, who),
-                                    gpus=lambda: []))
+        launcher = instant_launcher(sessions, launched, who)
+        schedulers.append(local_scheduler(sessions, arena_db, launcher, gpus=lambda: []))
     barrier = threading.Barrier(2, timeout=30)
 
     def hammer(scheduler):
@@ -189,10 +148,10 @@ def test_two_schedulers_on_one_database_never_start_a_run_twice(arena_db, monkey
 def test_a_crashed_schedulers_lease_expires_and_another_takes_the_queue(arena_db):
     sessions = make_sessionmaker(arena_db)
     launched: list[tuple[int, str]] = []
-    first = Scheduler(sessions, arena_db, launcher=instant_launcher(sessions, launched, "first"),
-                      gpus=lambda: [], lease_ttl_s=1.0)
-    second = Scheduler(sessions, arena_db, launcher=instant_launcher(sessions, launched, "second"),
-                       gpus=lambda: [], lease_ttl_s=1.0)
+    first = local_scheduler(sessions, arena_db, instant_launcher(sessions, launched, "first"), gpus=lambda: [],
+                            lease_ttl_s=1.0)
+    second = local_scheduler(sessions, arena_db, instant_launcher(sessions, launched, "second"), gpus=lambda: [],
+                             lease_ttl_s=1.0)
     first.tick()
     assert first.holds_lease
     first.stop(release=False)  # as if it crashed: the lease stays until it expires
@@ -215,7 +174,7 @@ def test_the_scheduler_command_holds_the_lease_until_it_dies_or_stops(arena_db, 
                                cwd=PROJECT_ROOT, env=child_env(), stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: _lease_holder_pid(sessions) == process.pid, timeout_s=60, what="the command holds the lease")
-        local = Scheduler(sessions, arena_db, launcher=lambda *_: None, gpus=lambda: [])
+        local = local_scheduler(sessions, arena_db, lambda *_: None, gpus=lambda: [])
         assert local.tick() == [] and not local.holds_lease
         start = time.monotonic()
         if how == "killed":

@@ -22,10 +22,11 @@ class FakeBackend(Backend):
     name = "fake"
 
     def __init__(self, device: str = "cpu", asynchronous: bool = False, step_s: float = 0.0005,
-                 losses: Optional[Sequence[float]] = None) -> None:
+                 losses: Optional[Sequence[float]] = None, slow_steps: Optional[dict[int, float]] = None) -> None:
         self.device = device
         self._asynchronous = asynchronous
         self.step_s = step_s
+        self.slow_steps = dict(slow_steps or {})  # {training step (1-based): its seconds instead of step_s}
         self._losses = list(losses) if losses is not None else None
         self.steps = 0
         self.synchronizations = 0
@@ -47,7 +48,7 @@ class FakeBackend(Backend):
     def train_step(self, x, y):
         self.steps += 1
         self.step_shapes.append(tuple(np.shape(x)))
-        time.sleep(self.step_s)
+        time.sleep(self.slow_steps.get(self.steps, self.step_s))
         if self._losses is not None and self.steps <= len(self._losses):
             return self._losses[self.steps - 1]
         return 1.0 / self.steps

@@ -18,8 +18,9 @@ from db import queries
 from db.models import ACTIVE_STATUSES
 from db.session import make_sessionmaker
 from engine import launch as launch_module
+from engine import processes
 from engine.spec import RunSpec
-from pages.common import LAUNCH_PAGE
+from ui.router import LAUNCH_PAGE
 from tests.pages.helpers import failures
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -117,7 +118,7 @@ def stop_launched_runs(arena_db):
     for run_id in active:
         launch_module.stop_run(sessions, run_id)
     # The runners are children of this process: wait, so none outlives the test or lingers as a zombie.
-    for child in list(launch_module._children):
+    for child in list(processes.children):
         child.wait(timeout=60)
     launch_module.reap(sessions)  # a runner stopped before it claimed its run is marked failed here
     with sessions.begin() as s:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from db import queries
 from db.session import make_sessionmaker
-from pages.page_errors import DATABASE_FAILED, PAGE_FAILED
+from ui.page_errors import DATABASE_FAILED, PAGE_FAILED
 
 
 _sessionmakers: dict = {}
@@ -21,7 +21,7 @@ def run_status(url: str, run_id: int) -> tuple[str, str]:
 def failures(at) -> list[str]:
     """What failed on a page (or a block of it): Streamlit's exception boxes, and Arena's own failure messages.
 
-    Pages show their failures in words (pages/page_errors.py) instead of raising, so "no exception" alone
+    Pages show their failures in words (ui/page_errors.py) instead of raising, so "no exception" alone
     would no longer say that a page worked.
     """
     arena = (f"**{PAGE_FAILED}", f"**{DATABASE_FAILED}")

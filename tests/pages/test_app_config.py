@@ -12,7 +12,8 @@ CONFIG = tomllib.loads((REPO_ROOT / ".streamlit" / "config.toml").read_text())
 def test_streamlit_magic_is_off_and_no_page_relies_on_it():
     assert CONFIG["runner"]["magicEnabled"] is False  # a bare expression never renders as stray text
     bare = []
-    for path in [REPO_ROOT / "app.py", *sorted((REPO_ROOT / "pages").glob("*.py"))]:
+    scripts = [path for folder in ("pages", "ui") for path in sorted((REPO_ROOT / folder).glob("*.py"))]
+    for path in [REPO_ROOT / "app.py", *scripts]:
         for node in ast.walk(ast.parse(path.read_text())):
             body = getattr(node, "body", None)
             for index, statement in enumerate(body if isinstance(body, list) else []):

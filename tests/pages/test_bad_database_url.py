@@ -3,7 +3,7 @@ import pytest
 
 from streamlit.testing.v1 import AppTest
 
-from pages.common import COMPARE_PAGE, RUNS_PAGE
+from ui.router import COMPARE_PAGE, RUNS_PAGE
 from tests.pages.conftest import APP_PATH
 from tests.pages.helpers import failures
 

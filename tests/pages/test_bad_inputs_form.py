@@ -16,7 +16,7 @@ from db import queries
 from db.models import FINISHED
 from db.session import make_sessionmaker
 from engine.spec import RunSpec
-from pages.common import COMPARE_PAGE, RUNS_PAGE
+from ui.router import COMPARE_PAGE, RUNS_PAGE
 from tests.reliability import row_digests
 from tests.pages.helpers import failures
 

@@ -10,7 +10,8 @@ import numpy as np
 from db import queries
 from db.session import make_sessionmaker
 from engine.spec import RunSpec
-from pages.common import COMPARE_PAGE, FRAMEWORK_COLORS
+from analysis.run_styles import FRAMEWORK_COLORS
+from ui.router import COMPARE_PAGE
 
 
 def chart_specs(at) -> dict[str, dict]:

@@ -10,7 +10,8 @@ from db import queries
 from db.models import FINISHED
 from db.session import make_sessionmaker
 from engine.spec import RunSpec
-from pages.common import COMPARE_PAGE, FRAMEWORK_COLORS
+from analysis.run_styles import FRAMEWORK_COLORS
+from ui.router import COMPARE_PAGE
 from tests.pages.test_compare_page import array, chart_specs, selected_ids, text_of
 
 STEPS = 5000

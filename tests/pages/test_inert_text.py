@@ -16,7 +16,8 @@ from db import queries
 from db.models import FINISHED, RUNNING
 from db.session import make_sessionmaker
 from engine.spec import RunSpec
-from pages.common import COMPARE_PAGE, RUNS_PAGE, escape_markdown
+from analysis.formatting import escape_markdown
+from ui.router import COMPARE_PAGE, RUNS_PAGE
 from tests.e2e.test_browser import CHROMIUM, dashboard, page  # noqa: F401  (fixtures for the browser test)
 from tests.pages.test_runs_page import click_and_settle, shown
 from tests.pages.helpers import failures

@@ -5,7 +5,7 @@ import pytest
 
 from db import queries
 from db.session import make_sessionmaker
-from pages.common import COMPARE_PAGE, LAUNCH_PAGE, RUNS_PAGE
+from ui.router import COMPARE_PAGE, LAUNCH_PAGE, RUNS_PAGE
 from tests.pages.helpers import failures
 
 

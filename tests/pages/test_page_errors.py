@@ -7,8 +7,8 @@ from pathlib import Path
 from db import queries, run_table
 from db.session import make_sessionmaker
 from engine.spec import RunSpec
-from pages.common import COMPARE_PAGE, RUNS_PAGE
-from pages.page_errors import DATABASE_FAILED, PAGE_FAILED
+from ui.page_errors import DATABASE_FAILED, PAGE_FAILED
+from ui.router import COMPARE_PAGE, RUNS_PAGE
 from tests.conftest import REPO_ROOT
 from tests.pages.conftest import APP_PATH
 from tests.reliability import corrupt_schema
@@ -81,6 +81,6 @@ def test_an_unreachable_database_server_is_named_on_every_page_without_a_traceba
 
 def test_every_fragment_shows_its_failures_itself():
     """A fragment reruns alone, outside the page's guard, and Streamlit would draw its exception: each has its own."""
-    calls = [line.strip() for path in sorted((REPO_ROOT / "pages").glob("*.py"))
+    calls = [line.strip() for folder in ("pages", "ui") for path in sorted((REPO_ROOT / folder).glob("*.py"))
              for line in path.read_text().splitlines() if "st.fragment(" in line]
-    assert len(calls) >= 4 and all("st.fragment(common.guarded(" in call for call in calls), calls
+    assert len(calls) >= 4 and all("st.fragment(guarded(" in call for call in calls), calls

@@ -1,19 +1,16 @@
 """Runs page: empty state, the live table, failures, the compare / edit / tag / stop / delete actions."""
 from __future__ import annotations
 
-import math
-from datetime import timedelta
-
 import pandas as pd
 from sqlalchemy import func, insert, select, text
 
-from db import queries, run_table
-from db.models import DIVERGED, FINISHED, NON_FINITE_LOSS, OUT_OF_MEMORY, QUEUED, RUNNING, Run
+from analysis import runs_table
+from db import queries
+from db.models import DIVERGED, FINISHED, NON_FINITE_LOSS, OUT_OF_MEMORY, Run
 from db.session import make_sessionmaker
 from engine.launch import launch
 from engine.spec import RunSpec
-from pages import common, runs
-from pages.common import RUNS_PAGE
+from ui.router import RUNS_PAGE
 from tests.conftest import wait_until
 from tests.pages.helpers import failures, run_status
 
@@ -160,89 +157,6 @@ def epoch_points(run_id: int, **series: list) -> list[dict]:
             for name, values in series.items() for epoch, value in enumerate(values, start=1)]
 
 
-def old_table_row(run: Run, metrics: dict, queued_ids: list[int], now) -> dict:
-    """What the table showed for a run before run_table: the per-Run helpers of pages/common.py."""
-    values = metrics.get(run.id, {})
-    accuracy, phi, phi_true = (common.last(values, name) for name in ("test_accuracy", "phi_estimate", "phi_true"))
-    if accuracy is not None:
-        result = f"{common.format_percent(accuracy)} accuracy"
-    elif phi is not None:
-        result = f"φ {phi:.4f}" + (f" (true {phi_true:.4f})" if phi_true is not None else "")
-    else:
-        result = ""
-    throughput = common.median(values, "samples_per_s")
-    return {
-        "status": common.status_text(run), "mode": common.run_mode(run), "precision": common.run_precision(run),
-        "device": common.device_text(run, queued_ids), "epochs": f"{run.epoch}/{run.total_epochs}",
-        "progress": 100 * common.progress_fraction(run),
-        "eta": common.format_duration(common.eta_s(run, now)) if run.status == RUNNING else "",
-        "duration": common.format_duration(common.elapsed_s(run, now)), "result": result,
-        "train_loss": common.last(values, "train_loss"),
-        "throughput": None if throughput is None else round(throughput),
-        "error": common.error_summary(run.error) if run.status in runs.ENDED_EARLY else "",
-    }
-
-
-def test_table_from_the_overview_matches_the_per_run_helpers(arena_db):
-    sessions = make_sessionmaker(arena_db)
-    now = queries.utcnow()
-    started = now - timedelta(seconds=30)
-    ids = [
-        made_up(sessions, status=FINISHED, started_at=started, finished_at=now, placed_device="cuda:0",
-                summary={"mode": "eager"}, epoch=4, step=40),
-        made_up(sessions, "tensorflow", status=RUNNING, started_at=started, epoch=1, step=10, placed_device="cpu",
-                spec={"mode": "xla", "precision": "mixed"}, heartbeat_at=now),
-        made_up(sessions, status=RUNNING, started_at=started, epoch=2, step=25, total_steps=None,
-                environment={"device": "cpu"}, heartbeat_at=now),  # stored before total_steps existed
-        made_up(sessions, status=QUEUED, spec={"device": "cuda:1"}),
-        made_up(sessions, status=QUEUED, placed_device="cpu"),
-        made_up(sessions, status=QUEUED),
-        made_up(sessions, "torch", "powerlaw", "powerlaw", status=FINISHED, started_at=started,
-                finished_at=now, epoch=4, step=40),
-        made_up(sessions, status=RUNNING, total_steps=0, epoch=0, step=0, heartbeat_at=now),
-        made_up(sessions, status=QUEUED, placed_device="ray:gpu"),  # handed to Ray, waiting in its queue
-    ]
-    with sessions.begin() as s:  # stored before specs named a mode: the summary says it, or nothing does
-        for summary in ({"mode": "xla"}, None):
-            old_spec = {k: v for k, v in RunSpec.with_model_defaults("tensorflow", "mlp", "digits").to_dict().items()
-                        if k != "mode"}
-            ids.append(queries.create_run(s, old_spec).id)
-            queries.update_run(s, ids[-1], status=FINISHED, summary=summary)
-    with sessions.begin() as s:
-        oom, diverged = made_up(sessions), made_up(sessions)
-        queries.fail_run(s, oom, "Traceback\n  x\ntorch.OutOfMemoryError: CUDA out of memory.\n",
-                         reason=OUT_OF_MEMORY)
-        queries.fail_run(s, diverged, "FloatingPointError: train_loss became nan at step 7",
-                         summary={"diverged_at_step": 7}, reason=NON_FINITE_LOSS, status=DIVERGED)
-        queries.add_metric_points(s, [
-            *epoch_points(ids[0], test_accuracy=[0.5, 0.9], train_loss=[1.0, 0.25],
-                          samples_per_s=[100.0, float("nan"), 300.0, 250.0]),
-            *epoch_points(ids[1], test_accuracy=[None], samples_per_s=[50.0]),
-            *epoch_points(ids[6], phi_estimate=[1.1, 1.42], phi_true=[1.5, 1.5]),
-            *epoch_points(diverged, train_loss=[2.0, None], samples_per_s=[None]),
-        ])
-    ids += [oom, diverged]
-    with sessions.begin() as s:
-        table = runs.runs_table(run_table.runs_overview(s), now).set_index("id")
-        old_runs = queries.list_runs(s)
-        metrics = common.epoch_metrics(s, [run.id for run in old_runs])
-    queued_ids = [run.id for run in old_runs if run.status == QUEUED]
-
-    assert sorted(table.index) == sorted(ids)
-    for run in old_runs:
-        expected, row = old_table_row(run, metrics, queued_ids, now), table.loc[run.id]
-        for column, value in expected.items():
-            got = row[column]
-            if isinstance(value, float) or value is None:
-                assert (value is None or math.isnan(value)) == pd.isna(got), (run.id, column, value, got)
-                assert pd.isna(got) or got == value, (run.id, column, value, got)
-            else:
-                assert got == value, (run.id, column, value, got)
-    assert table.loc[ids[1], "result"] == "NaN accuracy" and table.loc[ids[6], "result"] == "φ 1.4200 (true 1.5000)"
-    assert table.loc[ids[2], "progress"] == 62.5 and table.loc[ids[1], "eta"] == "1 min 30 s"
-    assert list(table.loc[ids[9:11], "mode"]) == ["xla", "graph"]
-
-
 def test_names_and_tags_show_in_the_table_with_how_many_runs_there_are(arena_db, open_page, monkeypatch):
     monkeypatch.setenv("ARENA_SCHEDULER", "off")
     sessions = make_sessionmaker(arena_db)
@@ -255,6 +169,22 @@ def test_names_and_tags_show_in_the_table_with_how_many_runs_there_are(arena_db,
     assert (table.loc[named, "name"], list(table.loc[named, "tags"])) == ("baseline", ["keep", "lr-sweep"])
     assert (table.loc[plain, "name"], list(table.loc[plain, "tags"])) == ("", [])
     assert any(caption.value == "2 of 2 runs." for caption in at.caption)
+
+
+def test_results_sit_beside_the_run_and_empty_name_and_tag_columns_give_way(arena_db, open_page, monkeypatch):
+    monkeypatch.setenv("ARENA_SCHEDULER", "off")
+    sessions = make_sessionmaker(arena_db)
+    first, second = made_up(sessions, status=FINISHED), made_up(sessions, status=FINISHED)
+    order = list(open_page(RUNS_PAGE).dataframe[0].proto.column_order)
+    assert order[:6] == ["id", "framework", "experiment", "status", "result", "progress"]
+    assert not {"name", "tags", "error"} & set(order)  # nobody named or tagged a run, none failed
+    with sessions.begin() as s:
+        queries.annotate_run(s, second, name="baseline", tags=[])
+    order = list(open_page(RUNS_PAGE).dataframe[0].proto.column_order)
+    assert order[:3] == ["id", "name", "framework"] and "tags" not in order  # a name appears where runs are told apart
+    with sessions.begin() as s:
+        queries.annotate_run(s, first, tags=["keep"])
+    assert "tags" in open_page(RUNS_PAGE).dataframe[0].proto.column_order
 
 
 def click_and_settle(at, key: str):
@@ -435,7 +365,7 @@ def test_ten_thousand_runs_render_with_filters_and_a_capped_height(arena_db, ope
 
     table = shown(at)
     assert len(table) == 10_000 and (table["result"] == "90.0 % accuracy").all()
-    assert runs.table_height(10_000) == runs.table_height(runs.ROWS_SHOWN) < runs.ROW_HEIGHT_PX * 20
+    assert runs_table.table_height(10_000) == runs_table.table_height(runs_table.ROWS_SHOWN) < runs_table.ROW_HEIGHT_PX * 20
     assert any(caption.value == "10,000 of 10,000 runs." for caption in at.caption)
     at.multiselect(key="f_tag").set_value(["odd"]).run()
     assert len(shown(at)) == 5_000 and set(shown(at)["framework"]) == {"TensorFlow"}

@@ -111,7 +111,15 @@ def test_the_run_outlives_its_dashboard_and_the_next_one_shows_it_live(tmp_path,
         return int(found.group(1)) if found else -1
 
     first_seen = wait_for(lambda: shown_epoch() + 1, 60, "the run's epoch in the table") - 1
-    wait_for(lambda: shown_epoch() > first_seen, 120, "the table to show the epoch advancing")
+    try:
+        wait_for(lambda: shown_epoch() > first_seen, 120, "the table to show the epoch advancing")
+    except AssertionError as exc:  # say which side stalled: the runner, or the page showing it
+        with sessions.begin() as s:
+            run = queries.get_run(s, run_id)
+            stored_now = (run.status, run.epoch, run.heartbeat_at)
+        raise AssertionError(f"{exc}; table showed epoch {shown_epoch()} (first {first_seen}), the database has "
+                             f"(status, epoch, heartbeat) {stored_now}, runner alive {runner.is_running()}; table "
+                             f"text: {(table.text_content() or '')[:300]!r}") from exc
     expect(table).to_contain_text("finished", timeout=RUN_TIMEOUT_S * 1000)
 
     with sessions.begin() as s:

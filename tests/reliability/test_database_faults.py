@@ -23,7 +23,8 @@ from db import queries
 from db.models import FAILED, FINISHED, LOST, QUEUED
 from db.session import make_sessionmaker, run_log_path
 from engine import child_env
-from engine.launch import queue_runs, reap, start_runner
+from engine.launch import queue_runs, reap
+from engine.processes import start_runner
 from engine.recorder import Recorder, RecorderError
 from engine.spec import RunSpec
 from tests.conftest import NO_CALIBRATION, REPO_ROOT

@@ -1,0 +1,64 @@
+"""The layout every figure shares: title left, legend on top (or below when long), one line per run."""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from analysis.run_styles import trace_name
+from db.models import Run
+
+HEIGHT_PX = 330
+TOP_MARGIN_PX = 60  # title and a one-row legend
+LEGEND_ROW_PX = 22
+LEGEND_ROW_WIDTH_PX = 380  # what a legend row holds in the narrowest chart (a third of the page)
+LEGEND_SWATCH_PX, LEGEND_CHAR_PX = 45, 7
+
+
+def base_figure(title: str, x_title: str, y_title: str, log_y: bool = False) -> go.Figure:
+    """An empty figure in the page's common layout: title left, legend on top."""
+    fig = go.Figure()
+    fig.update_layout(
+        # The title is pinned to the top so a legend of many runs, growing upwards, never covers it.
+        title=dict(text=title, x=0, xanchor="left", y=1, yref="container", yanchor="top", pad=dict(t=12)),
+        height=HEIGHT_PX, margin=dict(l=10, r=10, t=TOP_MARGIN_PX, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+        hovermode="x unified", xaxis_title=x_title, yaxis_title=y_title,
+    )
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def add_run_line(fig: go.Figure, run: Run, style: dict, x, y, markers: bool, overlap: bool = True, **extra) -> None:
+    """One run's curve; overlap=False where curves rarely coincide (timings, gauges): uniform width."""
+    if not overlap:
+        style = {**style, "width": 2.0, "size": 7}
+    fig.add_trace(go.Scatter(
+        x=x, y=y, name=trace_name(run), legendgroup=str(run.id),
+        mode="lines+markers" if markers else "lines",
+        line=dict(color=style["color"], dash=style["dash"], width=style["width"]),
+        marker=dict(symbol=style["symbol"], size=style["size"], color=style["color"]), **extra,
+    ))
+    fit_legend(fig)
+
+
+def fit_legend(fig: go.Figure) -> None:
+    """A short legend sits above the plot; a long one goes below it, a row per few entries, so it never
+    covers the title or the curves."""
+    names = [trace.name for trace in fig.data if trace.showlegend is not False and trace.name]
+    # Rows by the space the entries take (a swatch and the text), not by their number: group names are long.
+    width_px = sum(LEGEND_SWATCH_PX + LEGEND_CHAR_PX * len(name) for name in names)
+    rows = max(1, -(-width_px // LEGEND_ROW_WIDTH_PX))
+    if rows == 1:
+        fig.update_layout(margin=dict(t=TOP_MARGIN_PX, b=10), height=HEIGHT_PX,
+                          legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1))
+        return
+    legend_px = LEGEND_ROW_PX * rows
+    # Pinned to the bottom of the figure, under the x axis title; the bottom margin makes the room.
+    fig.update_layout(margin=dict(t=TOP_MARGIN_PX - 20, b=50 + legend_px), height=HEIGHT_PX + legend_px,
+                      legend=dict(orientation="h", yref="container", yanchor="bottom", y=0.01, xanchor="left", x=0))
+
+
+def translucent(hex_colour: str, alpha: float = 0.3) -> str:
+    """"#EE4C2C" -> "rgba(238, 76, 44, 0.3)": a box filled lightly keeps its median line visible."""
+    r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r}, {g}, {b}, {alpha})"

@@ -1,0 +1,182 @@
+"""The local executor (ARENA_EXECUTOR=local, the default): runner processes on this machine's GPUs and CPU.
+
+Placement, in queue order (oldest first): a run pinned to "cpu" or "cuda:N" waits for that
+device; "auto" takes the least-loaded GPU that no foreign process uses, or the CPU on a machine
+without GPUs. Each GPU takes ARENA_RUNS_PER_GPU runs (default 1), the CPU ARENA_CPU_SLOTS (default 1).
+A placed run gets its runner at once, with CUDA_VISIBLE_DEVICES naming the chosen GPU (empty for
+the CPU). Runner processes are detached: they go on when the scheduler stops, and the next
+scheduler counts them when it places more.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Callable, Optional
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries
+from engine.executors.base import Executor, Placement
+from engine.executors.ray import RAY_PLACEMENTS
+from engine.nvml import inventory
+from engine.processes import runner_alive, start_runner
+
+ENV_RUNS_PER_GPU = "ARENA_RUNS_PER_GPU"
+ENV_CPU_SLOTS = "ARENA_CPU_SLOTS"
+CPU = "cpu"
+# A run placed but never given a process (the scheduler died in between) goes back to the queue after this.
+UNSTARTED_PLACEMENT_S = 60.0
+INVENTORY_REFRESH_S = 30.0
+
+
+def _whole_number(name: str, default: int, low: int) -> int:
+    raw = os.environ.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise ValueError(f"{name}={raw!r}: expected a whole number >= {low}")
+    return value
+
+
+def runs_per_gpu() -> int:
+    """Runs one GPU takes at once (ARENA_RUNS_PER_GPU, default 1: a run's memory and speed are its own)."""
+    return _whole_number(ENV_RUNS_PER_GPU, 1, low=1)
+
+
+def cpu_slots() -> int:
+    """Runs the CPU takes at once (ARENA_CPU_SLOTS, default 1; 0 = GPU runs only)."""
+    return _whole_number(ENV_CPU_SLOTS, 1, low=0)
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """A GPU as the local executor sees it: NVML index, UUID (for CUDA_VISIBLE_DEVICES) and foreign users."""
+
+    index: int
+    uuid: Optional[str] = None
+    pids: frozenset[int] = field(default_factory=frozenset)
+
+
+def nvml_gpus() -> list[Gpu]:
+    """The machine's GPUs from NVML (none when NVML is absent)."""
+    found = inventory()
+    return [Gpu(g.index, g.uuid, frozenset(p.pid for p in g.processes)) for g in found.gpus]
+
+
+def placement_env(device: str, gpu: Optional[Gpu]) -> dict[str, str]:
+    """What a runner placed on `device` is started with: it sees exactly that GPU, as cuda:0."""
+    if gpu is None:
+        return {"CUDA_VISIBLE_DEVICES": "", "ARENA_DEVICE": CPU, "ARENA_PLACED_DEVICE": device}
+    return {
+        # A UUID names the same GPU for CUDA and NVML; bare indices can differ between them.
+        "CUDA_VISIBLE_DEVICES": gpu.uuid or str(gpu.index),
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "ARENA_DEVICE": "cuda:0",
+        "ARENA_PLACED_DEVICE": device,
+        "ARENA_NVML_INDEX": str(gpu.index),
+    }
+
+
+def plan(queued: list[tuple[int, str]], gpus: list[Gpu], occupied: Counter, arena_pids: set[int],
+         per_gpu: int, cpu_capacity: int) -> tuple[list[Placement], dict[int, str]]:
+    """Decide placements for queued (run id, requested device) pairs, oldest first.
+
+    Returns the placements and, for runs that can never run here, why (a GPU that does not exist).
+    """
+    load = Counter(occupied)
+    by_device = {f"cuda:{g.index}": g for g in gpus}
+    placements: list[Placement] = []
+    impossible: dict[int, str] = {}
+    for run_id, requested in queued:
+        if requested == "auto" and gpus:
+            free = [g for g in gpus if load[f"cuda:{g.index}"] < per_gpu and not (g.pids - arena_pids)]
+            choice = min(free, key=lambda g: (load[f"cuda:{g.index}"], g.index), default=None)
+            device = f"cuda:{choice.index}" if choice else None
+        elif requested in ("auto", CPU):
+            device = CPU if load[CPU] < cpu_capacity else None
+            if cpu_capacity == 0:
+                impossible[run_id] = (f"the CPU takes no runs ({ENV_CPU_SLOTS}=0) and this machine has no GPU"
+                                      if not gpus else f"the CPU takes no runs ({ENV_CPU_SLOTS}=0)")
+                continue
+        elif requested in by_device:
+            device = requested if load[requested] < per_gpu else None
+        else:
+            impossible[run_id] = f"device {requested!r} does not exist here ({len(gpus)} GPU(s) found)"
+            continue
+        if device is None:
+            continue
+        load[device] += 1
+        placements.append(Placement(run_id, device, placement_env(device, by_device.get(device))))
+    return placements, impossible
+
+
+Launcher = Callable[[int, dict[str, str]], object]
+
+
+class LocalExecutor(Executor):
+    """Places queued runs on this machine's free devices and starts one runner process for each."""
+
+    name = "local"
+
+    def __init__(self, sessions: sessionmaker[Session], db_url: str, launcher: Optional[Launcher] = None,
+                 gpus: Optional[Callable[[], list[Gpu]]] = None) -> None:
+        """launcher(run id, env) starts a placed run (default: its runner process); gpus() lists the GPUs (NVML)."""
+        super().__init__(sessions, db_url)
+        self._launch = launcher or self._start_runner
+        self._read_gpus = gpus or nvml_gpus
+        self._gpus: Optional[list[Gpu]] = None
+        self._gpus_read_at = 0.0
+        self.hostname = socket.gethostname()
+
+    def requeue_lost(self) -> list[int]:
+        """Put runs placed here that never got a process (their scheduler died in between) back in the queue."""
+        with self._sessions.begin() as s:
+            # A run in Ray's queue has no process for as long as Ray makes it wait: Ray's executor says when it is lost.
+            return queries.unplace_unstarted(s, timedelta(seconds=UNSTARTED_PLACEMENT_S), keep=RAY_PLACEMENTS)
+
+    def submit(self, queued: list[tuple[int, str]]) -> list[Placement]:
+        """Place what fits on free devices and start each run's runner; a device that does not exist fails its run."""
+        per_gpu, cpu_capacity = runs_per_gpu(), cpu_slots()
+        gpus = self._current_gpus()
+        if not queued:
+            return []
+        with self._sessions.begin() as s:
+            active = queries.placed_active_runs(s, self.hostname)
+        occupied = Counter(run.placed_device for run in active)
+        arena_pids = {run.pid for run in active if run.pid is not None and runner_alive(run.pid)}
+        placements, impossible = plan(queued, gpus, occupied, arena_pids, per_gpu, cpu_capacity)
+        with self._sessions.begin() as s:
+            for run_id, why in impossible.items():
+                queries.fail_run(s, run_id, f"cannot be placed: {why}")
+        started = []
+        for placement in placements:
+            with self._sessions.begin() as s:
+                # Conditional on the run still waiting unplaced: no run is ever started twice.
+                if not queries.place_run(s, placement.run_id, placement.device, self.hostname):
+                    continue
+            try:
+                self._launch(placement.run_id, placement.env)
+            except Exception:
+                continue  # the launcher has recorded the run as failed with why
+            started.append(placement)
+        return started
+
+    def withdraw(self, run_ids: list[int]) -> None:
+        """Nothing to do: no run waits in a queue of this executor's own (a placed run has its process at once)."""
+
+    def _current_gpus(self) -> list[Gpu]:
+        # With GPUs, every tick (foreign processes come and go); without, now and then (none appear).
+        now = time.monotonic()
+        if self._gpus is None or self._gpus or now - self._gpus_read_at > INVENTORY_REFRESH_S:
+            self._gpus, self._gpus_read_at = self._read_gpus(), now
+        return self._gpus
+
+    def _start_runner(self, run_id: int, env: dict[str, str]) -> subprocess.Popen:
+        return start_runner(self._sessions, run_id, self._db_url, extra_env=env)

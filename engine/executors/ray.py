@@ -1,0 +1,284 @@
+"""The Ray executor: queued runs go to a Ray cluster, which puts each on a machine with the resources it asks for.
+
+Chosen by ARENA_EXECUTOR=ray (the default, local, starts runner processes on this machine; see
+engine/executors/local.py). The scheduler holding the database's lease submits every queued run as a
+detached Ray actor named after the database and the run. The actor asks for what the run needs
+(num_gpus=1 for a GPU run, ARENA_RAY_CPUS_PER_RUN CPUs otherwise), so Ray waits for and chooses a
+machine with a free GPU and sets CUDA_VISIBLE_DEVICES; there it starts the same runner process a
+local run gets (engine.processes.start_runner: `python -m engine.runner RUN_ID --db URL`), in its own
+process, so TensorFlow and PyTorch never share one, and ends with it. Detached: the run goes on when
+the dashboard that submitted it stops.
+
+Everything else is the runner's, as locally: it claims the run, beats its heartbeat into the
+database, reads cancel requests, records; a reader marks the run lost when its heartbeat stops.
+Arena's code travels with the submission (Ray's working_dir), so workers need only the Python
+packages of requirements.txt; the database must be one every worker reaches (PostgreSQL).
+
+A run waiting in Ray's queue stays queued in Arena, placed on "ray:gpu" or "ray:cpu" with no process
+yet; on every tick the executor checks that its actor still exists and puts the run back in the queue
+if Ray lost it. Actor names are unique per run and database, so a run is never submitted twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries
+from db.models import QUEUED
+from db.session import make_sessionmaker
+from engine import PROJECT_ROOT
+from engine.executors.base import ENV_EXECUTOR, Executor, Placement
+from engine.processes import start_runner
+
+ENV_RAY_ADDRESS = "ARENA_RAY_ADDRESS"
+ENV_RAY_CPUS = "ARENA_RAY_CPUS_PER_RUN"
+NAMESPACE = "arena"
+# Run.placed_device of a run handed to Ray that has no process yet; the runner replaces it with its device.
+RAY_GPU, RAY_CPU = "ray:gpu", "ray:cpu"
+RAY_PLACEMENTS = (RAY_GPU, RAY_CPU)
+CONNECT_TIMEOUT_S = 3.0
+# What Ray need not ship to workers: tests, pictures, local databases (it leaves out .git and .venv itself).
+SHIP_EXCLUDES = ["tests", "bench", "docs", "var", "screenshots", "**/__pycache__", "*.pyc",
+                 "*.db", "*.db-wal", "*.db-shm", ".pytest_cache"]
+
+
+def ray_address() -> str:
+    """ARENA_RAY_ADDRESS, else Ray's own RAY_ADDRESS, else "auto" (a cluster started on this machine)."""
+    return os.environ.get(ENV_RAY_ADDRESS) or os.environ.get("RAY_ADDRESS") or "auto"
+
+
+def cpus_per_run() -> float:
+    """CPUs a run asks Ray for (ARENA_RAY_CPUS_PER_RUN, default 1): its training threads' share of a node."""
+    raw = os.environ.get(ENV_RAY_CPUS, "1")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{ENV_RAY_CPUS}={raw!r}: expected a number of CPUs > 0")
+    return value
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one run asks Ray for."""
+
+    placement: str  # RAY_GPU or RAY_CPU
+    num_cpus: float
+    num_gpus: int
+
+
+def request_for(device: str, cluster_gpus: float, cpus: float) -> Request | str:
+    """The resources for a run's device setting, or why it cannot run on Ray.
+
+    "auto" takes a GPU when the cluster has any (waiting for one to be free), else CPUs; "cpu" takes
+    CPUs; a pin to one GPU index ("cuda:1") names a device of one machine, which a cluster cannot honour.
+    """
+    if device == "cpu" or (device == "auto" and cluster_gpus == 0):
+        return Request(RAY_CPU, cpus, 0)
+    if device == "auto":
+        return Request(RAY_GPU, cpus, 1)
+    return (f"device {device!r} pins a GPU of one machine; with the Ray executor choose auto (a free GPU "
+            f"anywhere in the cluster) or cpu")
+
+
+def actor_name(db_url: str, run_id: int) -> str:
+    """One name per run and database: Ray refuses a second actor of that name, so no run is submitted twice."""
+    canonical = make_url(db_url).render_as_string(hide_password=False)  # the same for a URL and its engine's
+    database = hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    return f"arena-run-{database}-{run_id}"
+
+
+class RunActor:
+    """Lives on the node Ray chose for one run, holding the run's resources while its runner process trains."""
+
+    def run(self, run_id: int, db_url: str) -> int:
+        """Start the run's runner as a local run gets it, wait for it, end this actor; the runner's exit code."""
+        import ray
+
+        sessions = make_sessionmaker(db_url)
+        try:
+            with sessions.begin() as s:
+                run = queries.get_run(s, run_id)
+                if run is None or run.status != QUEUED:
+                    return -1  # cancelled or deleted while it waited in Ray's queue: nothing to start
+            process = start_runner(sessions, run_id, db_url, extra_env=runner_env(ray.get_gpu_ids()))
+            return process.wait()
+        finally:
+            sessions.kw["bind"].dispose()
+            ray.actor.exit_actor()  # frees the run's GPU/CPUs in Ray's accounting
+
+
+def runner_env(gpu_ids: list) -> dict[str, str]:
+    """The placement a runner sees, from the GPU Ray assigned (Ray has set CUDA_VISIBLE_DEVICES to it).
+
+    Ray numbers a node's GPUs 0..n-1; with CUDA_DEVICE_ORDER=PCI_BUS_ID that number is the GPU's
+    NVML index too, which the runner's memory trace needs (NVML ignores CUDA_VISIBLE_DEVICES).
+    """
+    if not gpu_ids:
+        return {"CUDA_VISIBLE_DEVICES": "", "ARENA_DEVICE": "cpu", "ARENA_PLACED_DEVICE": "cpu"}
+    index = str(gpu_ids[0])
+    return {"CUDA_VISIBLE_DEVICES": index, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "ARENA_DEVICE": "cuda:0",
+            "ARENA_PLACED_DEVICE": f"cuda:{index}", "ARENA_NVML_INDEX": index}
+
+
+_connect_lock = threading.Lock()
+
+
+def connect(address: Optional[str] = None) -> Any:
+    """This process's connection to the Ray cluster (made once); the ray module. RuntimeError saying why not."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise RuntimeError(f"{ENV_EXECUTOR}=ray but Ray is not installed here ({exc}); pip install 'ray==2.*'") from exc
+    with _connect_lock:
+        if not ray.is_initialized():
+            target = address or ray_address()
+            _check_reachable(target)
+            try:
+                ray.init(address=target, namespace=NAMESPACE, log_to_driver=False, logging_level="WARNING",
+                         runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": SHIP_EXCLUDES})
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise RuntimeError(f"cannot reach the Ray cluster at {target!r} ({ENV_RAY_ADDRESS}): {exc}. "
+                                   f"Start one with `ray start --head` or set {ENV_RAY_ADDRESS}=host:6379") from exc
+    return ray
+
+
+def _check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """RuntimeError naming a host:port nothing answers on: ray.init would wait minutes for it."""
+    if address == "auto":
+        return  # Ray finds the cluster started on this machine, or says at once that there is none
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    # ASCII digits of a port number: "²".isdigit() is true, and int("²") fails.
+    if not host or not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+        raise RuntimeError(f"{ENV_RAY_ADDRESS}={address!r}: expected host:port (the head's GCS port, 6379 by "
+                           f"default) or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise RuntimeError(f"cannot reach the Ray cluster at {address!r} ({ENV_RAY_ADDRESS}): {exc}. Start one "
+                           f"with `ray start --head` or set {ENV_RAY_ADDRESS} to its head's host:port") from exc
+
+
+class RayExecutor(Executor):
+    """Hands queued runs to Ray (see the module docstring); used by the scheduler that holds the lease."""
+
+    name = "ray"
+    queue_placements = RAY_PLACEMENTS
+
+    def __init__(self, sessions: sessionmaker[Session], db_url: str, address: Optional[str] = None) -> None:
+        """address: the cluster's head (default: ARENA_RAY_ADDRESS, else RAY_ADDRESS, else auto)."""
+        super().__init__(sessions, db_url)
+        self._address = address
+
+    def requeue_lost(self) -> list[int]:
+        """Put runs Ray lost before they started (their actor is gone) back in the queue; their ids."""
+        ray = connect(self._address)
+        with self._sessions.begin() as s:
+            waiting = queries.placed_unstarted(s, RAY_PLACEMENTS)
+        lost = [run_id for run_id in waiting if not _actor_exists(ray, actor_name(self._db_url, run_id))]
+        with self._sessions.begin() as s:
+            return [run_id for run_id in lost if queries.unplace(s, run_id)]
+
+    def submit(self, queued: list[tuple[int, str]]) -> list[Placement]:
+        """Submit queued (run id, device) pairs to Ray as detached actors; each submitted, placed in Ray's queue.
+
+        A run Ray cannot run fails saying why.
+        """
+        if not queued:
+            return []
+        sessions, db_url = self._sessions, self._db_url
+        ray = connect(self._address)
+        cluster_gpus = ray.cluster_resources().get("GPU", 0)
+        cpus = cpus_per_run()
+        actor_class = ray.remote(RunActor)
+        submitted = []
+        for run_id, device in queued:
+            request = request_for(device, cluster_gpus, cpus)
+            with sessions.begin() as s:
+                if isinstance(request, str):
+                    queries.fail_run(s, run_id, f"cannot be placed: {request}")
+                    continue
+                # Conditional on the run still waiting unplaced: no run is ever submitted twice.
+                if not queries.place_run(s, run_id, request.placement, hostname=None):
+                    continue
+            try:
+                handle = actor_class.options(
+                    name=actor_name(db_url, run_id), namespace=NAMESPACE, lifetime="detached", max_restarts=0,
+                    num_cpus=request.num_cpus, num_gpus=request.num_gpus,
+                ).remote()
+                handle.run.remote(run_id, db_url)
+            except ValueError:
+                pass  # its actor exists already (a scheduler before this one submitted it): it is on its way
+            except Exception as exc:
+                with sessions.begin() as s:
+                    queries.fail_run(s, run_id, f"Ray did not take the run: {type(exc).__name__}: {exc}")
+                continue
+            submitted.append(Placement(run_id, request.placement, {}))
+        return submitted
+
+    def withdraw(self, run_ids: list[int]) -> None:
+        """Take cancelled runs' actors out of Ray's queue (a started runner stops by the cancel request)."""
+        ray = connect(self._address)
+        for run_id in run_ids:
+            try:
+                ray.kill(ray.get_actor(actor_name(self._db_url, run_id), namespace=NAMESPACE), no_restart=True)
+            except ValueError:
+                pass  # never submitted, or already ended
+
+
+def _actor_exists(ray: Any, name: str) -> bool:
+    try:
+        ray.get_actor(name, namespace=NAMESPACE)
+        return True
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class RayNode:
+    """One node of the cluster as Ray reports it."""
+
+    node_id: str
+    hostname: str
+    address: str
+    alive: bool
+    cpus: float
+    gpus: float
+    cpus_free: Optional[float]
+    gpus_free: Optional[float]
+    gpu_type: Optional[str]
+    memory_bytes: float
+
+
+def cluster_nodes(address: Optional[str] = None) -> list[RayNode]:
+    """The cluster's nodes with their CPUs and GPUs, total and free (free unknown: None)."""
+    ray = connect(address)
+    try:
+        from ray._private import state  # Ray's own per-node accounting; no public call gives it without the dashboard
+
+        free = state.available_resources_per_node()
+    except Exception:
+        free = {}
+    nodes = []
+    for node in ray.nodes():
+        resources = node.get("Resources", {})
+        available = free.get(node["NodeID"])
+        types = [key.split(":", 1)[1] for key in resources if key.startswith("accelerator_type:")]
+        nodes.append(RayNode(
+            node_id=node["NodeID"], hostname=node.get("NodeManagerHostname", "?"),
+            address=node.get("NodeManagerAddress", "?"), alive=bool(node.get("Alive")),
+            cpus=resources.get("CPU", 0.0), gpus=resources.get("GPU", 0.0),
+            cpus_free=None if available is None else available.get("CPU", 0.0),
+            gpus_free=None if available is None else available.get("GPU", 0.0),
+            gpu_type=types[0] if types else None, memory_bytes=resources.get("memory", 0.0),
+        ))
+    return sorted(nodes, key=lambda n: (not n.alive, n.hostname, n.address))
+

@@ -1,0 +1,173 @@
+"""Runner processes on this machine: start one, tell whether it is alive, reap the dead, stop a process tree.
+
+Every run trains in a process of its own, `python -m engine.runner RUN_ID --db URL`, whoever starts
+it: the local executor on this machine, a Ray actor on a cluster node (engine/executors/). This
+module is the one place that starts, watches and stops those processes; it knows no executor.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import psutil
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries
+from db.session import run_log_path
+from engine import PROJECT_ROOT, child_env
+
+RUNNER_MODULE = "engine.runner"
+# A cancelled runner's processes get this long to end on SIGTERM (the runner records the cancel and
+# its last points) before SIGKILL; then KILL_WAIT_S for the kernel to take them down.
+CANCEL_GRACE_S = 2.0
+KILL_WAIT_S = 0.8
+
+# Runners this process started and has not waited for yet (reap_children() waits for the finished ones).
+children: list[subprocess.Popen] = []
+
+
+def absolute_db_url(url: str) -> str:
+    """A URL the runner can open from any working directory (relative SQLite paths made absolute)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        return parsed.set(database=str(Path(parsed.database).expanduser().resolve())).render_as_string(
+            hide_password=False
+        )
+    return url
+
+
+def start_runner(sessions: sessionmaker[Session], run_id: int, db_url: str,
+                 extra_env: Optional[dict[str, str]] = None) -> subprocess.Popen:
+    """Start the runner process for a placed run; its output goes to a per-run log file.
+
+    The process gets its own session so it outlives whoever started it (dashboard, CLI), a page
+    reload or a closed browser; engine.launch.cancel_runs stops it. extra_env carries the placement
+    (CUDA_VISIBLE_DEVICES and friends); its ARENA_PLACED_DEVICE is stored with the process (the local
+    executor stored the same when it placed the run; on a cluster, the device was chosen just now).
+    """
+    runner_url = absolute_db_url(db_url)
+    log_path = run_log_path(runner_url, run_id)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**child_env(), **(extra_env or {})}
+    with open(log_path, "ab") as log:
+        # A run started again (Ray lost it before it began) appends: readers take the lines after the last header.
+        log.write(f"{queries.LOG_HEADER} {run_id} of {make_url(runner_url).render_as_string(hide_password=True)}, "
+                  f"started {queries.utcnow():%Y-%m-%d %H:%M:%S} UTC on {socket.gethostname()}\n".encode())
+        log.flush()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", RUNNER_MODULE, str(run_id), "--db", runner_url],
+                cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            with sessions.begin() as s:
+                queries.fail_run(s, run_id, f"could not start the runner process: {exc}")
+            raise
+    children.append(process)
+    with sessions.begin() as s:
+        queries.set_launch_info(s, run_id, process.pid, socket.gethostname(), str(log_path),
+                                placed_device=env.get("ARENA_PLACED_DEVICE"))
+    return process
+
+
+def runner_alive(pid: int) -> bool:
+    """True while a runner process with this pid exists (a zombie or a reused pid is not one)."""
+    reap_children()
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        cmdline = process.cmdline()
+        # Empty while the process is between vfork and the end of its exec (Popen has returned by
+        # then, so the scheduler may already look): it is the runner on its way, not a stranger.
+        return not cmdline or RUNNER_MODULE in " ".join(cmdline)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def reap_children() -> None:
+    """Wait for finished runners this process started, so they do not linger as zombies."""
+    for child in list(children):
+        if child.poll() is not None:
+            children.remove(child)
+
+
+def reap(sessions: sessionmaker[Session]) -> list[int]:
+    """End queued/running runs whose runner is gone (lost; see queries.reap_orphans); return their ids."""
+    with sessions.begin() as s:
+        return queries.reap_orphans(s, socket.gethostname(), runner_alive)
+
+
+def stop_process_trees(pids: Sequence[int], grace_s: float = CANCEL_GRACE_S) -> list[int]:
+    """SIGTERM processes and every process they started, SIGKILL what is left after grace_s; the pids still alive.
+
+    A runner leads its own process group (start_runner), so the group is signalled too: that reaches
+    a worker forked after the tree was read. Walking the tree reaches one that left the group.
+    """
+    tree: list[psutil.Process] = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(pid)
+            tree += [root, *root.children(recursive=True)]
+    groups = [pid for pid in pids if _leads_group(pid)]
+    _signal(tree, groups, signal.SIGTERM)
+    alive = _wait_gone(tree, grace_s)
+    if alive:
+        late = [child for process in alive for child in _children_of(process)]
+        _signal(alive + late, groups, signal.SIGKILL)
+        alive = _wait_gone(alive + late, KILL_WAIT_S)
+    reap_children()
+    return [process.pid for process in alive]
+
+
+def _leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
+        return False
+
+
+def _children_of(process: psutil.Process) -> list[psutil.Process]:
+    try:
+        return process.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _signal(processes: list[psutil.Process], groups: list[int], signum: signal.Signals) -> None:
+    for group in groups:
+        with contextlib.suppress(OSError):
+            os.killpg(group, signum)
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.send_signal(signum)  # psutil checks the pid still names the same process
+
+
+def _wait_gone(processes: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Poll until every process has ended (a zombie has: only its parent's wait is missing) or timeout_s passed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = [process for process in processes if _running(process)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
