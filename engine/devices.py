@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 from engine.executors import RAY, executor_name
-from engine.nvml import GpuInfo, Nvml, describe_error, inventory
+from engine.nvml import Nvml, describe_error
 from engine.spec import SpecError
-
-GIB = 1024**3
-
 
 def gpu_count() -> tuple[int, str]:
     """(number of NVIDIA GPUs, "ok" or why NVML could not tell)."""
@@ -30,32 +27,6 @@ def on_cluster() -> bool:
         return executor_name() == RAY
     except ValueError:
         return False
-
-
-def device_choices() -> list[str]:
-    """Devices a user can pick: auto, cpu and one cuda:N per GPU of this machine (on a Ray cluster: auto, cpu)."""
-    if on_cluster():
-        return ["auto", "cpu"]
-    count, _ = gpu_count()
-    return ["auto", "cpu"] + [f"cuda:{i}" for i in range(count)]
-
-
-def device_labels() -> dict[str, str]:
-    """What a device select shows for each choice: "cuda:0 — NVIDIA A100 (79.2 GiB free)"."""
-    if on_cluster():
-        return {"auto": "auto — a free GPU anywhere in the Ray cluster, else CPUs",
-                "cpu": "cpu — CPUs of a Ray node"}
-    found = inventory()
-    labels = {"auto": "auto — a free GPU, else the CPU", "cpu": f"cpu — {found.cpu_name}"}
-    for gpu in found.gpus:
-        labels[f"cuda:{gpu.index}"] = gpu_label(gpu)
-    return labels
-
-
-def gpu_label(gpu: GpuInfo) -> str:
-    """One GPU as a select option: index, model and free memory (omitted when NVML could not read it)."""
-    free = "" if gpu.memory_free_bytes is None else f" ({gpu.memory_free_bytes / GIB:.1f} GiB free)"
-    return f"cuda:{gpu.index} — {gpu.name or 'unknown GPU'}{free}"
 
 
 def check_available(device: str) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import signal
 import socket
 import sys
 import uuid
@@ -28,7 +27,7 @@ from engine.spec import RunSpec
 
 # What pages and the CLI call; reap and CANCEL_GRACE_S are engine.processes', offered here with the rest.
 __all__ = ["ALREADY_ENDED", "CANCELLED_NOW", "CANCEL_GRACE_S", "CANCEL_REQUESTED", "NO_SUCH_RUN", "cancel_runs",
-           "default_url_for", "launch", "queue_runs", "reap", "stop_run"]
+           "default_url_for", "launch", "queue_runs", "reap"]
 
 # What cancel_runs did with a run: ended it; asked its runner on another machine, which stops at its
 # next heartbeat; nothing, the run had already ended; nothing, there is no such run.
@@ -56,26 +55,6 @@ def launch(sessions: sessionmaker[Session], specs: Sequence[RunSpec], db_url: st
     if scheduler is not None:
         scheduler.wake()
     return run_ids
-
-
-def stop_run(sessions: sessionmaker[Session], run_id: int) -> bool:
-    """Stop a run as failed: a waiting one leaves the queue; a started one's runner gets SIGTERM and records the stop.
-
-    cancel_runs is the user's stop (Runs page, Ctrl-C, `engine cancel`: the run ends cancelled); this
-    one ends a run the way an outside SIGTERM (a shutdown) does, and tests use it for that path.
-    """
-    with sessions.begin() as s:
-        if queries.cancel_waiting(s, run_id):
-            return True
-        run = queries.get_run(s, run_id)
-        if run is None or run.status not in ACTIVE_STATUSES:
-            return False
-        pid, host = run.pid, run.hostname
-    if pid is None or host != socket.gethostname() or not runner_alive(pid):
-        reap(sessions)
-        return False
-    os.kill(pid, signal.SIGTERM)
-    return True
 
 
 def cancel_runs(sessions: sessionmaker[Session], run_ids: Iterable[int], via: str = "engine.launch",

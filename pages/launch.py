@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from analysis.device_labels import device_labels
 from analysis.formatting import escape_markdown
 from analysis.launch_plan import (
     PRECISION_LABELS, build_matrix, data_files_note, describe_matrix, run_names, setting_problem, spec_error_message,
@@ -14,7 +15,6 @@ from engine.catalog import (
     DATASETS, FRAMEWORKS, LAYOUTS, MODE_LABELS, MODELS, MODES, OPTIMIZERS, PRECISIONS, SYNTHETIC_DEFAULT_SIZE,
     default_mode, framework_label,
 )
-from engine import devices
 from engine.devices import check_available, on_cluster
 from engine.launch import launch
 from engine.executors.local import cpu_slots, runs_per_gpu
@@ -97,8 +97,8 @@ with st.container(border=True):
     seeds_text = c2.text_input("Seeds", value="0", key="seeds",
                                help="One seed (0), a range (0-4) or a list (0, 3, 7): one run per seed and setting. "
                                     "A seed fixes the data split, the sample order and the initial weights.")
-    device_labels = devices.device_labels()
-    settings["device"] = c3.selectbox("Device", list(device_labels), key="device", format_func=device_labels.get,
+    labels = device_labels()
+    settings["device"] = c3.selectbox("Device", list(labels), key="device", format_func=labels.get,
                                       help="auto: the scheduler places the run on a free GPU (the CPU on a machine "
                                            "without one). Pin a GPU or the CPU to wait for that device. "
                                            "See Devices for what is busy.")

@@ -83,3 +83,30 @@ def _stop_schedulers():
     from engine import scheduler
 
     scheduler.stop_all()
+
+
+def stop_run(sessions, run_id: int) -> bool:
+    """End a run the way an outside SIGTERM (a machine shutting down) does: a waiting one leaves the queue as
+    failed; a started one's runner gets SIGTERM and records the stop. False when there was nothing to stop.
+
+    Not the user's stop (engine.launch.cancel_runs ends a run cancelled); the runner's SIGTERM path, for tests.
+    """
+    import signal
+    import socket
+
+    from db import queries
+    from db.models import ACTIVE_STATUSES
+    from engine.processes import reap, runner_alive
+
+    with sessions.begin() as s:
+        if queries.cancel_waiting(s, run_id):
+            return True
+        run = queries.get_run(s, run_id)
+        if run is None or run.status not in ACTIVE_STATUSES:
+            return False
+        pid, host = run.pid, run.hostname
+    if pid is None or host != socket.gethostname() or not runner_alive(pid):
+        reap(sessions)
+        return False
+    os.kill(pid, signal.SIGTERM)
+    return True

@@ -1,8 +1,9 @@
-"""engine/devices.py: device choices, labels and boundary checks follow what NVML reports."""
+"""engine/devices.py: the boundary checks of a device follow what NVML reports."""
 from __future__ import annotations
 
 import pytest
 
+from analysis.device_labels import device_labels
 from engine import devices
 from engine.spec import RunSpec, SpecError
 from tests.fakes import GIB, fake_gpu, fake_state, hide_nvml, install_fake_nvml
@@ -17,32 +18,15 @@ def two_gpus(monkeypatch, tmp_path):
 
 def test_choices_and_checks_with_two_gpus(two_gpus):
     assert devices.gpu_count() == (2, "ok")
-    assert devices.device_choices() == ["auto", "cpu", "cuda:0", "cuda:1"]
     devices.check_available("cuda:1")
     with pytest.raises(SpecError, match=r"device='cuda:2': 2 GPU\(s\) found; use 'auto' or 'cpu'"):
         devices.check_available("cuda:2")
 
 
-def test_labels_name_the_gpu_and_its_free_memory(two_gpus):
-    labels = devices.device_labels()
-
-    assert list(labels) == ["auto", "cpu", "cuda:0", "cuda:1"]
-    assert labels["cuda:0"] == "cuda:0 — NVIDIA A100-SXM4-80GB (79.2 GiB free)"
-    assert labels["cuda:1"] == "cuda:1 — NVIDIA Tesla T4 (11.0 GiB free)"
-    assert labels["cpu"].startswith("cpu — ")
-
-
-def test_a_gpu_whose_memory_cannot_be_read_is_labelled_without_it(monkeypatch, tmp_path):
-    install_fake_nvml(monkeypatch, tmp_path, fake_state([fake_gpu(0, fail={"nvmlDeviceGetMemoryInfo": "GpuIsLost"})]))
-
-    assert devices.device_labels()["cuda:0"] == "cuda:0 — NVIDIA A100-SXM4-80GB"
-
-
 def test_without_nvml_only_auto_and_cpu_and_cuda_is_refused_with_why(monkeypatch):
     hide_nvml(monkeypatch)
 
-    assert devices.device_choices() == ["auto", "cpu"]
-    assert list(devices.device_labels()) == ["auto", "cpu"]
+    assert list(device_labels()) == ["auto", "cpu"]
     with pytest.raises(SpecError, match=r"device='cuda:0': no GPU found \(pynvml not importable"):
         devices.check_available("cuda:0")
 

@@ -12,7 +12,8 @@ import pytest
 from db import queries
 from db.models import DIVERGED, FAILED, FINISHED, LOST
 from db.session import make_sessionmaker
-from engine.launch import launch, reap, stop_run
+from engine.launch import launch, reap
+from tests.conftest import stop_run
 from engine.processes import runner_alive
 from engine.spec import RunSpec
 

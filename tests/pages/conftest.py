@@ -21,6 +21,7 @@ from engine import launch as launch_module
 from engine import processes
 from engine.spec import RunSpec
 from ui.router import LAUNCH_PAGE
+from tests.conftest import stop_run
 from tests.pages.helpers import failures
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -116,7 +117,7 @@ def stop_launched_runs(arena_db):
     with sessions.begin() as s:
         active = [run.id for run in queries.list_runs(s, statuses=ACTIVE_STATUSES)]
     for run_id in active:
-        launch_module.stop_run(sessions, run_id)
+        stop_run(sessions, run_id)
     # The runners are children of this process: wait, so none outlives the test or lingers as a zombie.
     for child in list(processes.children):
         child.wait(timeout=60)

@@ -25,7 +25,8 @@ from db import queries
 from db.models import CANCELLED, FAILED, FINISHED, LOST, QUEUED, RUNNING
 from db.session import make_sessionmaker
 from engine import PROJECT_ROOT
-from engine.devices import check_available, device_choices, device_labels
+from analysis.device_labels import device_labels
+from engine.devices import check_available
 from engine.executors import ray as arena_ray
 from engine.executors.ray import RAY_CPU, RAY_GPU, Request, RayExecutor, actor_name, request_for
 from engine.launch import cancel_runs, queue_runs
@@ -149,7 +150,7 @@ def test_bad_executor_settings_are_named_before_anything_is_queued(arena_db, mon
     monkeypatch.setenv("ARENA_EXECUTOR", "ray")
     with pytest.raises(SpecError, match="pins a GPU of one machine"):
         check_available("cuda:0")
-    assert device_choices() == ["auto", "cpu"]  # the Launch form offers no GPU index of this machine
+    assert list(device_labels()) == ["auto", "cpu"]  # the Launch form offers no GPU index of this machine
     assert "anywhere in the Ray cluster" in device_labels()["auto"]
 
 
