@@ -110,3 +110,13 @@ def stop_run(sessions, run_id: int) -> bool:
         return False
     os.kill(pid, signal.SIGTERM)
     return True
+
+
+@pytest.fixture
+def a100_and_t4(monkeypatch, tmp_path):
+    """A fake NVML with an A100 (0.8 GiB used) and a T4 (15 GiB): what device checks and labels read."""
+    from tests.fakes import GIB, fake_gpu, fake_state, install_fake_nvml
+
+    gpus = [fake_gpu(0, memory_used_bytes=GIB * 4 // 5),
+            fake_gpu(1, name="NVIDIA Tesla T4", memory_total_bytes=15 * GIB)]
+    return install_fake_nvml(monkeypatch, tmp_path, fake_state(gpus))

@@ -1,20 +1,11 @@
 """analysis/device_labels.py: the Launch form's device choices name each GPU and its free memory."""
 from __future__ import annotations
 
-import pytest
-
 from analysis.device_labels import device_labels
-from tests.fakes import GIB, fake_gpu, fake_state, install_fake_nvml
+from tests.fakes import fake_gpu, fake_state, install_fake_nvml
 
 
-@pytest.fixture
-def two_gpus(monkeypatch, tmp_path):
-    gpus = [fake_gpu(0, memory_used_bytes=GIB * 4 // 5),
-            fake_gpu(1, name="NVIDIA Tesla T4", memory_total_bytes=15 * GIB)]
-    return install_fake_nvml(monkeypatch, tmp_path, fake_state(gpus))
-
-
-def test_labels_name_the_gpu_and_its_free_memory(two_gpus):
+def test_labels_name_the_gpu_and_its_free_memory(a100_and_t4):
     labels = device_labels()
 
     assert list(labels) == ["auto", "cpu", "cuda:0", "cuda:1"]

@@ -6,17 +6,10 @@ import pytest
 from analysis.device_labels import device_labels
 from engine import devices
 from engine.spec import RunSpec, SpecError
-from tests.fakes import GIB, fake_gpu, fake_state, hide_nvml, install_fake_nvml
+from tests.fakes import fake_gpu, fake_state, hide_nvml, install_fake_nvml
 
 
-@pytest.fixture
-def two_gpus(monkeypatch, tmp_path):
-    gpus = [fake_gpu(0, memory_used_bytes=GIB * 4 // 5),
-            fake_gpu(1, name="NVIDIA Tesla T4", memory_total_bytes=15 * GIB)]
-    return install_fake_nvml(monkeypatch, tmp_path, fake_state(gpus))
-
-
-def test_choices_and_checks_with_two_gpus(two_gpus):
+def test_choices_and_checks_with_a100_and_t4(a100_and_t4):
     assert devices.gpu_count() == (2, "ok")
     devices.check_available("cuda:1")
     with pytest.raises(SpecError, match=r"device='cuda:2': 2 GPU\(s\) found; use 'auto' or 'cpu'"):
