@@ -41,7 +41,7 @@ def what_was_compared(runs: Sequence[Run]) -> None:
         with line:
             st.markdown(_one_line(runs, frameworks, modes, several_modes, different, kind, message, overlap_s))
         with details, st.popover(_held_label(runs, split), icon=":material/balance:", width="stretch"):
-            _details(runs, frameworks, split, modes, several_modes, different)
+            _details(runs, frameworks, split, modes, several_modes, different, kind, message)
         if kind == "warning":
             st.warning(message, icon=VERDICT_ICONS[kind])
         if overlap_s >= OVERLAP_WARN_S:
@@ -61,7 +61,7 @@ def _one_line(runs, frameworks, modes, several_modes, different, kind, message, 
     """"#3 PyTorch eager vs #4 TensorFlow graph · differs: seed · [badge]" as one markdown line."""
     names = " vs ".join(f"**{trace_name(run)}**" for run in runs)
     if len(frameworks) > 1 and not several_modes:
-        names += " (" + " · ".join(f"{framework_label(fw)} {' and '.join(labels)}" for fw, labels in modes.items()) + ")"
+        names += f" ({_modes_text(modes)})"
     parts = [names]
     if different:
         parts.append("differs: " + ", ".join(f"**{words}**" for _, words, _ in different))
@@ -75,14 +75,18 @@ def _one_line(runs, frameworks, modes, several_modes, different, kind, message, 
     return "**What was compared:** " + " · ".join(parts)
 
 
+def _modes_text(modes: dict[str, list[str]]) -> str:
+    """"PyTorch eager · TensorFlow tf.function (graph)": each framework's execution modes."""
+    return " · ".join(f"{framework_label(fw)} {' and '.join(labels)}" for fw, labels in modes.items())
+
+
 def _held_label(runs: Sequence[Run], split) -> str:
     identical = [item for item in split.identical if item[2] != NOT_RECORDED]
     return f"Held equal: {len(identical)}" if len(runs) > 1 else "Run settings"
 
 
-def _details(runs, frameworks, split, modes, several_modes, different) -> None:
-    """Everything behind the one line: identical settings, held-equal words, each difference per run, the method."""
-    kind, message = verdict(runs, frameworks, split)
+def _details(runs, frameworks, split, modes, several_modes, different, kind, message) -> None:
+    """Behind the one line: the verdict, identical settings, held-equal words, each difference, the method."""
     if kind != "warning":
         getattr(st, kind)(message, icon=VERDICT_ICONS[kind])
     lead = "Identical in all" if len(runs) > 1 else "Settings"
@@ -98,8 +102,7 @@ def _details(runs, frameworks, split, modes, several_modes, different) -> None:
     if held and len(runs) > 1:
         st.markdown("**Held equal:** " + ", ".join(held) + ".")
     if len(frameworks) > 1:
-        st.markdown("**Execution mode, each framework's own:** " + " · ".join(
-            f"{framework_label(fw)} {' and '.join(labels)}" for fw, labels in modes.items()) + ".")
+        st.markdown(f"**Execution mode, each framework's own:** {_modes_text(modes)}.")
     if different:
         st.markdown("\n".join(
             f"- **{words}** differs: " + " · ".join(f"#{run_id} `{value}`" for run_id, value in values.items())
