@@ -18,6 +18,7 @@ from engine.catalog import framework_label
 VERDICT_ICONS = {"info": ":material/info:", "warning": ":material/warning:", "success": ":material/balance:"}
 # The one-line verdict badge per kind; a warning is also said in full, in its own box.
 BADGE_COLORS = {"info": "blue", "warning": "orange", "success": "green"}
+DETAILS_KEY = "compare_details_open"  # session state: the held-equal popover is open
 OVERLAP_WARN_S = 1.0  # runs that trained at the same time for longer shared the processor: speed numbers suffer
 
 
@@ -40,8 +41,13 @@ def what_was_compared(runs: Sequence[Run]) -> None:
         line, details = st.columns([5, 1], vertical_alignment="center")
         with line:
             st.markdown(_one_line(runs, frameworks, modes, several_modes, different, kind, message, overlap_s))
-        with details, st.popover(_held_label(runs, split), icon=":material/balance:", width="stretch"):
-            _details(runs, frameworks, split, modes, several_modes, different, kind, message)
+        # The details are built only while the popover is open: a closed one sends nothing to the browser.
+        with details:
+            popover = st.popover(_held_label(runs, split), icon=":material/balance:", width="stretch",
+                                 key=DETAILS_KEY, on_change="rerun")
+        if popover.open:
+            with popover:
+                _details(runs, frameworks, split, modes, several_modes, different, kind, message)
         if kind == "warning":
             st.warning(message, icon=VERDICT_ICONS[kind])
         if overlap_s >= OVERLAP_WARN_S:

@@ -11,6 +11,7 @@ from db import queries
 from db.session import make_sessionmaker
 from engine.spec import RunSpec
 from analysis.run_styles import FRAMEWORK_COLORS
+from ui.fairness_panel import DETAILS_KEY
 from ui.router import COMPARE_PAGE
 
 
@@ -44,6 +45,12 @@ def summary_table(at):
 def show_tab(at, name: str):
     """Open a tab of the Compare page (only the open tab is rendered) and render again."""
     at.session_state["compare_tab"] = name
+    return at.run()
+
+
+def open_details(at):
+    """Open the "Held equal" popover, whose details are built only while it is open, and render again."""
+    at.session_state[DETAILS_KEY] = True
     return at.run()
 
 
@@ -100,8 +107,10 @@ def test_a_fair_pair_gets_every_chart_in_its_framework_colour(runs_db, open_page
 def test_what_was_compared_says_only_the_framework_differs(runs_db, open_page):
     at = open_page(COMPARE_PAGE, runs=f"{runs_db.torch_id},{runs_db.tensorflow_id}")
 
-    text = text_of(at)
-    assert "What was compared" in text
+    closed = text_of(at)
+    assert "What was compared" in closed and "Equal settings" in closed  # the one line and its badge
+    assert "Identical in all" not in closed and "How the runs were measured" not in closed  # not sent until opened
+    text = text_of(open_details(at))
     assert "Identical in all: model `mlp`, dataset `digits`, epochs `2`" in text
     assert "Equal settings: only the framework differs." in text
     assert "first step" in text and "warm-up steps" in text and "same initial weights" in text and "1e-8" in text
@@ -127,7 +136,8 @@ def test_runs_with_different_settings_are_flagged_as_unequal(runs_db, open_page)
         queries.fail_run(s, other, "RuntimeError: never trained")
     at = open_page(COMPARE_PAGE, runs=f"{runs_db.torch_id},{other}")
 
-    assert "**seed** differs" in text_of(at)
+    assert "differs: **seed**" in text_of(at)  # the one line
+    assert "**seed** differs" in text_of(open_details(at))  # the details, each run's value
     assert len(at.warning) == 1
     assert "Not an equal comparison" in at.warning[0].value and "seed" in at.warning[0].value
 
@@ -148,7 +158,7 @@ def test_runs_that_trained_at_the_same_time_are_flagged(runs_db, open_page):
 
     warning = next(w.value for w in at.warning if "same time" in w.value)
     assert "15 s" in warning and "speed" in warning
-    assert "Equal settings: only the framework differs." in text_of(at)
+    assert "Equal settings: only the framework differs." in text_of(open_details(at))
 
 
 def test_unknown_run_ids_in_the_url_are_reported(runs_db, open_page):
@@ -230,7 +240,7 @@ def test_summary_shows_how_each_run_ran_and_its_speed_in_detail(runs_db, open_pa
 
 
 def test_what_was_held_equal_is_said_in_words(runs_db, open_page):
-    at = open_page(COMPARE_PAGE, runs=f"{runs_db.torch_id},{runs_db.tensorflow_id}")
+    at = open_details(open_page(COMPARE_PAGE, runs=f"{runs_db.torch_id},{runs_db.tensorflow_id}"))
 
     text = text_of(at)
     assert ("**Held equal:** the same data split and sample order, the same initial weights, the same optimizer "
@@ -249,7 +259,7 @@ def test_a_seed_matrix_is_matched_across_frameworks_not_unequal(runs_db, open_pa
                 run = queries.create_run(s, spec.to_dict(), "matrix01")
                 queries.fail_run(s, run.id, "RuntimeError: never trained")
                 ids.append(run.id)
-    at = open_page(COMPARE_PAGE, runs=",".join(map(str, ids)))
+    at = open_details(open_page(COMPARE_PAGE, runs=",".join(map(str, ids))))
 
     assert "**seed** differs" in text_of(at)
     assert not [w for w in at.warning if "Not an equal comparison" in w.value]
@@ -265,5 +275,6 @@ def test_a_precision_difference_between_frameworks_is_flagged(runs_db, open_page
         queries.fail_run(s, other, "RuntimeError: never trained")
     at = open_page(COMPARE_PAGE, runs=f"{runs_db.torch_id},{other}")
 
-    assert "**precision** differs" in text_of(at)
+    assert "differs: **precision**" in text_of(at)
+    assert "**precision** differs" in text_of(open_details(at))
     assert "precision" in next(w.value for w in at.warning if "Not an equal comparison" in w.value)
