@@ -1,6 +1,9 @@
 """The layout every figure shares: title left, legend on top (or below when long), one line per run."""
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
+import numpy as np
 import plotly.graph_objects as go
 
 from analysis.run_styles import trace_name
@@ -13,19 +16,36 @@ LEGEND_ROW_WIDTH_PX = 380  # what a legend row holds in the narrowest chart (a t
 LEGEND_SWATCH_PX, LEGEND_CHAR_PX = 45, 7
 
 
-def base_figure(title: str, x_title: str, y_title: str, log_y: bool = False) -> go.Figure:
-    """An empty figure in the page's common layout: title left, legend on top."""
-    fig = go.Figure()
-    fig.update_layout(
+def base_figure(title: str, x_title: str, y_title: str, log_y: bool = False, data: Sequence = (),
+                x_type: Optional[str] = None) -> go.Figure:
+    """A figure in the page's common layout: title left, legend on top; `data`, its traces, if known already.
+
+    Built in one call from plain dicts: plotly validates a layout given whole in a fraction of the time
+    that update_layout and add_trace take, property by property (7 ms against 1 ms for the layout).
+    """
+    return go.Figure(data=list(data), layout=dict(
         # The title is pinned to the top so a legend of many runs, growing upwards, never covers it.
         title=dict(text=title, x=0, xanchor="left", y=1, yref="container", yanchor="top", pad=dict(t=12)),
         height=HEIGHT_PX, margin=dict(l=10, r=10, t=TOP_MARGIN_PX, b=10),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
-        hovermode="x unified", xaxis_title=x_title, yaxis_title=y_title,
-    )
-    if log_y:
-        fig.update_yaxes(type="log")
-    return fig
+        hovermode="x unified", xaxis=dict(title=dict(text=x_title), **({"type": x_type} if x_type else {})),
+        yaxis=dict(title=dict(text=y_title), **({"type": "log"} if log_y else {})),
+    ))
+
+
+def compact(values):
+    """Numbers as the browser gets them: float32, integers as int32; anything else (dates, text) as it is.
+
+    Plotly sends numpy arrays as typed arrays, so this halves a chart's bytes on the wire, and with them
+    the time to send, decode and draw it. Seven significant digits are more than a chart or its hover
+    text shows; the recorded values themselves are float32 in both frameworks.
+    """
+    array = np.asarray(values)
+    if array.dtype.kind == "f":
+        return array.astype(np.float32)
+    if array.dtype.kind in "iu" and (array.size == 0 or (array.min() >= -2**31 and array.max() < 2**31)):
+        return array.astype(np.int32)
+    return values
 
 
 def add_run_line(fig: go.Figure, run: Run, style: dict, x, y, markers: bool, overlap: bool = True, **extra) -> None:
@@ -33,7 +53,7 @@ def add_run_line(fig: go.Figure, run: Run, style: dict, x, y, markers: bool, ove
     if not overlap:
         style = {**style, "width": 2.0, "size": 7}
     fig.add_trace(go.Scatter(
-        x=x, y=y, name=trace_name(run), legendgroup=str(run.id),
+        x=compact(x), y=compact(y), name=trace_name(run), legendgroup=str(run.id),
         mode="lines+markers" if markers else "lines",
         line=dict(color=style["color"], dash=style["dash"], width=style["width"]),
         marker=dict(symbol=style["symbol"], size=style["size"], color=style["color"]), **extra,

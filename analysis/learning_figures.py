@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from analysis import series
-from analysis.figure_layout import base_figure, fit_legend, translucent
+from analysis.figure_layout import base_figure, compact, fit_legend, translucent
 from analysis.run_settings import run_mode
 from analysis.run_styles import trace_name, trace_styles
 from db.models import Run
@@ -68,87 +68,95 @@ def metric_figure(prepared: pd.DataFrame, runs: Sequence[Run], name: str, x_axis
     """
     title = metric_label(name) + (f" and {metric_label(with_companion)}" if with_companion else "")
     percent = accuracy_like(name)
-    fig = base_figure(title[0].upper() + title[1:], X_TITLES[x_axis],
-                      metric_label(name).split(" (")[0] + (" (%)" if percent else ""), log_y)
     styles = trace_styles(runs)
     by_id = {run.id: run for run in runs}
+    traces: list[go.Scatter] = []
     for metric, faint in ((name, False), (with_companion, True)):
         if metric is None:
             continue
         points = prepared[prepared["name"] == metric]
         full = points if group_points is None else group_points[group_points["name"] == metric]
+        by_run = dict(tuple(points.groupby("run_id", sort=False)))
+        full_by_run = by_run if group_points is None else dict(tuple(full.groupby("run_id", sort=False)))
         grouped = set()
         for group in groups:
-            if _group_trace(fig, full, [by_id[i] for i in group], styles[group[0]], metric, x_axis, band, faint,
-                            percent):
+            band_traces = _group_traces(full_by_run, [by_id[i] for i in group], styles[group[0]], metric, x_axis,
+                                        band, faint, percent)
+            if band_traces:
+                traces += band_traces
                 grouped.update(group)
         for run in runs:
-            if run.id not in grouped:
-                _run_traces(fig, points[points["run_id"] == run.id], run, styles[run.id], metric, x_axis, smoothing,
-                            faint, percent)
-    if x_axis == "wall_time":
-        fig.update_xaxes(type="date")
+            if run.id not in grouped and run.id in by_run:
+                traces += _run_traces(by_run[run.id], run, styles[run.id], metric, x_axis, smoothing, faint, percent)
+    fig = base_figure(title[0].upper() + title[1:], X_TITLES[x_axis],
+                      metric_label(name).split(" (")[0] + (" (%)" if percent else ""), log_y, data=traces,
+                      x_type="date" if x_axis == "wall_time" else None)
     fit_legend(fig)
     return fig
 
 
-def _run_traces(fig: go.Figure, points: pd.DataFrame, run: Run, style: dict, metric: str, x_axis: str,
-                smoothing: float, faint: bool, percent: bool) -> None:
-    if points.empty:
-        return
+def _run_traces(points: pd.DataFrame, run: Run, style: dict, metric: str, x_axis: str, smoothing: float,
+                faint: bool, percent: bool) -> list[go.Scatter]:
+    """One run's curve (and, when smoothed, its raw values faint behind it)."""
     scale = 100.0 if percent else 1.0
-    x = _x(points["x"], x_axis)
+    x = compact(_x(points["x"], x_axis))
     name = trace_name(run) + (f" · {metric_label(metric)}" if faint else "")
     per_epoch = not metric.startswith("step/")
+    traces = []
     if smoothing > 0 and not per_epoch:
-        fig.add_trace(go.Scatter(x=x, y=points["value"] * scale, legendgroup=str(run.id), showlegend=False,
-                                   hoverinfo="skip", mode="lines", opacity=0.25,
-                                   line=dict(color=style["color"], width=1)))
-        y = points["smoothed"] * scale
+        traces.append(go.Scatter(x=x, y=compact(points["value"] * scale), legendgroup=str(run.id), showlegend=False,
+                                 hoverinfo="skip", mode="lines", opacity=0.25,
+                                 line=dict(color=style["color"], width=1)))
+        y = compact(points["smoothed"] * scale)
     else:
-        y = points["value"] * scale
-    fig.add_trace(go.Scatter(
+        y = compact(points["value"] * scale)
+    traces.append(go.Scatter(
         x=x, y=y, name=name, legendgroup=str(run.id), mode="lines+markers" if per_epoch else "lines",
         opacity=COMPANION_OPACITY if faint else 1.0,
         line=dict(color=style["color"], dash=style["dash"], width=2.0 if faint else style["width"]),
         marker=dict(symbol="circle-open" if faint else style["symbol"], size=style["size"], color=style["color"]),
     ))
+    return traces
 
 
-def _group_trace(fig: go.Figure, points: pd.DataFrame, members: list[Run], style: dict, metric: str, x_axis: str,
-                 band: str, faint: bool, percent: bool) -> bool:
-    """A seed group: the mean of its runs as a line, the spread as a filled band, the group size in the legend."""
-    members_points = [points[points["run_id"] == run.id] for run in members]
-    members_points = [p for p in members_points if not p.empty]
+def _group_traces(by_run: dict[int, pd.DataFrame], members: list[Run], style: dict, metric: str, x_axis: str,
+                  band: str, faint: bool, percent: bool) -> list[go.Scatter]:
+    """A seed group: the mean of its runs as a line, the spread as a filled band, the group size in the legend.
+
+    No traces when the runs share no stretch of x (seeds run one after another, against wall time):
+    each run is then drawn on its own.
+    """
+    members_points = [by_run[run.id] for run in members if run.id in by_run]
     if not members_points:
-        return False
-    column = "smoothed" if "smoothed" in points.columns and metric.startswith("step/") else "value"
+        return []
+    column = "smoothed" if "smoothed" in members_points[0].columns and metric.startswith("step/") else "value"
     try:
         frame = series.group_band([(p["x"].to_numpy(dtype=float), p[column].to_numpy(dtype=float))
                                    for p in members_points], how=band, grid_points=MAX_POINTS)
-    except ValueError:  # no common stretch of x (seeds run one after another, against wall time): draw each run
-        return False
+    except ValueError:  # no common stretch of x
+        return []
     if frame.empty:
-        return False
+        return []
     scale = 100.0 if percent else 1.0
     first = members[0]
     n = int(frame["n"].max())
     name = (f"{framework_label(first.framework)} {run_mode(first)} {first.model} "
             f"(n={n}, {BANDS[band]})") + (f" · {metric_label(metric)}" if faint else "")
-    x = _x(frame["x"], x_axis).to_numpy()
+    x = compact(_x(frame["x"], x_axis).to_numpy())
     group_id = "group-" + "-".join(str(run.id) for run in members)
-    fig.add_trace(go.Scatter(
-        x=np.r_[x, x[::-1]], y=np.r_[frame["hi"] * scale, (frame["lo"] * scale)[::-1]], fill="toself", mode="lines",
-        fillcolor=translucent(style["color"], 0.12 if faint else 0.22), line=dict(width=0), hoverinfo="skip",
-        legendgroup=group_id, showlegend=False,
-    ))
-    fig.add_trace(go.Scatter(
-        x=x, y=frame["mean"] * scale, name=name, legendgroup=group_id, mode="lines",
-        opacity=COMPANION_OPACITY if faint else 1.0, customdata=frame["n"],
-        line=dict(color=style["color"], dash=style["dash"], width=2.5),
-        hovertemplate="%{y:.4g} (n=%{customdata})",
-    ))
-    return True
+    return [
+        go.Scatter(
+            x=np.r_[x, x[::-1]], y=compact(np.r_[frame["hi"] * scale, (frame["lo"] * scale)[::-1]]), fill="toself",
+            mode="lines", fillcolor=translucent(style["color"], 0.12 if faint else 0.22), line=dict(width=0),
+            hoverinfo="skip", legendgroup=group_id, showlegend=False,
+        ),
+        go.Scatter(
+            x=x, y=compact(frame["mean"] * scale), name=name, legendgroup=group_id, mode="lines",
+            opacity=COMPANION_OPACITY if faint else 1.0, customdata=compact(frame["n"]),
+            line=dict(color=style["color"], dash=style["dash"], width=2.5),
+            hovertemplate="%{y:.4g} (n=%{customdata})",
+        ),
+    ]
 
 
 def _x(x: pd.Series, x_axis: str) -> pd.Series:
