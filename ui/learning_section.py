@@ -28,36 +28,54 @@ def tab(runs: Sequence[Run], available: list[str]) -> None:
     url_state.seed("compare_groups", "grp", "none", choices=list(GROUP_CHOICES))
     st.session_state["compare_smoothing"] = min(max(float(st.session_state["compare_smoothing"]), 0.0), 0.99)
 
-    chosen = st.multiselect("Metrics", available, key="compare_metrics", format_func=learning_figures.metric_label,
-                            placeholder="Pick metrics to plot")
-    controls = st.container(horizontal=True, vertical_alignment="center", gap="medium")
-    x_axis = controls.segmented_control("Against", list(learning_figures.X_LABELS), key="compare_x",
-                                        format_func=learning_figures.X_LABELS.get) or "step"
-    smoothing = controls.slider("Smoothing", 0.0, 0.99, key="compare_smoothing", step=0.01, width=220,
-                                help="TensorBoard's debiased exponential moving average of per-step values, "
-                                     "computed on every point; 0 shows raw values. The raw curve stays faint "
-                                     "behind.")
-    log_y = controls.toggle("Log scale", key="compare_log_y")
-    together = controls.toggle("Train and test together", key="compare_together",
-                               help="Draw the test metric beside its train metric (and the other way round) in the "
-                                    "same chart, fainter, with open markers.")
-    group_mode = controls.selectbox("Runs", list(GROUP_CHOICES), key="compare_groups",
-                                    format_func=GROUP_CHOICES.get, width=260,
-                                    disabled=not groups,
-                                    help="Runs that differ only in their seed, drawn as one mean line with a band. "
-                                         + ("" if groups else "No runs here differ only by seed."))
+    # The controls' values are read from session state (seeded from the URL above), and the widgets are
+    # drawn into this container after the charts: the first chart reaches the browser first, and the
+    # browser starts loading plotly.js while the widgets follow, in their place above the charts.
+    controls_area = st.container()
+    state = st.session_state
+    chosen = [name for name in state["compare_metrics"] if name in available]
+    x_axis = state["compare_x"] or "step"
+    smoothing, log_y, together = state["compare_smoothing"], state["compare_log_y"], state["compare_together"]
+    group_mode = state["compare_groups"]
+    if chosen:
+        _charts(runs, available, chosen, x_axis, smoothing, log_y, together, groups, group_mode)
+    with controls_area:
+        _controls(available, groups)
+        mine = [item for item in url_state.ignored() if item.split("=", 1)[0] in LEARNING_PARAMS]
+        if mine:
+            st.caption("Ignored in the link: " + ", ".join(escape_markdown(item) for item in mine) + ".")
+        if not chosen:
+            st.info("Pick one or more metrics above to plot them.", icon=":material/info:")
     for param, value, default in (("m", chosen, learning_figures.default_metrics(available)), ("x", x_axis, "step"),
                                   ("smooth", round(smoothing, 2), 0.6), ("grp", group_mode, "none")):
         url_state.sync(param, value, default)
     url_state.sync("log", log_y, False, url_state.format_bool)
     url_state.sync("tt", together, True, url_state.format_bool)
-    mine = [item for item in url_state.ignored() if item.split("=", 1)[0] in LEARNING_PARAMS]
-    if mine:
-        st.caption("Ignored in the link: " + ", ".join(escape_markdown(item) for item in mine) + ".")
-    if not chosen:
-        st.info("Pick one or more metrics above to plot them.", icon=":material/info:")
-        return
 
+
+def _controls(available: list[str], groups) -> None:
+    """The Learning tab's widgets; their values live in session state under the keys the charts read."""
+    st.multiselect("Metrics", available, key="compare_metrics", format_func=learning_figures.metric_label,
+                   placeholder="Pick metrics to plot")
+    controls = st.container(horizontal=True, vertical_alignment="center", gap="medium")
+    controls.segmented_control("Against", list(learning_figures.X_LABELS), key="compare_x",
+                               format_func=learning_figures.X_LABELS.get)
+    controls.slider("Smoothing", 0.0, 0.99, key="compare_smoothing", step=0.01, width=220,
+                    help="TensorBoard's debiased exponential moving average of per-step values, "
+                         "computed on every point; 0 shows raw values. The raw curve stays faint behind.")
+    controls.toggle("Log scale", key="compare_log_y")
+    controls.toggle("Train and test together", key="compare_together",
+                    help="Draw the test metric beside its train metric (and the other way round) in the "
+                         "same chart, fainter, with open markers.")
+    controls.selectbox("Runs", list(GROUP_CHOICES), key="compare_groups", format_func=GROUP_CHOICES.get, width=260,
+                       disabled=not groups,
+                       help="Runs that differ only in their seed, drawn as one mean line with a band. "
+                            + ("" if groups else "No runs here differ only by seed."))
+
+
+def _charts(runs: Sequence[Run], available: list[str], chosen: list[str], x_axis: str, smoothing: float,
+            log_y: bool, together: bool, groups, group_mode: str) -> None:
+    """One chart per chosen metric (its companion beside it), two per row, and a note on how they are drawn."""
     companions = {name: learning_figures.companion(name, available) if together else None for name in chosen}
     # A companion already chosen on its own gets its own chart: do not draw it twice.
     companions = {name: other if other not in chosen or chosen.index(other) > chosen.index(name) else None
