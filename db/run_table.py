@@ -55,6 +55,23 @@ RUN_COLUMNS = {
 COLUMNS = [*RUN_COLUMNS, "spec", *LAST_METRICS, THROUGHPUT]
 
 
+def count_runs(s: Session) -> int:
+    """How many runs are stored."""
+    return s.scalar(select(func.count(Run.id))) or 0
+
+
+def existing_run_ids(s: Session, run_ids: Iterable[int]) -> set[int]:
+    """Which of these run ids are stored: one indexed lookup, not the whole table."""
+    wanted = sorted(set(run_ids))
+    return set(s.scalars(select(Run.id).where(Run.id.in_(wanted)))) if wanted else set()
+
+
+def newest_runs(s: Session) -> pd.DataFrame:
+    """id and group_tag of the runs, newest first: what the Compare page's default choice needs."""
+    return pd.DataFrame(s.execute(select(Run.id, Run.group_tag).order_by(Run.id.desc())).all(),
+                        columns=["id", "group_tag"])
+
+
 def runs_overview(s: Session, limit: Optional[int] = None, statuses: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """One row per run (COLUMNS), newest first: what the Runs table shows and filters on.
 

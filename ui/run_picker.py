@@ -34,7 +34,9 @@ COLUMNS = {
 
 
 def default_selection(frame: pd.DataFrame) -> list[int]:
-    """Runs asked for by URL, else the ones just launched, else the newest group, else the newest two."""
+    """Runs asked for by URL, else the ones just launched, else the newest group, else the newest two.
+
+    frame: the runs' id and group_tag, newest first."""
     known = set(frame["id"].tolist())
     for wanted in (requested_run_ids(say_ignored=False), st.session_state.get(LAUNCHED_KEY) or []):
         chosen = [int(i) for i in wanted if i in known]
@@ -47,29 +49,36 @@ def default_selection(frame: pd.DataFrame) -> list[int]:
 
 
 def pick_runs() -> list[int]:
-    """Filters, the table to tick runs in, and the chosen ids (also written to ?runs=)."""
+    """Filters, the table to tick runs in, and the chosen ids (also written to ?runs=).
+
+    While the picker is closed (a shared link opens straight onto its charts) only the chosen ids are
+    looked up; the whole runs table is read when the picker opens.
+    """
     sessions = dashboard_sessions()
     reap(sessions)
+    requested = requested_run_ids()
     with sessions.begin() as s:
-        frame = run_table.runs_overview(s)
-    if frame.empty:
-        no_runs_yet("Launch a PyTorch and TensorFlow pair, then compare them here.")
-        return []
-    known = set(frame["id"].astype(int).tolist())
-    missing = [i for i in requested_run_ids() if i not in known]
+        total = run_table.count_runs(s)
+        if not total:
+            no_runs_yet("Launch a PyTorch and TensorFlow pair, then compare them here.")
+            return []
+        if SELECTED_KEY not in st.session_state:
+            st.session_state[SELECTED_KEY] = default_selection(run_table.newest_runs(s))
+        known = run_table.existing_run_ids(s, [*requested, *st.session_state[SELECTED_KEY]])
+    missing = [i for i in requested if i not in known]
     if missing:
         st.warning("Not found: " + ", ".join(f"#{i}" for i in missing) + " (deleted, or stored in another "
                    "database). Pick runs below.", icon=":material/warning:")
-    if SELECTED_KEY not in st.session_state:
-        st.session_state[SELECTED_KEY] = default_selection(frame)
     selected = [i for i in st.session_state[SELECTED_KEY] if i in known]
 
     # The table is built only while the expander is open: a shared link opens straight onto its charts.
-    picker = st.expander(f"Runs: {_count(len(selected))} selected of {len(frame):,}", expanded=not selected,
+    picker = st.expander(f"Runs: {_count(len(selected))} selected of {total:,}", expanded=not selected,
                          icon=":material/checklist:", key="compare_picker_open", on_change="rerun")
     if not picker.open:
         _remember(selected)
         return selected
+    with sessions.begin() as s:
+        frame = run_table.runs_overview(s)
     with picker:
         filters = filter_controls(frame, key="c")
         shown = apply_filters(frame, filters)

@@ -259,3 +259,16 @@ def test_a_run_made_after_a_deleted_one_shows_no_results_of_it(sessions):
     assert sorted(frame.index) == sorted({kept, fresh}) and frame.loc[kept, "train_loss"] == 2.0
     assert all(frame.loc[fresh, name] is None for name in run_table.LAST_METRICS)
     assert math.isnan(frame.loc[fresh, "samples_per_s"])
+
+
+def test_the_compare_pickers_lookups_count_find_and_order_runs(sessions):
+    """What the Compare page reads while its picker is closed: the count, which asked-for ids exist, the newest."""
+    with sessions.begin() as s:
+        assert run_table.count_runs(s) == 0 and run_table.existing_run_ids(s, [1, 2]) == set()
+        ids = [queries.create_run(s, spec(seed=seed), group_tag="g" if seed else None).id for seed in range(3)]
+    with sessions.begin() as s:
+        assert run_table.count_runs(s) == 3
+        assert run_table.existing_run_ids(s, [ids[0], ids[2], 10_000, ids[0]]) == {ids[0], ids[2]}
+        assert run_table.existing_run_ids(s, []) == set()
+        newest = run_table.newest_runs(s)
+    assert newest["id"].tolist() == ids[::-1] and newest["group_tag"].tolist() == ["g", "g", None]
