@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # imported by unpack, which builds a frame: writers (runners) start without pandas
+    import pandas as pd
 
 FRAME_COLUMNS = ["run_id", "name", "step", "epoch", "wall_time", "value"]
 # Explicit little-endian dtypes: a chunk written on one machine reads the same on any other.
@@ -40,6 +42,8 @@ def unpack(chunks: Sequence[Sequence[Any]]) -> pd.DataFrame:
 
     The chunks come ordered by run, name and first step, so the points come out in that order too.
     """
+    import pandas as pd
+
     if not chunks:
         return pd.DataFrame(columns=FRAME_COLUMNS)
     counts = np.fromiter((chunk[2] for chunk in chunks), np.int64, len(chunks))

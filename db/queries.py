@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
-import pandas as pd
 from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
@@ -31,6 +30,9 @@ from db.models import (
     SystemSample,
     TensorStat,
 )
+
+if TYPE_CHECKING:  # pandas is imported where a frame is built: the CLI and runners start without it
+    import pandas as pd
 
 # Metric names recorded once per optimizer step start with this prefix; the rest are per epoch.
 STEP_PREFIX = "step/"
@@ -367,6 +369,8 @@ TENSOR_STAT_COLUMNS = ["run_id", "epoch", "step", "layer", "kind", "numel", "nor
 
 def tensor_stat_frame(s: Session, run_ids: Sequence[int], with_histograms: bool = True) -> pd.DataFrame:
     """Per-layer weight/gradient statistics of some runs, one row per (run, epoch, layer, kind)."""
+    import pandas as pd
+
     columns = [getattr(TensorStat, name) for name in TENSOR_STAT_COLUMNS if with_histograms or name != "histogram"]
     query = (select(*columns).where(TensorStat.run_id.in_(list(run_ids)))
              .order_by(TensorStat.run_id, TensorStat.epoch, TensorStat.id))
@@ -379,6 +383,8 @@ def metric_frame(s: Session, run_ids: Sequence[int], names: Optional[Sequence[st
     Ordered by run, name and step; every stored point, per-step and per-epoch, NaN where a
     non-finite value was recorded.
     """
+    import pandas as pd
+
     run_ids = [int(i) for i in run_ids]
     if not run_ids:
         return pd.DataFrame(columns=chunks.FRAME_COLUMNS)
@@ -429,6 +435,8 @@ def sample_frame(
     s: Session, run_ids: Sequence[int], source: Optional[str] = None, name: Optional[str] = None
 ) -> pd.DataFrame:
     """System samples of some runs as a DataFrame (run_id, time, source, name, value, unit)."""
+    import pandas as pd
+
     query = select(
         SystemSample.run_id, SystemSample.time, SystemSample.source, SystemSample.name,
         SystemSample.value, SystemSample.unit,

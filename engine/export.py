@@ -12,16 +12,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
-import pandas as pd
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
 from db.models import Run
 from db.session import finite
 from engine import outfile
+
+if TYPE_CHECKING:  # the frames come from db.queries; only runs.csv builds one here (imported there)
+    import pandas as pd
 
 FORMATS = ("csv", "json", "tensorboard")
 FILE_SUFFIXES = {"csv": ".csv.zip", "json": ".json", "tensorboard": ".tensorboard.zip"}
@@ -61,6 +63,8 @@ class _Loaded:
 # Public entry points ----------------------------------------------------------------------
 def export_csv(s: Sessions, run_ids: Sequence[int]) -> bytes:
     """A zip of runs.csv, metrics.csv, samples.csv and tensor_stats.csv (without histograms)."""
+    import pandas as pd  # here, not at the top: the CLI imports this module and starts without pandas
+
     data = _load(s, run_ids, with_histograms=False)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
