@@ -18,8 +18,11 @@ OPTIMIZER_WORDS = {"sgd": "SGD", "momentum": "SGD with momentum 0.9", "adam": "A
 METHOD = (
     "**Method.** Runs with equal settings train on the same train/test split and see the samples in the same "
     "order every epoch, start from the same initial weights generated from the seed (unless *same initial "
-    "weights* is off), and use the same optimizer settings (Adam's epsilon is 1e-8 in both). Every optimizer step "
-    "is timed with the device synchronised. The first step and the warm-up steps after it (tf.function tracing, "
+    "weights* is off), and use the same optimizer settings (Adam's epsilon is 1e-8 in both). Step timing follows "
+    "the run's *step timing*: by default, on a CPU every optimizer step is timed on its own (the host waits for "
+    "the device anyway); on a GPU throughput is timed over windows of steps synchronised only at their ends, as "
+    "the frameworks' own benchmarks do, and every few windows are timed step by step for the step-time "
+    "distribution. The first step and the warm-up steps after it (tf.function tracing, "
     "torch.compile or XLA compilation, allocator warm-up) are shown apart and left out of throughput and the "
     "step-time percentiles. Test metrics are computed after each epoch on the held-out split; time to target is "
     "the training time until the test accuracy first reaches the target. Inference latency is timed after "

@@ -47,7 +47,9 @@ def speed(runs: Sequence[Run], epochs: pd.DataFrame, step_times: pd.DataFrame) -
     excluded = (f"the first {warmups[0]} warm-up steps" if len(warmups) == 1
                 else "each run's warm-up steps (" + ", ".join(
                     f"#{run.id}: {int(rs.warmup_steps(run) or 0)}" for run in timed) + ")")
-    st.caption(f"Every optimizer step is timed with the device synchronised. The distributions leave out {excluded}: "
+    st.caption("Step times are of steps timed with the device synchronised at both ends: every step on a CPU, "
+               "the sampled windows' steps of a run timed in windows (a GPU's default). "
+               f"The distributions leave out {excluded}: "
                "compilation, tf.function tracing and allocator warm-up, shaded in the per-step chart and counted "
                "in *start-up* above. Step-time percentiles are in the summary below.")
     too_short = [run for run in timed if steady_step_times(step_times, run).empty]
