@@ -33,15 +33,16 @@ COLUMNS = {
 }
 
 
-def default_selection(frame: pd.DataFrame) -> list[int]:
+def default_selection(s) -> list[int]:
     """Runs asked for by URL, else the ones just launched, else the newest group, else the newest two.
 
-    frame: the runs' id and group_tag, newest first."""
-    known = set(frame["id"].tolist())
+    The asked-for ids are looked up alone: a shared link never reads the runs table for its default."""
     for wanted in (requested_run_ids(say_ignored=False), st.session_state.get(LAUNCHED_KEY) or []):
+        known = run_table.existing_run_ids(s, wanted)
         chosen = [int(i) for i in wanted if i in known]
         if chosen:
             return chosen
+    frame = run_table.newest_runs(s)
     newest = frame.iloc[0]
     if isinstance(newest["group_tag"], str) and newest["group_tag"]:
         return sorted(frame.loc[frame["group_tag"] == newest["group_tag"], "id"].astype(int).tolist())
@@ -63,7 +64,7 @@ def pick_runs() -> list[int]:
             no_runs_yet("Launch a PyTorch and TensorFlow pair, then compare them here.")
             return []
         if SELECTED_KEY not in st.session_state:
-            st.session_state[SELECTED_KEY] = default_selection(run_table.newest_runs(s))
+            st.session_state[SELECTED_KEY] = default_selection(s)
         known = run_table.existing_run_ids(s, [*requested, *st.session_state[SELECTED_KEY]])
     missing = [i for i in requested if i not in known]
     if missing:
