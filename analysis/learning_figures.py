@@ -74,10 +74,9 @@ def metric_figure(prepared: pd.DataFrame, runs: Sequence[Run], name: str, x_axis
     for metric, faint in ((name, False), (with_companion, True)):
         if metric is None:
             continue
-        points = prepared[prepared["name"] == metric]
-        full = points if group_points is None else group_points[group_points["name"] == metric]
-        by_run = dict(tuple(points.groupby("run_id", sort=False)))
-        full_by_run = by_run if group_points is None else dict(tuple(full.groupby("run_id", sort=False)))
+        by_run = dict(tuple(prepared[prepared["name"] == metric].groupby("run_id", sort=False)))
+        full_by_run = by_run if group_points is None else dict(tuple(
+            group_points[group_points["name"] == metric].groupby("run_id", sort=False)))
         grouped = set()
         for group in groups:
             band_traces = _group_traces(full_by_run, [by_id[i] for i in group], styles[group[0]], metric, x_axis,

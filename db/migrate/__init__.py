@@ -56,14 +56,15 @@ def current_revision(connection: Connection) -> Optional[str]:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+@lru_cache(maxsize=None)
 def head_in_files() -> str:
     """The head revision read from the migration files' `revision` and `down_revision` lines, without Alembic:
     the one revision no other revision follows. tests/db/test_migrations.py checks it against Alembic's."""
     revisions, parents = set(), set()
     for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
-        text_ = path.read_text()
-        revision = re.search(r'^revision\s*=\s*["\']([^"\']+)["\']', text_, re.MULTILINE)
-        parent = re.search(r'^down_revision\s*=\s*["\']([^"\']+)["\']', text_, re.MULTILINE)
+        source = path.read_text()
+        revision = re.search(r'^revision\s*=\s*["\']([^"\']+)["\']', source, re.MULTILINE)
+        parent = re.search(r'^down_revision\s*=\s*["\']([^"\']+)["\']', source, re.MULTILINE)
         if revision:
             revisions.add(revision.group(1))
         if parent:
@@ -89,7 +90,7 @@ def upgrade_to_head(engine: Engine) -> list[str]:
     migrates under a lock, the others wait for it and then find the database at head.
     """
     with engine.connect() as connection:
-        if _stamped_revision(connection) == _head():
+        if _stamped_revision(connection) == head_in_files():
             return []  # the usual start: no lock taken, nothing written, Alembic not imported
     migrator = _migration_engine(engine)
     try:
@@ -198,11 +199,6 @@ def _scripts(directory: str) -> ScriptDirectory:
 
     # Parsed once per process: every make_engine() asks for the head.
     return ScriptDirectory.from_config(_config(directory))
-
-
-@lru_cache(maxsize=None)
-def _head() -> str:
-    return head_in_files()
 
 
 def _oldest_first(scripts: ScriptDirectory) -> list[Script]:
