@@ -133,9 +133,9 @@ def test_a_failed_flush_writes_nothing_keeps_its_rows_and_the_next_writes_each_o
     with sessions.begin() as s:
         heartbeat = queries.get_run(s, run_id).heartbeat_at
     recorder = Recorder(sessions, run_id)
-    feed(recorder, range(1, 51))
-    recorder.progress(0, 50)
     refuse_tensor_stats(sessions, on=True)
+    feed(recorder, range(1, 51))  # its tensor_stats() writes at once, fails and keeps every row
+    recorder.progress(0, 50)
     with pytest.raises(RecorderError, match="no room for tensor stats") as failure:
         recorder.flush()
     assert arena_db.removeprefix("sqlite:///") in str(failure.value) and "153 points wait" in str(failure.value)
@@ -144,10 +144,10 @@ def test_a_failed_flush_writes_nothing_keeps_its_rows_and_the_next_writes_each_o
         run = queries.get_run(s, run_id)
         assert (run.step, run.heartbeat_at) == (0, heartbeat)
     counts = recorder.counts()
-    assert counts["metric_points"] == {"produced": 102, "stored": 0} and counts["failed_flushes"] == 1
+    assert counts["metric_points"] == {"produced": 102, "stored": 0} and counts["failed_flushes"] == 2
 
-    feed(recorder, range(51, 61))
     refuse_tensor_stats(sessions, on=False)
+    feed(recorder, range(51, 61))  # tensor_stats() writes everything so far but the epoch metrics after it
     recorder.flush()
     counts = recorder.counts()
     with sessions.begin() as s:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,13 +51,16 @@ HERE = socket.gethostname()
 def ray_cluster(tmp_path_factory):
     """A Ray head on 127.0.0.1 with 2 CPUs and 1 (counted, not real) GPU; its workers log runs under their own home."""
     home = tmp_path_factory.mktemp("ray")
+    # Ray's sockets live under its temp dir, and an AF_UNIX path holds at most 107 bytes: under
+    # pytest-xdist's deeper base temp (.../popen-gw0/ray0/tmp/session_<date>_<pid>/sockets/...) it does not fit.
+    temp_dir = Path(tempfile.mkdtemp(prefix="arena-ray-", dir="/tmp"))
     port = free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "ARENA_HOME": str(home / "worker-home")}
     log = open(home / "ray.log", "wb")
     head = subprocess.Popen(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
          f"--port={port}", "--num-cpus=2", "--num-gpus=1", "--include-dashboard=false",
-         "--object-store-memory=100000000", "--disable-usage-stats", f"--temp-dir={home / 'tmp'}"],
+         "--object-store-memory=100000000", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"127.0.0.1:{port}"
     try:
@@ -71,6 +76,7 @@ def ray_cluster(tmp_path_factory):
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(timeout=30)
         log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _answers(port: int) -> bool:
