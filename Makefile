@@ -4,6 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8501
+# Test processes (pytest-xdist). Most tests wait on subprocesses, servers and a browser, so two
+# workers on two cores finish in about two thirds of the time of one; each file runs whole on one
+# worker (--dist loadfile), so a module's fixtures (a Ray cluster, a dashboard) start once.
+TEST_WORKERS ?= 2
 
 .PHONY: run test bench clean-venv
 
@@ -18,7 +22,7 @@ run: $(VENV)/.installed
 	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(VENV)/.installed
 	$(PY) bench/loop_overhead.py  # every zoo model x mode, both frameworks: ~28 min on 2 quiet cores

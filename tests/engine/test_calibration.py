@@ -169,6 +169,28 @@ print(json.dumps({"planes": [plane.name for plane in space.planes],
 """
 
 
+# The same window again, alone, for one case: the phases measured afresh.
+_PHASES_PROBE = """
+import json, sys
+from engine.backends import get_backend
+from engine.calibration import HostBatches, measure_phases
+from engine.data import load_spec
+from engine.spec import RunSpec
+from engine.weights import initial_weights
+
+framework, model, mode = sys.argv[1:4]
+spec = RunSpec(framework, model, "digits", mode=mode, epochs=1, batch_size=512, optimizer="adam")
+data = load_spec(spec)
+backend = get_backend(framework, "cpu")
+shape = tuple(data.x_train.shape[1:])
+backend.build(spec, data.task, initial_weights(model, shape, data.num_outputs, spec.seed), shape, data.num_outputs)
+for lo in (0, 512, 0, 512):
+    backend.train_step(*backend.to_device(data.x_train[lo:lo + 512], data.y_train[lo:lo + 512]))
+print(json.dumps(measure_phases(backend, HostBatches(data, spec), 15)))
+"""
+PHASE_TRIES = 3  # windows measured at most, the probe's first included
+
+
 def last_json_line(result: subprocess.CompletedProcess):
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -198,11 +220,19 @@ def test_the_phases_add_up_to_the_unsplit_step(probed, framework, index):
     and TensorFlow's graph modes run the phases as three graphs with a dispatch each (the fused step
     is one), which adds up to a few tenths of a millisecond on a step of about one.
     """
-    phases = probed[framework][index]["phases"]
+    record = probed[framework][index]
+    windows = [record["phases"]]
+    # Another process taking a core for a few milliseconds (another test, in parallel) can land on
+    # several of one window's steps: a window outside the bounds is measured again, in a fresh
+    # process, up to PHASE_TRIES windows. A breakdown that does not add up misses every time.
+    while not 0.5 < windows[-1]["sum_median_ms"] / windows[-1]["fused_step_median_ms"] < 2.0:
+        assert len(windows) < PHASE_TRIES, windows
+        windows.append(last_json_line(subprocess.run(
+            [sys.executable, "-c", _PHASES_PROBE, framework, record["model"], record["mode"]], cwd=REPO_ROOT,
+            capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)))
+    phases = windows[-1]
     assert phases["steps"] == 15
     assert all(phases["median_ms"][phase] > 0 for phase in PHASES), phases
-    assert 0.5 < phases["sum_median_ms"] / phases["fused_step_median_ms"] < 2.0, phases
-    record = probed[framework][index]
     assert phases["backward_repeats_forward"] is (framework == "tensorflow" and record["mode"] != "eager")
 
 
