@@ -159,6 +159,23 @@ def test_a_failed_flush_writes_nothing_keeps_its_rows_and_the_next_writes_each_o
     assert stored == {"metric_points": 124, "samples": 60, "tensor_stats": 2}
 
 
+def test_layer_statistics_are_written_by_the_call_not_left_to_the_flush_thread(recorder_db):
+    """The loop hands them over between epochs: their encoding and writing must not fall into the next epoch."""
+    sessions, run_id = recorder_db
+    recorder = Recorder(sessions, run_id, flush_interval_s=3600).start()  # its thread never gets to flush
+    try:
+        feed(recorder, range(1, 11))
+        with sessions.begin() as s:
+            stored = stored_points(s, run_id)
+        # Everything handed over before them went in the same transaction; the epoch metrics after them wait.
+        assert stored == {"metric_points": 20, "samples": 10, "tensor_stats": 1}
+        assert recorder.counts()["tensor_stats"] == {"produced": 1, "stored": 1}
+    finally:
+        recorder.close()
+    with sessions.begin() as s:
+        assert stored_points(s, run_id) == {"metric_points": 22, "samples": 10, "tensor_stats": 1}
+
+
 def test_a_database_that_takes_nothing_stops_the_run_with_the_reason(recorder_db, arena_db, capsys):
     sessions, run_id = recorder_db
     refuse_tensor_stats(sessions, on=True)
