@@ -51,11 +51,11 @@ def page(tmp_path):
         browser.close()
 
 
-def settled(page, locator):
+def settled(page, locator, timeout_ms: float = 5_000):
     """The one element a locator means, after Streamlit's rerun has replaced stale elements."""
     from playwright.sync_api import expect
 
-    expect(locator).to_have_count(1)
+    expect(locator).to_have_count(1, timeout=timeout_ms)
     return locator
 
 
@@ -141,7 +141,8 @@ def test_a_deep_link_opened_first_after_a_server_start_still_starts_the_schedule
     spec = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=1, max_steps_per_epoch=3, sample_hz=0)
     run_id = queue_runs(sessions, [spec])[0]
     page.goto(f"{base}/devices")
-    settled(page, page.get_by_text("Scheduler: this dashboard", exact=False))
+    # The server's first script run imports plotly, pandas and the engine: allow a cold start on a busy machine.
+    settled(page, page.get_by_text("Scheduler: this dashboard", exact=False), timeout_ms=30_000)
 
     def status() -> str:
         with sessions.begin() as s:
