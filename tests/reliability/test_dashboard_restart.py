@@ -67,7 +67,8 @@ def test_the_run_outlives_its_dashboard_and_the_next_one_shows_it_live(tmp_path,
     first, base = start_dashboard(tmp_path, db_url, "first")
     servers.append(first)
     page.goto(base)  # the first page view runs app.py, which starts this server's scheduler
-    expect(page.get_by_role("heading", name="Launch", exact=True)).to_be_visible()
+    # A fresh server's first script run imports plotly, pandas and the engine: a cold start's allowance.
+    expect(page.get_by_role("heading", name="Launch", exact=True)).to_be_visible(timeout=30_000)
 
     (run_id,) = queue_runs(sessions, [SPEC])  # queued only: the dashboard's scheduler starts it
 
@@ -100,7 +101,7 @@ def test_the_run_outlives_its_dashboard_and_the_next_one_shows_it_live(tmp_path,
     second, base = start_dashboard(tmp_path, db_url, "second")
     servers.append(second)
     page.goto(f"{base}/runs")
-    expect(page.get_by_role("heading", name="Runs", exact=True)).to_be_visible()
+    expect(page.get_by_role("heading", name="Runs", exact=True)).to_be_visible(timeout=30_000)  # a cold start too
     expect(page.get_by_text("Updating every 2s while runs are active.")).to_be_visible()
     table = page.get_by_test_id("stDataFrame").first  # a canvas grid: its cells are in the DOM for accessibility
     expect(table).to_contain_text("running")
