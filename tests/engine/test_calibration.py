@@ -169,25 +169,6 @@ print(json.dumps({"planes": [plane.name for plane in space.planes],
 """
 
 
-# The same window again, alone, for one case: the phases measured afresh.
-_PHASES_PROBE = """
-import json, sys
-from engine.backends import get_backend
-from engine.calibration import HostBatches, measure_phases
-from engine.data import load_spec
-from engine.spec import RunSpec
-from engine.weights import initial_weights
-
-framework, model, mode = sys.argv[1:4]
-spec = RunSpec(framework, model, "digits", mode=mode, epochs=1, batch_size=512, optimizer="adam")
-data = load_spec(spec)
-backend = get_backend(framework, "cpu")
-shape = tuple(data.x_train.shape[1:])
-backend.build(spec, data.task, initial_weights(model, shape, data.num_outputs, spec.seed), shape, data.num_outputs)
-for lo in (0, 512, 0, 512):
-    backend.train_step(*backend.to_device(data.x_train[lo:lo + 512], data.y_train[lo:lo + 512]))
-print(json.dumps(measure_phases(backend, HostBatches(data, spec), 15)))
-"""
 PHASE_TRIES = 3  # windows measured at most, the probe's first included
 
 
@@ -199,12 +180,14 @@ def last_json_line(result: subprocess.CompletedProcess):
 @pytest.fixture(scope="module")
 def probed(tmp_path_factory) -> dict[str, list[dict]]:
     out = tmp_path_factory.mktemp("calibration")
-    found = {}
-    for framework, cases in CASES.items():
-        result = subprocess.run([sys.executable, "-c", _PROBE, framework, str(out), json.dumps(cases)], cwd=REPO_ROOT,
-                                capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
-        found[framework] = last_json_line(result)
-    return found
+    return {framework: probe(framework, cases, out) for framework, cases in CASES.items()}
+
+
+def probe(framework: str, cases: list[tuple[str, str]], out: Path) -> list[dict]:
+    """_PROBE's records of the cases, in a fresh process of their own."""
+    result = subprocess.run([sys.executable, "-c", _PROBE, framework, str(out), json.dumps(cases)], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    return last_json_line(result)
 
 
 def every_case():
@@ -213,7 +196,7 @@ def every_case():
 
 
 @pytest.mark.parametrize("framework, index", every_case())
-def test_the_phases_add_up_to_the_unsplit_step(probed, framework, index):
+def test_the_phases_add_up_to_the_unsplit_step(probed, framework, index, tmp_path):
     """Medians over the window, on a CPU shared with other work: the sum within 0.5x-2x of the unsplit step.
 
     Not closer, and not per step: single steps of a few milliseconds vary by tens of percent here,
@@ -227,9 +210,7 @@ def test_the_phases_add_up_to_the_unsplit_step(probed, framework, index):
     # process, up to PHASE_TRIES windows. A breakdown that does not add up misses every time.
     while not 0.5 < windows[-1]["sum_median_ms"] / windows[-1]["fused_step_median_ms"] < 2.0:
         assert len(windows) < PHASE_TRIES, windows
-        windows.append(last_json_line(subprocess.run(
-            [sys.executable, "-c", _PHASES_PROBE, framework, record["model"], record["mode"]], cwd=REPO_ROOT,
-            capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)))
+        windows.append(probe(framework, [(record["model"], record["mode"])], tmp_path)[0]["phases"])
     phases = windows[-1]
     assert phases["steps"] == 15
     assert all(phases["median_ms"][phase] > 0 for phase in PHASES), phases
