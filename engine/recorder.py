@@ -195,8 +195,11 @@ class Recorder:
         while not self._stop.wait(self._interval):
             try:
                 self.flush()
-            except Exception:  # a RecorderError, logged by flush: retried on the next tick; progress() gives up in time
-                pass
+            except RecorderError:
+                pass  # logged by flush; retried on the next tick; progress() gives up in time
+            except Exception as exc:  # not the database's: say so, and keep the thread flushing
+                print(f"arena recorder: run {self.run_id}: flush failed: {type(exc).__name__}: {exc}",
+                      file=sys.stderr, flush=True)
             if self.cancel_requested_at is not None and self._on_cancel is not None:
                 on_cancel, self._on_cancel = self._on_cancel, None
                 on_cancel()
