@@ -22,7 +22,7 @@ FIELD_LABELS = {
     "synthetic_shape": "Input shape", "synthetic_classes": "Classes", "synthetic_size": "Training samples",
     "matrix": "Runs in the matrix", "sample_hz": "Memory samples per second",
     "tf_memory_growth": "TensorFlow memory growth", "on_divergence": "NaN or infinite loss",
-    "layer_stats": "Layer statistics", "histogram_bins": "Histogram bins",
+    "layer_stats": "Layer statistics", "histogram_bins": "Histogram bins", "keep_weights": "Keep the trained weights",
 }
 PRECISION_LABELS = {"fp32": "fp32", "mixed": "mixed (bf16 or fp16)"}
 

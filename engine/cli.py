@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train on each epoch's last, smaller batch too (keep: a second shape) (default drop)")
     run.add_argument("--variable-length", action="store_true", default=None,
                      help="lstm/transformer: every batch its own sequence length (many shapes: retraces show)")
+    run.add_argument("--keep-weights", choices=("on", "off"),
+                     help="keep the final weights with the run, for `deploy` (on, default)")
     run.add_argument("--max-steps-per-epoch", type=int)
     run.add_argument("--noise", type=float, help="powerlaw: std of Gaussian noise on targets")
     run.add_argument("--synthetic-shape", help="synthetic datasets: '32x32x3' (images) or '64' (sequence length)")
@@ -243,6 +245,7 @@ def build_specs(args: argparse.Namespace) -> list[RunSpec]:
         layer_stats=None if args.layer_stats is None else args.layer_stats == "on", histogram_bins=args.histogram_bins,
         step_timing=args.step_timing, calibration_steps=args.calibration_steps, profile_steps=args.profile_steps,
         last_batch=args.last_batch, variable_length=args.variable_length,
+        keep_weights=None if args.keep_weights is None else args.keep_weights == "on",
     )
     return expand(base, frameworks, args.mode, args.precision or ["fp32"], seeds)
 

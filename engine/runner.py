@@ -29,7 +29,7 @@ from db import queries
 from db.errors import database_error
 from db.models import CANCELLED, DIVERGED, FAILED, NON_FINITE_LOSS, OUT_OF_MEMORY, ERROR
 from db.session import make_sessionmaker, resolve_db_url
-from engine import environment
+from engine import environment, kept_weights
 from engine.data import load_spec
 from engine.monitor import EpochMeter, HostPeak, Monitor
 from engine.nvml import Nvml
@@ -111,6 +111,8 @@ def execute(run_id: int, db_url: Optional[str] = None) -> int:
         except Diverged as exc:
             summary["diverged_at_step"] = exc.step
             raise
+        if spec.keep_weights and "diverged_at_step" not in summary:  # trained weights, for deployment
+            artifacts.append(kept_weights.artifact(backend.canonical_weights(), kept_weights.describe(spec, data, run_id)))
         _stop(instruments, recorder, summary)
         with sessions.begin() as s:
             for artifact in artifacts:  # with the run's end: its summary and its trace appear together

@@ -98,6 +98,8 @@ class RunSpec:
     # lstm and transformer only: each batch cut to its own sequence length (seeded, the same in both
     # frameworks), so the step sees many shapes: retracing and recompiling show.
     variable_length: bool = False
+    # Keep the final weights with the run (canonical layout, in the database) for deployment; off keeps none.
+    keep_weights: bool = True
 
     def __post_init__(self) -> None:
         _check_choice("framework", self.framework, FRAMEWORKS)
@@ -132,7 +134,8 @@ class RunSpec:
             raise SpecError("mode", self.mode, f"{self.framework} runs in {', '.join(MODES[self.framework])}")
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("layout", self.layout, LAYOUTS)
-        for name in ("tf32", "deterministic", "same_init", "tf_memory_growth", "layer_stats"):
+        for name in ("tf32", "deterministic", "same_init", "tf_memory_growth", "layer_stats",
+                     "keep_weights"):
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(name, getattr(self, name), "expected true or false")
         _check_int("warmup_steps", self.warmup_steps, low=0, high=100_000)

@@ -200,6 +200,10 @@ with st.container(border=True):
         format_func={"drop": "Drop it", "keep": "Train on it"}.get,
         help="Dropped, every step has one shape (as benchmarks do). Kept, the step meets a second shape at each "
              "epoch end: a compiled step may retrace or recompile, and Compare counts it.")
+    settings["keep_weights"] = c3.toggle(
+        "Keep the trained weights", value=True, key="keep_weights",
+        help="Stored with the run (canonical layout, in the database; the Runs page shows their size) so the "
+             "Deploy page can export and serve the trained model. Deleted with the run.")
     if info.modality == "sequence":
         settings["variable_length"] = c2.toggle(
             "Variable sequence length", value=False, key="variable_length",

@@ -57,6 +57,10 @@ class Backend(ABC):
         """Every trainable tensor as (canonical name, float32 array in the canonical layout), in weights.py's order."""
 
     @abstractmethod
+    def canonical_weights(self) -> dict[str, np.ndarray]:
+        """Every tensor of the model (batch-norm moving statistics too) by canonical name, float32, canonical layout."""
+
+    @abstractmethod
     def fixed_batch_gradients(self, x: np.ndarray, y: np.ndarray) -> list[tuple[str, np.ndarray]]:
         """Loss gradients on one host batch at the current weights, named and ordered as named_parameters_canonical.
 

@@ -208,6 +208,10 @@ class TensorFlowBackend(Backend):
         variables = tensorflow_models._variables(self.module)  # the mapping load_canonical uses
         return [(name, np.asarray(variables[name].numpy(), dtype=np.float32)) for name in self._canonical_names]
 
+    def canonical_weights(self):
+        return {name: np.asarray(variable.numpy(), dtype=np.float32)
+                for name, variable in tensorflow_models._variables(self.module).items()}
+
     def fixed_batch_gradients(self, x, y):
         x_batch, y_batch = self.to_device(x, y)
         with tf.device(self._tf_device):

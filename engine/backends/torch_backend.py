@@ -170,6 +170,13 @@ class TorchBackend(Backend):
     def named_parameters_canonical(self):
         return self._canonical(lambda parameter: parameter)
 
+    def canonical_weights(self):
+        weights = {}
+        for name, slot in torch_models._slots(self.module, self.model_name).items():
+            value = slot.target(slot.tensor).detach().float().cpu().numpy()
+            weights[name] = np.array(slot.to_canonical(value), dtype=np.float32, order="C")
+        return weights
+
     def fixed_batch_gradients(self, x, y):
         x_batch, y_batch = self.to_device(x, y)
         parameters = [p for p in self.module.parameters() if p.requires_grad]

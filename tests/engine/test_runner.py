@@ -15,7 +15,9 @@ from db.session import make_sessionmaker
 from engine.launch import launch, reap
 from tests.conftest import stop_run
 from engine.processes import runner_alive
+from engine import kept_weights
 from engine.spec import RunSpec
+from engine.weights import initial_weights, layer_shapes
 
 FRAMEWORKS = ("torch", "tensorflow")
 
@@ -104,6 +106,41 @@ def test_runs_on_one_host_take_turns_so_speed_is_not_shared(pair):
     assert second.started_at >= first.finished_at
     assert [r.placed_device for r in runs] == ["cpu", "cpu"]
     assert all(r.environment["cuda_visible_devices"] == "" for r in runs)
+
+
+def test_a_finished_run_keeps_its_trained_weights_in_the_canonical_layout(pair):
+    """Issue 17: both frameworks' final weights, every tensor, trained away from the shared start and close to each other."""
+    sessions, runs = pair
+    kept = []
+    with sessions.begin() as s:
+        for run in runs:
+            row = kept_weights.find(s, run.id)
+            assert row is not None and row["name"] == "weights.npz" and row["size_bytes"] == row["stored_bytes"] > 0
+            kept.append(kept_weights.load(s, run.id))
+    shapes = dict(layer_shapes("mlp", (8, 8, 1), 10))
+    start = initial_weights("mlp", (8, 8, 1), 10, seed=7)
+    for run, found in zip(runs, kept):
+        assert found.meta["run_id"] == run.id and found.meta["framework"] == run.framework
+        assert (found.meta["model"], found.input_shape, found.num_outputs) == ("mlp", (8, 8, 1), 10)
+        assert {name: w.shape for name, w in found.weights.items()} == shapes
+        moved = max(float(np.abs(found.weights[n] - start[n]).max()) for n in shapes)
+        assert moved > 1e-3  # 20 Adam steps at lr 1e-3 move weights by about 20 * lr
+    # Same start, same batches, same optimizer: the frameworks' weights moved alike. Adam divides by a
+    # gradient's running size, so a gradient near zero turns float noise into a step of up to lr: a few 1e-4.
+    moved = max(float(np.abs(kept[0].weights[n] - start[n]).max()) for n in shapes)
+    apart = max(float(np.abs(kept[0].weights[n] - kept[1].weights[n]).max()) for n in shapes)
+    assert apart < moved / 10, (apart, moved)
+
+
+def test_keep_weights_off_keeps_none(arena_db):
+    sessions = make_sessionmaker(arena_db)
+    spec = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=1, max_steps_per_epoch=2, warmup_steps=0,
+                   keep_weights=False, calibration_steps=0, profile_steps=0, inference_iters=0)
+    (run_id,) = launch(sessions, [spec], arena_db)
+    run = wait_for(sessions, run_id, done)
+    assert run.status == FINISHED, run.error
+    with sessions.begin() as s:
+        assert kept_weights.find(s, run_id) is None
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)

@@ -67,6 +67,9 @@ class FakeBackend(Backend):
     def named_parameters_canonical(self) -> list[tuple[str, np.ndarray]]:
         return list(self._tensors)
 
+    def canonical_weights(self) -> dict[str, np.ndarray]:
+        return dict(self._tensors)
+
     def fixed_batch_gradients(self, x, y) -> list[tuple[str, np.ndarray]]:
         return list(self._tensors)
 
