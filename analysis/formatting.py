@@ -58,8 +58,10 @@ def format_ms(milliseconds: Optional[float]) -> Optional[str]:
 
 
 def format_bytes(value: float) -> str:
-    """"812.4 MiB", "3.21 GiB"."""
-    return f"{value / GIB:,.2f} GiB" if value >= GIB else f"{value / MIB:,.1f} MiB"
+    """"38.2 KiB", "812.4 MiB", "3.21 GiB"."""
+    if value >= GIB:
+        return f"{value / GIB:,.2f} GiB"
+    return f"{value / MIB:,.1f} MiB" if value >= MIB else f"{value / 1024:,.1f} KiB"
 
 
 def format_energy(joules: float) -> str:

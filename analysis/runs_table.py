@@ -12,14 +12,14 @@ from typing import Optional
 import pandas as pd
 
 from analysis import run_facts
-from analysis.formatting import format_duration, format_percent
+from analysis.formatting import format_bytes, format_duration, format_percent
 from analysis.run_styles import UNKNOWN_FRAMEWORK_COLOR
 from db.models import RUNNING
 from db.run_table import ENDED_EARLY
 from engine.catalog import framework_label
 
 COLUMNS = ["id", "name", "tags", "status", "framework", "experiment", "mode", "precision", "device", "epochs",
-           "progress", "eta", "duration", "result", "train_loss", "throughput", "created", "error"]
+           "progress", "eta", "duration", "result", "train_loss", "throughput", "weights", "created", "error"]
 PICKER_COLUMNS = ["id", "name", "framework", "experiment", "mode", "precision", "seed", "status", "group", "tags",
                   "created"]
 ROWS_SHOWN = 15  # rows in view before the table scrolls; the table virtualises the rest
@@ -49,6 +49,7 @@ def runs_table(frame: pd.DataFrame, now: datetime) -> pd.DataFrame:
         "result": result_texts(frame),
         "train_loss": frame["train_loss"].astype(float),
         "throughput": frame["samples_per_s"].round(),
+        "weights": [format_bytes(b) if b is not None and b == b else "" for b in frame["weights_bytes"]],
         "created": frame["created_at"].dt.tz_localize("UTC"),
         "error": frame["error"].where(frame["status"].isin(ENDED_EARLY), "").fillna(""),
     }, index=frame.index, columns=COLUMNS)

@@ -16,9 +16,10 @@ from sqlalchemy import Select, String, case, func, select, type_coerce
 from sqlalchemy.orm import Session
 
 from db import queries
-from db.models import DIVERGED, FAILED, LOST, QUEUED, Run
+from db.models import DIVERGED, FAILED, LOST, QUEUED, Run, RunArtifact
 from db.run_results import LAST_VALUE_COLUMNS, RECORDED_BITS, RESULT_COLUMNS, THROUGHPUT
 
+WEIGHTS_KIND = "weights"  # engine.kept_weights.KIND: db imports no engine module
 ENDED_EARLY = (FAILED, DIVERGED, LOST)  # statuses whose error is worth reading
 # Results the table shows: the last value of these per-epoch metrics, and the median of THROUGHPUT.
 LAST_METRICS = tuple(LAST_VALUE_COLUMNS)
@@ -48,6 +49,11 @@ RUN_COLUMNS = {
     "epoch": Run.epoch, "total_epochs": Run.total_epochs, "step": Run.step, "total_steps": Run.total_steps,
     "created_at": Run.created_at, "started_at": Run.started_at, "finished_at": Run.finished_at,
     "heartbeat_at": Run.heartbeat_at, "error": Run.error,
+    # The kept trained weights' size (engine/kept_weights.py), None without: one lookup in the
+    # (run_id, kind) index per row.
+    "weights_bytes": (select(func.max(RunArtifact.size_bytes))
+                      .where(RunArtifact.run_id == Run.id, RunArtifact.kind == WEIGHTS_KIND)
+                      .correlate(Run).scalar_subquery()),
 }
 # The frame's columns: the run's own (error reduced to its last line), then its results. spec is
 # the run's spec dict only where total_steps was not stored (progress derives the steps from it)

@@ -42,6 +42,8 @@ COLUMNS = {
     "train_loss": st.column_config.NumberColumn("Train loss", format="%.4f", width=85),
     "throughput": st.column_config.NumberColumn("Samples/s", format="localized", width=90,
                                                 help="Median over epochs; training steps only, warm-up steps excluded"),
+    "weights": st.column_config.TextColumn("Weights", width=75, help="The trained weights kept for deployment "
+                                                                      "(Deploy page); empty: none kept"),
     "created": st.column_config.DatetimeColumn("Created", format="distance", width=120),
     "error": st.column_config.TextColumn("Error", width="large"),
 }
@@ -51,9 +53,9 @@ COLUMNS = {
 # Left to right: the run, what it is, how it did, how far it got; the settings after. Results sit
 # beside the run so they are on screen at 1500 px, not cut off at the right edge.
 COLUMN_ORDER = ["id", "name", "framework", "experiment", "status", "result", "progress", "epochs", "eta",
-                "duration", "train_loss", "throughput", "mode", "precision", "device", "tags", "created", "error"]
+                "duration", "train_loss", "throughput", "weights", "mode", "precision", "device", "tags", "created", "error"]
 # Columns a user fills in (or that only failures fill): left out while every shown row has them empty.
-GIVE_WAY_WHEN_EMPTY = ("name", "tags", "error")
+GIVE_WAY_WHEN_EMPTY = ("name", "tags", "weights", "error")
 
 
 def column_order(table: pd.DataFrame) -> list[str]:

@@ -128,3 +128,13 @@ def test_table_from_the_overview_matches_the_per_run_helpers(arena_db):
     assert table.loc[ids[1], "result"] == "NaN accuracy" and table.loc[ids[6], "result"] == "φ 1.4200 (true 1.5000)"
     assert table.loc[ids[2], "progress"] == 62.5 and table.loc[ids[1], "eta"] == "1 min 30 s"
     assert list(table.loc[ids[9:11], "mode"]) == ["xla", "graph"]
+
+
+def test_the_weights_column_shows_the_kept_weights_size_and_nothing_without(arena_db):
+    sessions = make_sessionmaker(arena_db)
+    with sessions.begin() as s:
+        kept, bare = (queries.create_run(s, RunSpec("torch", "mlp", "digits", seed=seed).to_dict()).id for seed in (1, 2))
+        queries.add_artifact(s, kept, "weights", "weights.npz", "application/x-npz", b"\0" * 4321, 4321)
+    with sessions.begin() as s:
+        table = runs_table(run_table.runs_overview(s), queries.utcnow()).set_index("id")
+    assert table.loc[kept, "weights"] == "4.2 KiB" and table.loc[bare, "weights"] == ""

@@ -272,3 +272,14 @@ def test_the_compare_pickers_lookups_count_find_and_order_runs(sessions):
         assert run_table.existing_run_ids(s, []) == set()
         newest = run_table.newest_runs(s)
     assert newest["id"].tolist() == ids[::-1] and newest["group_tag"].tolist() == ["g", "g", None]
+
+
+def test_a_runs_kept_weights_size_is_a_column_and_none_without(sessions):
+    with sessions.begin() as s:
+        kept, bare = (queries.create_run(s, spec(seed=seed)).id for seed in (1, 2))
+        queries.add_artifact(s, kept, "weights", "weights.npz", "application/x-npz", b"\0" * 4321, 4321)
+        queries.add_artifact(s, bare, "trace", "trace.json.gz", "application/gzip", b"\0" * 99, 500)
+    with sessions.begin() as s:
+        frame = run_table.runs_overview(s).set_index("id")
+    assert frame.loc[kept, "weights_bytes"] == 4321
+    assert frame.loc[bare, "weights_bytes"] is None or math.isnan(frame.loc[bare, "weights_bytes"])
