@@ -98,6 +98,9 @@ class Run(Base):
     artifacts: Mapped[list["RunArtifact"]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True
     )
+    deployments: Mapped[list["Deployment"]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", passive_deletes=True
+    )
 
     __table_args__ = (Index("ix_runs_status", "status"), Index("ix_runs_created_at", "created_at"))
 
@@ -240,3 +243,65 @@ class SchedulerLease(Base):
     pid: Mapped[int] = mapped_column(Integer)
     acquired_at: Mapped[datetime] = mapped_column(DateTime)
     expires_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Deployment(Base):
+    """A deployment job (issue 17): one finished run's kept weights exported, checked and measured.
+
+    Statuses as a run's: queued -> running -> finished | failed | cancelled | lost. One job per run,
+    so a job is deleted with its run (ON DELETE CASCADE) like everything else a run produced.
+    """
+
+    __tablename__ = "deployments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    formats: Mapped[list] = mapped_column(JSON)  # format names of the run's framework, in engine/deploy/formats.py
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)  # threads, batch sizes, serving (engine/deploy/job.py)
+    environment: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)  # host, CPU, runtimes' versions
+    steps_done: Mapped[int] = mapped_column(Integer, default=0)
+    steps_total: Mapped[int] = mapped_column(Integer, default=0)
+    current: Mapped[Optional[str]] = mapped_column(String(255))  # what the job is doing now, for the screen
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    hostname: Mapped[Optional[str]] = mapped_column(String(255))
+    pid: Mapped[Optional[int]] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    started_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    heartbeat_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    cancel_requested_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+
+    run: Mapped[Run] = relationship(back_populates="deployments")
+    results: Mapped[list["DeploymentResult"]] = relationship(
+        back_populates="deployment", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    __table_args__ = (Index("ix_deployments_run_id", "run_id"), Index("ix_deployments_status", "status"))
+
+
+class DeploymentResult(Base):
+    """One format of a deployment: its export, its parity with the trained model, its load and latency figures."""
+
+    __tablename__ = "deployment_results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    framework: Mapped[str] = mapped_column(String(32))
+    format: Mapped[str] = mapped_column(String(32))
+    # ok | mismatch (outputs beyond the format's tolerance, kept and shown) | not_exportable | failed
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[Optional[str]] = mapped_column(Text)  # the reason, or the traceback
+    export_s: Mapped[Optional[float]] = mapped_column(Float)
+    size_bytes: Mapped[Optional[int]] = mapped_column(BigInteger)
+    # engine/deploy/measure.py's document: load, first call, parity, latency per batch size, peak RSS, threads.
+    figures: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+    # Served over HTTP: one entry per (batching, concurrency) of engine/deploy/loadgen.py.
+    serving: Mapped[Optional[list]] = mapped_column(JSON)
+    artifact_name: Mapped[Optional[str]] = mapped_column(String(255))
+    artifact: Mapped[Optional[bytes]] = mapped_column(LargeBinary)  # the file (a SavedModel directory zipped)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+    deployment: Mapped[Deployment] = relationship(back_populates="results")
+
+    __table_args__ = (Index("ix_deployment_results_deployment_id", "deployment_id"),)

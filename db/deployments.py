@@ -1,0 +1,147 @@
+"""Deployment jobs and their results (issue 17): query functions, the session outside, as db/queries.py.
+
+A job goes queued -> running -> finished | failed | cancelled | lost like a run; every change
+from an active status is conditional on it, so an ended job is never rewritten.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from db.models import ACTIVE_STATUSES, CANCELLED, FAILED, FINISHED, LOST, QUEUED, RUNNING, Deployment, DeploymentResult, Run
+from db.queries import utcnow
+
+ENDED = (FINISHED, FAILED, CANCELLED, LOST)
+JOB_COLUMNS = ["id", "run_id", "status", "formats", "settings", "environment", "steps_done", "steps_total", "current",
+               "error", "hostname", "pid", "created_at", "started_at", "finished_at", "heartbeat_at",
+               "cancel_requested_at"]
+RESULT_COLUMNS = ["id", "deployment_id", "framework", "format", "status", "error", "export_s", "size_bytes", "figures",
+                  "serving", "artifact_name", "created_at"]
+
+
+def create(s: Session, run_id: int, formats: Sequence[str], settings: dict[str, Any]) -> int:
+    """Queue a job for one run; return its id."""
+    job = Deployment(run_id=run_id, status=QUEUED, formats=list(formats), settings=dict(settings), steps_done=0,
+                     steps_total=0, created_at=utcnow())
+    s.add(job)
+    s.flush()
+    return job.id
+
+
+def claim(s: Session, job_id: int, pid: int, hostname: str) -> bool:
+    """queued -> running for this process; False when it is not queued (ended, or claimed by another)."""
+    now = utcnow()
+    done = s.execute(update(Deployment).where(Deployment.id == job_id, Deployment.status == QUEUED)
+                     .values(status=RUNNING, pid=pid, hostname=hostname, started_at=now, heartbeat_at=now))
+    return done.rowcount == 1
+
+
+def progress(s: Session, job_id: int, steps_done: int, steps_total: int, current: str) -> bool:
+    """Record progress and a heartbeat while running; False when the job is no longer running."""
+    done = s.execute(update(Deployment).where(Deployment.id == job_id, Deployment.status == RUNNING)
+                     .values(steps_done=steps_done, steps_total=steps_total, current=current[:255],
+                             heartbeat_at=utcnow()))
+    return done.rowcount == 1
+
+
+def set_environment(s: Session, job_id: int, environment: dict[str, Any]) -> None:
+    s.execute(update(Deployment).where(Deployment.id == job_id).values(environment=environment))
+
+
+def end(s: Session, job_id: int, status: str, error: Optional[str] = None) -> bool:
+    """An active job ends as status (finished, failed, cancelled, lost); False when it had ended already."""
+    if status not in ENDED:
+        raise ValueError(f"status={status!r}: a job ends as one of {', '.join(ENDED)}")
+    done = s.execute(update(Deployment).where(Deployment.id == job_id, Deployment.status.in_(ACTIVE_STATUSES))
+                     .values(status=status, error=error, finished_at=utcnow(), current=None))
+    return done.rowcount == 1
+
+
+def request_cancel(s: Session, job_id: int) -> Optional[str]:
+    """Ask an active job to stop: a queued one ends cancelled now; a running one is asked (its process ends it).
+
+    Returns the job's status after the request, None when there is no such job.
+    """
+    job = s.get(Deployment, job_id)
+    if job is None:
+        return None
+    if job.status == QUEUED:
+        end(s, job_id, CANCELLED)
+    elif job.status == RUNNING and job.cancel_requested_at is None:
+        job.cancel_requested_at = utcnow()
+    s.flush()
+    s.refresh(job)
+    return job.status
+
+
+def cancel_requested(s: Session, job_id: int) -> bool:
+    return s.scalar(select(Deployment.cancel_requested_at).where(Deployment.id == job_id)) is not None
+
+
+def add_result(s: Session, job_id: int, framework: str, fmt: str, status: str, *, error: Optional[str] = None,
+               export_s: Optional[float] = None, size_bytes: Optional[int] = None,
+               figures: Optional[dict[str, Any]] = None, artifact_name: Optional[str] = None,
+               artifact: Optional[bytes] = None) -> int:
+    result = DeploymentResult(deployment_id=job_id, framework=framework, format=fmt, status=status, error=error,
+                              export_s=export_s, size_bytes=size_bytes, figures=figures, artifact_name=artifact_name,
+                              artifact=artifact, created_at=utcnow())
+    s.add(result)
+    s.flush()
+    return result.id
+
+
+def set_serving(s: Session, result_id: int, serving: list[dict[str, Any]], error: Optional[str] = None) -> None:
+    """The served figures of one format; error (a failed server) is appended to the result's."""
+    result = s.get(DeploymentResult, result_id)
+    result.serving = serving
+    if error:
+        result.error = f"{result.error}\n\n{error}" if result.error else error
+
+
+def get(s: Session, job_id: int) -> Optional[Deployment]:
+    return s.get(Deployment, job_id)
+
+
+def jobs(s: Session, run_ids: Optional[Sequence[int]] = None, statuses: Optional[Sequence[str]] = None
+         ) -> list[dict[str, Any]]:
+    """Jobs as dicts of JOB_COLUMNS, newest first; of these runs / statuses when given."""
+    query = select(*(getattr(Deployment, c) for c in JOB_COLUMNS)).order_by(Deployment.id.desc())
+    if run_ids is not None:
+        query = query.where(Deployment.run_id.in_(list(run_ids)))
+    if statuses is not None:
+        query = query.where(Deployment.status.in_(list(statuses)))
+    return [dict(row._mapping) for row in s.execute(query)]
+
+
+def results(s: Session, job_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """The jobs' results as dicts of RESULT_COLUMNS (no artifact bytes), in the order they were stored."""
+    query = (select(*(getattr(DeploymentResult, c) for c in RESULT_COLUMNS))
+             .where(DeploymentResult.deployment_id.in_(list(job_ids))).order_by(DeploymentResult.id))
+    return [dict(row._mapping) for row in s.execute(query)]
+
+
+def artifact(s: Session, result_id: int) -> Optional[tuple[str, bytes]]:
+    """(file name, bytes) of one exported artifact, or None when none was kept."""
+    row = s.execute(select(DeploymentResult.artifact_name, DeploymentResult.artifact)
+                    .where(DeploymentResult.id == result_id)).first()
+    return None if row is None or row.artifact is None else (row.artifact_name, row.artifact)
+
+
+def blockers(s: Session, job_id: int) -> tuple[int, int]:
+    """(runs training, earlier jobs running): what a job waits for, so measurements never share the machine.
+
+    Only earlier jobs count, so two jobs never wait for each other.
+    """
+    runs = s.scalar(select(func.count(Run.id)).where(Run.status == RUNNING)) or 0
+    earlier = s.scalar(select(func.count(Deployment.id)).where(Deployment.status == RUNNING,
+                                                                Deployment.id < job_id)) or 0
+    return runs, earlier
+
+
+def running(s: Session) -> list[dict[str, Any]]:
+    """id, pid, hostname and heartbeat_at of the running jobs: what a reaper checks."""
+    query = select(Deployment.id, Deployment.pid, Deployment.hostname, Deployment.heartbeat_at).where(
+        Deployment.status == RUNNING)
+    return [dict(row._mapping) for row in s.execute(query)]
