@@ -10,7 +10,10 @@ from typing import Any, Optional, Sequence
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from db.models import ACTIVE_STATUSES, CANCELLED, FAILED, FINISHED, LOST, QUEUED, RUNNING, Deployment, DeploymentResult, Run
+from db.models import (
+    ACTIVE_STATUSES, CANCELLED, FAILED, FINISHED, LOST, QUEUED, RUNNING, WEIGHTS_KIND, Deployment, DeploymentResult, Run,
+    RunArtifact,
+)
 from db.queries import utcnow
 
 ENDED = (FINISHED, FAILED, CANCELLED, LOST)
@@ -144,4 +147,21 @@ def running(s: Session) -> list[dict[str, Any]]:
     """id, pid, hostname and heartbeat_at of the running jobs: what a reaper checks."""
     query = select(Deployment.id, Deployment.pid, Deployment.hostname, Deployment.heartbeat_at).where(
         Deployment.status == RUNNING)
+    return [dict(row._mapping) for row in s.execute(query)]
+
+
+def deployable_runs(s: Session) -> list[dict[str, Any]]:
+    """Finished runs that kept their weights, newest first: id, name, framework, model, dataset, seed, mode."""
+    kept = select(RunArtifact.run_id).where(RunArtifact.kind == WEIGHTS_KIND)
+    query = (select(Run.id, Run.name, Run.framework, Run.model, Run.dataset, Run.seed, Run.mode)
+             .where(Run.status == FINISHED, Run.id.in_(kept)).order_by(Run.id.desc()))
+    return [dict(row._mapping) for row in s.execute(query)]
+
+
+def results_of_runs(s: Session, run_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Every deployment result of these runs (RESULT_COLUMNS plus run_id and the job's settings), no bytes."""
+    query = (select(Deployment.run_id, Deployment.settings.label("job_settings"),
+                    *(getattr(DeploymentResult, c) for c in RESULT_COLUMNS))
+             .join(Deployment, Deployment.id == DeploymentResult.deployment_id)
+             .where(Deployment.run_id.in_(list(run_ids))).order_by(DeploymentResult.id))
     return [dict(row._mapping) for row in s.execute(query)]

@@ -205,6 +205,9 @@ class TensorStat(Base):
     __table_args__ = (Index("ix_tensor_stats_run_epoch", "run_id", "epoch"),)
 
 
+WEIGHTS_KIND = "weights"  # RunArtifact.kind of a run's kept trained weights (engine/kept_weights.py)
+
+
 class RunArtifact(Base):
     """A file a run produced, e.g. its profiler trace, kept gzip-compressed in the database.
 

@@ -16,10 +16,9 @@ from sqlalchemy import Select, String, case, func, select, type_coerce
 from sqlalchemy.orm import Session
 
 from db import queries
-from db.models import DIVERGED, FAILED, LOST, QUEUED, Run, RunArtifact
+from db.models import DIVERGED, FAILED, LOST, QUEUED, WEIGHTS_KIND, Run, RunArtifact
 from db.run_results import LAST_VALUE_COLUMNS, RECORDED_BITS, RESULT_COLUMNS, THROUGHPUT
 
-WEIGHTS_KIND = "weights"  # engine.kept_weights.KIND: db imports no engine module
 ENDED_EARLY = (FAILED, DIVERGED, LOST)  # statuses whose error is worth reading
 # Results the table shows: the last value of these per-epoch metrics, and the median of THROUGHPUT.
 LAST_METRICS = tuple(LAST_VALUE_COLUMNS)

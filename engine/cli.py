@@ -151,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Their own parsers live with their code; listed here so `--help` shows them.
     for name, text in (("parity", "same weights, one batch, both frameworks: max |difference| of outputs and "
                                   "gradients"),
-                       ("download", "fetch a file dataset (mnist, fashion_mnist, cifar10) into the data directory")):
+                       ("download", "fetch a file dataset (mnist, fashion_mnist, cifar10) into the data directory"),
+                       ("deploy", "export finished runs' trained models (TorchScript, torch.export, AOTInductor, ONNX, "
+                                  "SavedModel, LiteRT), check them equal, time loading and inference, serve them")):
         delegated = sub.add_parser(name, help=text, add_help=False)
         delegated.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
@@ -192,6 +194,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv and argv[0] == "download":
         from engine import download
         return download.main(argv[1:])
+    if argv and argv[0] == "deploy":
+        from engine.deploy import cli as deploy_cli
+        return deploy_cli.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Union
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import queries
+from db import deployments, queries
 from db.models import Run
 from db.session import finite
 from engine import outfile
@@ -36,6 +36,9 @@ runs.csv          one row per run; spec.* columns are the run's full spec (neste
 metrics.csv       every metric point: names starting with "step/" are per optimizer step, the rest per epoch
 samples.csv       memory and utilisation samples (time in unix seconds)
 tensor_stats.csv  per-layer weight/gradient statistics per epoch (histograms are in the JSON export)
+deployments.csv   one row per run and exported format (Deploy page): status, size, load, parity, threads
+deployment_latency.csv  per run, format and batch size: one call's latency p50/p95/p99 (ms) and samples/s
+deployment_serving.csv  per run, format, batching and concurrency: served latency p50/p99 (ms), requests/s
 
 "nan" in a value column means a non-finite value was recorded there (a diverged loss, say).
 Times are UTC: *_at columns in ISO 8601, wall_time and time in unix seconds.
@@ -58,6 +61,7 @@ class _Loaded:
     metrics: pd.DataFrame
     samples: pd.DataFrame
     tensor_stats: pd.DataFrame
+    deployments: list[dict[str, Any]]  # db.deployments.results_of_runs: every format of every deployment
 
 
 # Public entry points ----------------------------------------------------------------------
@@ -74,6 +78,8 @@ def export_csv(s: Sessions, run_ids: Sequence[int]) -> bytes:
         for name, frame in (("metrics", data.metrics), ("samples", data.samples),
                             ("tensor_stats", data.tensor_stats)):
             archive.writestr(f"{name}.csv", frame.to_csv(index=False, na_rep="nan"))
+        for name, (rows, columns) in _deployment_tables(data.deployments).items():
+            archive.writestr(f"{name}.csv", pd.DataFrame(rows, columns=columns).to_csv(index=False, na_rep="nan"))
     return buffer.getvalue()
 
 
@@ -89,6 +95,9 @@ def export_json(s: Sessions, run_ids: Sequence[int]) -> bytes:
             "samples": _sample_series(samples.get(run["id"])),
             "tensor_stats": ([] if run["id"] not in stats
                              else stats[run["id"]].drop(columns="run_id").to_dict("records")),
+            "deployments": [{key: _iso(value) if isinstance(value, datetime) else value
+                             for key, value in result.items() if key != "run_id"}
+                            for result in data.deployments if result["run_id"] == run["id"]],
         })
     document = {"arena_export": EXPORT_VERSION, "note": NON_FINITE_NOTE,
                 "exported_at": _iso(datetime.now(timezone.utc).replace(tzinfo=None)), "runs": runs}
@@ -203,6 +212,7 @@ def _load(s: Sessions, run_ids: Sequence[int], with_histograms: bool) -> _Loaded
             metrics=queries.metric_frame(session, ids),
             samples=queries.sample_frame(session, ids),
             tensor_stats=queries.tensor_stat_frame(session, ids, with_histograms=with_histograms),
+            deployments=deployments.results_of_runs(session, ids),
         )
 
 
@@ -233,6 +243,41 @@ def _run_row(run: dict[str, Any]) -> dict[str, Any]:
     row.update(group=run["group_tag"], tags=",".join(run["tags"]), notes=run["notes"],
                created_at=run["created_at"], started_at=run["started_at"], finished_at=run["finished_at"])
     return {**row, **_flatten(run["spec"], "spec")}
+
+
+_DEPLOYMENT_FIELDS = ["run_id", "deployment_id", "framework", "format", "status", "size_bytes", "export_s"]
+_DEPLOYMENT_COLUMNS = {
+    "deployments": [*_DEPLOYMENT_FIELDS, "threads", "runtime", "runtime_version", "import_s", "load_s", "first_call_s",
+                    "max_abs_diff", "tolerance", "accuracy_trained", "accuracy_exported", "peak_rss_bytes", "error"],
+    "deployment_latency": [*_DEPLOYMENT_FIELDS, "batch", "calls", "p50_ms", "p95_ms", "p99_ms", "mean_ms",
+                           "samples_per_s"],
+    "deployment_serving": [*_DEPLOYMENT_FIELDS, "batching", "concurrency", "threads", "p50_ms", "p95_ms", "p99_ms",
+                           "requests_per_s", "completed", "errors"],
+}
+
+
+def _deployment_tables(results: list[dict[str, Any]]) -> dict[str, tuple[list[dict[str, Any]], list[str]]]:
+    """The deployments' figures as three flat tables: name -> (rows, columns); written with their header when empty."""
+    tables: dict[str, list[dict[str, Any]]] = {name: [] for name in _DEPLOYMENT_COLUMNS}
+    for result in results:
+        key = {name: result[name] for name in _DEPLOYMENT_FIELDS}
+        figures = result["figures"] or {}
+        parity = figures.get("parity") or {}
+        tables["deployments"].append({
+            **key, "threads": figures.get("threads", (result["job_settings"] or {}).get("threads")),
+            "runtime": figures.get("runtime"), "runtime_version": figures.get("runtime_version"),
+            "import_s": figures.get("import_s"), "load_s": figures.get("load_s"),
+            "first_call_s": figures.get("first_call_s"), "max_abs_diff": parity.get("max_abs_diff"),
+            "tolerance": parity.get("tolerance"), "accuracy_trained": parity.get("accuracy_reference"),
+            "accuracy_exported": parity.get("accuracy_artifact"), "peak_rss_bytes": figures.get("peak_rss_bytes"),
+            "error": (result["error"] or "").strip().splitlines()[-1] if result["error"] else None})
+        for point in figures.get("latency") or []:
+            tables["deployment_latency"].append({**key, **{k: point.get(k) for k in _DEPLOYMENT_COLUMNS[
+                "deployment_latency"][len(_DEPLOYMENT_FIELDS):]}})
+        for served in result["serving"] or []:
+            tables["deployment_serving"].append({**key, **{k: served.get(k) for k in _DEPLOYMENT_COLUMNS[
+                "deployment_serving"][len(_DEPLOYMENT_FIELDS):]}})
+    return {name: (rows, _DEPLOYMENT_COLUMNS[name]) for name, rows in tables.items()}
 
 
 def _flatten(value: Any, prefix: str) -> dict[str, Any]:

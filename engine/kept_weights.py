@@ -17,11 +17,12 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from db import queries
+from db.models import WEIGHTS_KIND
 from engine.calibration import Artifact
 from engine.data import Dataset
 from engine.spec import RunSpec
 
-KIND = "weights"
+KIND = WEIGHTS_KIND
 FILE_NAME = "weights.npz"
 MEDIA_TYPE = "application/x-npz"
 META_KEY = "__arena_meta__"

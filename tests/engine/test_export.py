@@ -114,7 +114,9 @@ def frames(stored):
 
 def test_csv_holds_every_point_and_writes_nan(stored, frames):
     archive = zipfile.ZipFile(io.BytesIO(export.export_csv(make_sessionmaker(stored.url), stored.ids)))
-    assert sorted(archive.namelist()) == ["README.txt", "metrics.csv", "runs.csv", "samples.csv", "tensor_stats.csv"]
+    assert sorted(archive.namelist()) == ["README.txt", "deployment_latency.csv", "deployment_serving.csv",
+                                          "deployments.csv", "metrics.csv", "runs.csv", "samples.csv",
+                                          "tensor_stats.csv"]
     metrics = list(csv.DictReader(io.TextIOWrapper(archive.open("metrics.csv"), encoding="utf-8")))
     assert list(metrics[0]) == ["run_id", "name", "step", "epoch", "wall_time", "value"]
     for run_id in stored.ids:
