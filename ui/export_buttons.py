@@ -12,6 +12,7 @@ import streamlit as st
 from db.models import Run
 from engine.export import EXPORTERS, export_filename, open_tensorboard_command
 from ui.database import sessions as dashboard_sessions
+from ui.router import DEPLOY_PAGE
 
 # (format, label, MIME type, icon), in the order the buttons appear.
 BUTTONS = (
@@ -25,6 +26,8 @@ def tab(runs: Sequence[Run], available: Sequence[str]) -> None:
     """The Compare page's Export tab."""
     st.subheader("Export")
     export_buttons([run.id for run in runs])
+    st.page_link(DEPLOY_PAGE, label="Deploy these runs' trained models: export, check and time them",
+                 icon=":material/deployed_code:", query_params={"runs": ",".join(str(run.id) for run in runs)})
 
 
 def export_buttons(run_ids: list[int]) -> None:

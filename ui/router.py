@@ -10,13 +10,14 @@ import streamlit as st
 from ui.database import db_url, sessions
 from ui.page_errors import shown
 
-LAUNCH_PAGE, RUNS_PAGE, COMPARE_PAGE, DEVICES_PAGE = (
-    "pages/launch.py", "pages/runs.py", "pages/compare.py", "pages/devices.py")
-# (script, menu title, icon), in menu order: the four pages of pages/.
+LAUNCH_PAGE, RUNS_PAGE, COMPARE_PAGE, DEPLOY_PAGE, DEVICES_PAGE = (
+    "pages/launch.py", "pages/runs.py", "pages/compare.py", "pages/deploy.py", "pages/devices.py")
+# (script, menu title, icon), in menu order: the five pages of pages/.
 PAGES = (
     (LAUNCH_PAGE, "Launch", ":material/rocket_launch:"),
     (RUNS_PAGE, "Runs", ":material/table_rows:"),
     (COMPARE_PAGE, "Compare", ":material/compare_arrows:"),
+    (DEPLOY_PAGE, "Deploy", ":material/deployed_code:"),
     (DEVICES_PAGE, "Devices", ":material/memory:"),
 )
 PAGE_CONFIG = dict(page_title="Arena", page_icon=":material/sports_martial_arts:", layout="wide")
