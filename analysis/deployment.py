@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
-from analysis.figure_layout import base_figure
+from analysis.figure_layout import base_figure, fit_legend
 from analysis.formatting import format_duration
 from analysis.run_styles import framework_color
 from engine.catalog import framework_label
@@ -24,9 +24,9 @@ _ORDER = {f.key: i for i, f in enumerate(FORMATS)}
 _DASHES = ("solid", "dash", "dot", "dashdot")
 _SYMBOLS = ("circle", "square", "diamond", "triangle-up")
 STATUS_TEXT = {"ok": "ok", "mismatch": "MISMATCH", "not_exportable": "not exportable", "failed": "failed"}
-TABLE_COLUMNS = ["run", "framework", "format", "status", "size_kib", "export_s", "load_s", "first_call_ms",
-                 "max_abs_diff", "tolerance", "accuracy_trained", "accuracy_artifact", "p50_batch1_ms",
-                 "best_samples_per_s", "peak_rss_mib", "why"]
+TABLE_COLUMNS = ["run", "framework", "format", "status", "parity", "accuracy_trained", "accuracy_artifact",
+                 "size_kib", "export_s", "load_ms", "first_call_ms", "p50_batch1_ms", "best_samples_per_s",
+                 "peak_rss_mib", "why", "max_abs_diff"]
 
 
 def label(framework: str, fmt: str) -> str:
@@ -54,17 +54,46 @@ def results_table(results: Sequence[dict], run_of_job: dict[int, int]) -> pd.Dat
         rows.append({
             "run": run_of_job[r["deployment_id"]], "framework": framework_label(r["framework"]),
             "format": label(r["framework"], r["format"]), "status": STATUS_TEXT.get(r["status"], r["status"]),
+            "parity": parity_text(parity),
             "size_kib": None if r.get("size_bytes") is None else r["size_bytes"] / 1024,
-            "export_s": r.get("export_s"), "load_s": figures.get("load_s"),
+            "export_s": r.get("export_s"),
+            "load_ms": None if figures.get("load_s") is None else figures["load_s"] * 1e3,
             "first_call_ms": None if figures.get("first_call_s") is None else figures["first_call_s"] * 1e3,
             "max_abs_diff": parity.get("max_abs_diff"), "tolerance": parity.get("tolerance"),
             "accuracy_trained": parity.get("accuracy_reference"), "accuracy_artifact": parity.get("accuracy_artifact"),
             "p50_batch1_ms": None if first is None else first["p50_ms"],
-            "best_samples_per_s": max((x["samples_per_s"] for x in latency), default=None),
+            "best_samples_per_s": None if not latency else round(max(x["samples_per_s"] for x in latency)),
             "peak_rss_mib": None if figures.get("peak_rss_bytes") is None else figures["peak_rss_bytes"] / 2**20,
             "why": why.splitlines()[-1] if why and r["status"] != "ok" else "",
         })
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def parity_text(parity: dict) -> str:
+    """"2.9e-06 ≤ 1e-05" within the format's tolerance, "6.1e-02 (int8)" for a quantized one; "" unmeasured."""
+    difference = parity.get("max_abs_diff")
+    if difference is None:
+        return ""
+    tolerance = parity.get("tolerance")
+    if tolerance is None:
+        return f"{difference:.1e} (int8)"
+    return f"{difference:.1e} {'≤' if difference <= tolerance else '>'} {tolerance:.0e}"
+
+
+def same_runtime_sentence(results: Sequence[dict], run_of_job: dict[int, int], batch: int = 1) -> Optional[str]:
+    """ONNX Runtime on both frameworks' ONNX files: one runtime, two exported graphs, at one batch size."""
+    onnx = {r["framework"]: r for r in _measured(results) if r["format"] == "onnx" and r["status"] == "ok"}
+    if set(onnx) != {"torch", "tensorflow"}:
+        return None
+    torch_point, tf_point = _latency(onnx["torch"], batch), _latency(onnx["tensorflow"], batch)
+    if torch_point is None or tf_point is None:
+        return None
+    ratio = torch_point["p50_ms"] / tf_point["p50_ms"]
+    return (f"**One runtime, two exported graphs.** ONNX Runtime ran PyTorch's graph (run #"
+            f"{run_of_job[onnx['torch']['deployment_id']]}) at p50 {torch_point['p50_ms']:.3f} ms and TensorFlow's "
+            f"(run #{run_of_job[onnx['tensorflow']['deployment_id']]}) at {tf_point['p50_ms']:.3f} ms per call at "
+            f"batch {batch}: PyTorch's export takes {ratio:.2f}× the time. The runtime, threads and inputs are the "
+            f"same; only the graph each exporter wrote differs.")
 
 
 def latency_vs_batch(results: Sequence[dict], run_of_job: dict[int, int], several_runs: bool) -> go.Figure:
@@ -81,7 +110,11 @@ def latency_vs_batch(results: Sequence[dict], run_of_job: dict[int, int], severa
             customdata=[[p["p95_ms"], p["p99_ms"], p["samples_per_s"]] for p in points],
             hovertemplate=f"{name}<br>batch %{{x}}: p50 %{{y:.3f}} ms, p95 %{{customdata[0]:.3f}}, "
                           f"p99 %{{customdata[1]:.3f}} ms, %{{customdata[2]:,.0f}} samples/s<extra></extra>"))
+    batches = sorted({p["batch"] for r in _measured(results) for p in (r["figures"] or {}).get("latency") or []})
+    fig.update_xaxes(tickvals=batches)  # the sizes timed, not a log axis's minor ticks
+    fig.update_yaxes(dtick=1)  # decades
     fig.update_layout(hovermode="closest")
+    fit_legend(fig)
     return fig
 
 
@@ -98,7 +131,9 @@ def latency_cdf(results: Sequence[dict], run_of_job: dict[int, int], batch: int,
         fig.add_trace(go.Scatter(x=quantiles, y=share, name=_name(r, run_of_job, several_runs), mode="lines",
                                  line=dict(color=style["color"], dash=style["dash"], shape="hv")))
     fig.update_yaxes(tickformat=".0%", range=[0, 1.02])
+    fig.update_xaxes(dtick=1)  # decades
     fig.update_layout(hovermode="closest")
+    fit_legend(fig)
     return fig
 
 
@@ -125,7 +160,9 @@ def served_figure(frame: pd.DataFrame, value: str, title: str, y_title: str, sev
         fig.add_trace(go.Scatter(x=points["concurrency"], y=points[value], name=name, mode="lines+markers",
                                  line=dict(color=style["color"], dash="solid" if batching else "dot"),
                                  marker=dict(symbol=style["symbol"], size=8)))
+    fig.update_xaxes(tickvals=sorted(frame["concurrency"].unique().tolist()))
     fig.update_layout(hovermode="closest")
+    fit_legend(fig)
     return fig
 
 

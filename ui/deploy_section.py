@@ -10,7 +10,7 @@ from analysis import deployment as dep
 from analysis.formatting import escape_markdown
 from db import deployments, queries
 from db.models import ACTIVE_STATUSES, FINISHED
-from engine.catalog import framework_label
+from engine.catalog import FRAMEWORKS, framework_label
 from engine.deploy import formats, jobs
 from engine.deploy.job import DEFAULT_SETTINGS
 from ui.database import db_url, sessions
@@ -26,27 +26,28 @@ TF_SERVING_NOTE = (
     "POST `{\"instances\": [...]}` to `http://127.0.0.1:8501/v1/models/arena:predict` — the same request shape "
     "Arena's server takes.")
 TABLE_CONFIG = {
-    "run": st.column_config.NumberColumn("Run", format="#%d", width=60),
-    "framework": st.column_config.TextColumn("Framework", width=95),
-    "format": st.column_config.TextColumn("Format", width=170),
-    "status": st.column_config.TextColumn("Status", width=110, help="ok: outputs within the format's tolerance; "
-                                                                    "MISMATCH: beyond it (shown, never dropped)"),
-    "size_kib": st.column_config.NumberColumn("Size KiB", format="%.1f", width=80),
-    "export_s": st.column_config.NumberColumn("Export s", format="%.2f", width=75),
-    "load_s": st.column_config.NumberColumn("Load s", format="%.3f", width=70,
-                                            help="Loading the artifact in a fresh process (its runtime imported)"),
-    "first_call_ms": st.column_config.NumberColumn("1st call ms", format="%.2f", width=85),
-    "max_abs_diff": st.column_config.NumberColumn("max |Δ|", format="%.1e", width=80,
-                                                  help="Largest output difference from the trained model"),
-    "tolerance": st.column_config.NumberColumn("Tolerance", format="%.0e", width=80),
-    "accuracy_trained": st.column_config.NumberColumn("Acc. trained", format="percent", width=90),
-    "accuracy_artifact": st.column_config.NumberColumn("Acc. export", format="percent", width=90),
-    "p50_batch1_ms": st.column_config.NumberColumn("p50 @1 ms", format="%.3f", width=85),
-    "best_samples_per_s": st.column_config.NumberColumn("Samples/s", format="localized", width=95,
-                                                        help="The best over batch sizes"),
-    "peak_rss_mib": st.column_config.NumberColumn("Peak RSS MiB", format="%.0f", width=95),
+    "run": st.column_config.NumberColumn("Run", format="#%d", width=55),
+    "framework": st.column_config.TextColumn("Framework", width=90),
+    "format": st.column_config.TextColumn("Format", width=175),
+    "status": st.column_config.TextColumn("Status", width=95, help="ok: outputs within the format's tolerance; "
+                                                                   "MISMATCH: beyond it (shown, never dropped)"),
+    "parity": st.column_config.TextColumn("max |Δ| ≤ tolerance", width=140,
+                                          help="Largest output difference from the trained model over the test set"),
+    "accuracy_trained": st.column_config.NumberColumn("Acc. trained", format="percent", width=85),
+    "accuracy_artifact": st.column_config.NumberColumn("Acc. export", format="percent", width=85),
+    "size_kib": st.column_config.NumberColumn("KiB", format="%.0f", width=60),
+    "export_s": st.column_config.NumberColumn("Export s", format="%.2f", width=70),
+    "load_ms": st.column_config.NumberColumn("Load ms", format="%.1f", width=70,
+                                             help="Loading the artifact in a fresh process, its runtime imported"),
+    "first_call_ms": st.column_config.NumberColumn("1st call ms", format="%.2f", width=80),
+    "p50_batch1_ms": st.column_config.NumberColumn("p50 @1 ms", format="%.3f", width=80),
+    "best_samples_per_s": st.column_config.NumberColumn("Samples/s", format="localized", width=90,
+                                                        help="The best over the batch sizes timed"),
+    "peak_rss_mib": st.column_config.NumberColumn("RSS MiB", format="%.0f", width=70,
+                                                  help="Peak resident memory of the measuring process"),
     "why": st.column_config.TextColumn("Why", width="large"),
 }
+SHOWN_COLUMNS = [c for c in TABLE_CONFIG]  # max_abs_diff stays in the frame, for tests and sorting
 
 
 def choose_runs() -> list[int]:
@@ -78,13 +79,15 @@ def _run_label(run: dict) -> str:
            f"{run['dataset']} · seed {run['seed']}"
 
 
-def deploy_form(run_ids: list[int]) -> None:
-    """Formats and settings for the chosen runs, and the button that queues one job per run."""
+def deploy_form(run_ids: list[int], expanded: bool) -> None:
+    """Formats and settings for the chosen runs, and the button that queues one job per run (in an expander,
+    closed once the runs have results to show)."""
     with sessions().begin() as s:
         runs = [r for r in (queries.get_run(s, i) for i in run_ids) if r is not None]
-        frameworks = sorted({r.framework for r in runs})
+        frameworks = [f for f in FRAMEWORKS if any(r.framework == f for r in runs)]
         models = {r.framework: sorted({x.model for x in runs if x.framework == r.framework}) for r in runs}
-    with st.form("deploy_form", border=True):
+    with st.expander("New deployment of these runs", expanded=expanded, icon=":material/deployed_code:"), \
+            st.form("deploy_form", border=False):
         chosen: dict[str, list[str]] = {}
         columns = st.columns(len(frameworks))
         for column, framework in zip(columns, frameworks):
@@ -171,7 +174,11 @@ def results_view(shown: list[dict]) -> None:
         for line in dep.held_equal(shown, results):
             st.markdown(f"- {line}")
     table = dep.results_table(results, run_of_job)
-    st.dataframe(table, column_config=TABLE_CONFIG, hide_index=True, key="deploy_table")
+    sentence = dep.same_runtime_sentence(results, run_of_job)
+    if sentence:
+        st.info(sentence, icon=":material/balance:")
+    shown = SHOWN_COLUMNS if (table["why"] != "").any() else [c for c in SHOWN_COLUMNS if c != "why"]
+    st.dataframe(table, column_config=TABLE_CONFIG, column_order=shown, hide_index=True, key="deploy_table")
     bad = table[table["status"].isin(["MISMATCH", "failed"])]
     for _, row in bad.iterrows():
         st.warning(f"Run #{row['run']} {row['format']}: {row['status']} — {row['why'] or 'see the table'}",
