@@ -54,18 +54,26 @@ def ray_cluster(tmp_path_factory):
     # Ray's sockets live under its temp dir, and an AF_UNIX path holds at most 107 bytes: under
     # pytest-xdist's deeper base temp (.../popen-gw0/ray0/tmp/session_<date>_<pid>/sockets/...) it does not fit.
     temp_dir = Path(tempfile.mkdtemp(prefix="arena-ray-", dir="/tmp"))
-    port = free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "ARENA_HOME": str(home / "worker-home")}
     log = open(home / "ray.log", "wb")
-    head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-         f"--port={port}", "--num-cpus=2", "--num-gpus=1", "--include-dashboard=false",
-         "--object-store-memory=100000000", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    for attempt in range(3):
+        # A free port can be taken before the head binds it: other tests start Ray instances of their own
+        # (Deploy's model servers), each opening ports at random. Ready means this head said so in its
+        # log, not that something answers on the port; a head that could not start is started again.
+        port = free_port()
+        head = subprocess.Popen(
+            [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+             f"--port={port}", "--num-cpus=2", "--num-gpus=1", "--include-dashboard=false",
+             "--object-store-memory=100000000", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(lambda: b"Ray runtime started" in (home / "ray.log").read_bytes() or head.poll() is not None,
+                   120, "the Ray head to start")
+        if head.poll() is None:
+            break
     address = f"127.0.0.1:{port}"
     try:
-        wait_until(lambda: _answers(port) or head.poll() is not None, 120, "the Ray head to listen")
         assert head.poll() is None, (home / "ray.log").read_text()
+        assert _answers(port), (home / "ray.log").read_text()
         yield {"address": address, "worker_home": home / "worker-home"}
     finally:
         ray.shutdown()
