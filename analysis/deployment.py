@@ -23,6 +23,7 @@ from engine.deploy.formats import FORMATS, get
 _ORDER = {f.key: i for i, f in enumerate(FORMATS)}
 _DASHES = ("solid", "dash", "dot", "dashdot")
 _SYMBOLS = ("circle", "square", "diamond", "triangle-up")
+SERVING_FAILED = "ok, serving failed"
 STATUS_TEXT = {"ok": "ok", "mismatch": "MISMATCH", "not_exportable": "not exportable", "failed": "failed"}
 TABLE_COLUMNS = ["run", "framework", "format", "status", "parity", "accuracy_trained", "accuracy_artifact",
                  "size_kib", "export_s", "load_ms", "first_call_ms", "p50_batch1_ms", "best_samples_per_s",
@@ -53,7 +54,9 @@ def results_table(results: Sequence[dict], run_of_job: dict[int, int]) -> pd.Dat
         why = (r.get("error") or "").strip()
         rows.append({
             "run": run_of_job[r["deployment_id"]], "framework": framework_label(r["framework"]),
-            "format": label(r["framework"], r["format"]), "status": STATUS_TEXT.get(r["status"], r["status"]),
+            "format": label(r["framework"], r["format"]),
+            # A format measured well whose server then failed keeps its figures, and says so.
+            "status": SERVING_FAILED if r["status"] == "ok" and why else STATUS_TEXT.get(r["status"], r["status"]),
             "parity": parity_text(parity),
             "size_kib": None if r.get("size_bytes") is None else r["size_bytes"] / 1024,
             "export_s": r.get("export_s"),
@@ -64,7 +67,7 @@ def results_table(results: Sequence[dict], run_of_job: dict[int, int]) -> pd.Dat
             "p50_batch1_ms": None if first is None else first["p50_ms"],
             "best_samples_per_s": None if not latency else round(max(x["samples_per_s"] for x in latency)),
             "peak_rss_mib": None if figures.get("peak_rss_bytes") is None else figures["peak_rss_bytes"] / 2**20,
-            "why": why.splitlines()[-1] if why and r["status"] != "ok" else "",
+            "why": why.splitlines()[-1] if why else "",
         })
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 

@@ -165,3 +165,9 @@ def results_of_runs(s: Session, run_ids: Sequence[int]) -> list[dict[str, Any]]:
              .join(Deployment, Deployment.id == DeploymentResult.deployment_id)
              .where(Deployment.run_id.in_(list(run_ids))).order_by(DeploymentResult.id))
     return [dict(row._mapping) for row in s.execute(query)]
+
+
+def measuring_on(s: Session, hostname: str) -> int:
+    """Deployment jobs running on this machine: each holds the CPU, as a run on it would (engine/executors/local.py)."""
+    return s.scalar(select(func.count(Deployment.id)).where(Deployment.status == RUNNING,
+                                                            Deployment.hostname == hostname)) or 0

@@ -179,7 +179,7 @@ def results_view(shown: list[dict]) -> None:
         st.info(sentence, icon=":material/balance:")
     shown = SHOWN_COLUMNS if (table["why"] != "").any() else [c for c in SHOWN_COLUMNS if c != "why"]
     st.dataframe(table, column_config=TABLE_CONFIG, column_order=shown, hide_index=True, key="deploy_table")
-    bad = table[table["status"].isin(["MISMATCH", "failed"])]
+    bad = table[table["status"].isin(["MISMATCH", "failed", dep.SERVING_FAILED])]
     for _, row in bad.iterrows():
         st.warning(f"Run #{row['run']} {row['format']}: {row['status']} — {row['why'] or 'see the table'}",
                    icon=":material/warning:")

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import queries
+from db import deployments, queries
 from engine.executors.base import Executor, Placement
 from engine.executors.ray import RAY_PLACEMENTS
 from engine.nvml import inventory
@@ -149,7 +149,11 @@ class LocalExecutor(Executor):
             return []
         with self._sessions.begin() as s:
             active = queries.placed_active_runs(s, self.hostname)
+            measuring = deployments.measuring_on(s, self.hostname)
         occupied = Counter(run.placed_device for run in active)
+        # A deployment job times exported models on this machine's CPU: it holds a CPU slot like a run, so
+        # no run starts beside its measurements (and it waits for runs training, engine/deploy/job.py).
+        occupied[CPU] += measuring
         arena_pids = {run.pid for run in active if run.pid is not None and runner_alive(run.pid)}
         placements, impossible = plan(queued, gpus, occupied, arena_pids, per_gpu, cpu_capacity)
         with self._sessions.begin() as s:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from db import queries
+from db import deployments, queries
 from db.models import FINISHED
 from db.session import make_sessionmaker
 from engine import PROJECT_ROOT, child_env
@@ -31,7 +31,7 @@ SPEC = RunSpec(framework="torch", model="mlp", dataset="digits", epochs=1, max_s
 # reaper recognise it as a runner, as it recognises the real one.
 STUB_RUNNER = """
 import os, socket, sys, time
-from db import queries
+from db import deployments, queries
 from db.session import make_sessionmaker
 run_id, url, release = int(sys.argv[2]), sys.argv[3], sys.argv[4]
 sessions = make_sessionmaker(url)
@@ -226,3 +226,23 @@ def test_runs_go_on_when_the_scheduler_stops_and_the_next_one_takes_the_queue(ar
         assert second.started_at >= finished.finished_at and second.placed_device == "cpu"
     finally:
         restarted.stop()
+
+
+def test_a_run_waits_while_a_deployment_job_measures_on_this_machine(arena_db, tmp_path):
+    """A deployment job holds the CPU like a run: nothing trains beside its timings (issue 17)."""
+    sessions = make_sessionmaker(arena_db)
+    with sessions.begin() as s:
+        finished = queries.create_run(s, SPEC.to_dict()).id
+        queries.claim_run(s, finished, 1, "elsewhere")
+        queries.finish_run(s, finished, {})
+        job = deployments.create(s, finished, ["onnx"], {})
+        assert deployments.claim(s, job, os.getpid(), socket.gethostname())
+    (waiting,) = queue_runs(sessions, [SPEC])
+    launched = []
+    scheduler = local_scheduler(sessions, arena_db, lambda run_id, env: launched.append(run_id), gpus=lambda: [])
+    scheduler.tick()
+    assert launched == []
+    with sessions.begin() as s:
+        deployments.end(s, job, FINISHED)
+    scheduler.tick()
+    assert launched == [waiting]
