@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from db import queries
+from db import deployments, queries
 from db.session import make_sessionmaker
 from tests.dashboard import arena_env, start_dashboard, stop_dashboard
 
@@ -128,6 +128,25 @@ def test_launch_a_run_watch_it_finish_and_compare_it(dashboard, page):
         metrics = archive.read("metrics.csv").decode().splitlines()
     assert download.value.suggested_filename == f"arena-runs-{run.id}.csv.zip"
     assert sum(1 for line in metrics if ",step/train_loss," in line) == 5
+
+    # Deploy: from the Export tab to the Deploy page with the run chosen; one format exported, checked, timed.
+    page.get_by_role("link", name="Deploy these runs").click()
+    expect(page.get_by_role("heading", name="Deploy", exact=True)).to_be_visible()
+    formats = page.get_by_test_id("stMultiSelect").filter(has_text="PyTorch formats")
+    formats.get_by_role("button", name="Clear all").click()
+    formats.locator("input").fill("ONNX")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+    expect(formats).to_contain_text("ONNX (torch.onnx)")
+    expect(formats).not_to_contain_text("TorchScript")
+    page.get_by_role("button", name="Queue deployment").click()
+    expect(page.get_by_text("Latency of one call against batch size")).to_be_visible(timeout=180_000)
+    expect(page.get_by_test_id("stDataFrame").first).to_contain_text("ONNX (torch.onnx)")
+    with make_sessionmaker(db_url).begin() as s:
+        (job,) = deployments.jobs(s, [run.id])
+        (result,) = deployments.results(s, [job["id"]])
+    assert job["status"] == "finished" and result["status"] == "ok"
+    assert result["figures"]["parity"]["max_abs_diff"] <= 1e-5
 
 
 
