@@ -1,9 +1,10 @@
-"""Take the README's Launch, Runs and Compare-speed screenshots from a real dashboard on real runs.
+"""Take the README's Launch, Runs, Compare-speed and Deploy screenshots from a real dashboard on real runs.
 
 `.venv/bin/python docs/screenshots.py [--out docs/screenshots] [--keep DIR]`
 
 Trains a few tiny runs through the real CLI into a temporary database (both frameworks, two
-seeds, one run that diverges, one left queued), starts `streamlit run app.py` on it and drives
+seeds, one run that diverges, one left queued), deploys the seed-0 pair in every format and serves
+each (`python -m engine deploy 1 2 --serve`, about 10 minutes here), starts `streamlit run app.py` on it and drives
 Debian's Chromium at 1500x1100. Nothing here is a test: it writes PNG files.
 """
 from __future__ import annotations
@@ -43,6 +44,12 @@ def train(url: str, env: dict[str, str]) -> None:
     with sessions.begin() as s:
         for run_id, (name, tags) in NAMES.items():
             queries.annotate_run(s, run_id, name=name, tags=tags)
+    sessions.kw["bind"].dispose()
+    # Every format of the seed-0 pair, served too; before the queued pair below, which a deployment would wait for.
+    subprocess.run([sys.executable, "-m", "engine", "deploy", "1", "2", "--serve", "--serve-duration", "2",
+                    "--min-time", "0.5", "--db", url], cwd=ROOT, env=env, check=True, capture_output=True,
+                   timeout=3600)
+    sessions = make_sessionmaker(url)
     queue_runs(sessions, [RunSpec.with_model_defaults(framework, "resnet", "digits", epochs=5)
                           for framework in ("torch", "tensorflow")])
     sessions.kw["bind"].dispose()
@@ -72,6 +79,10 @@ def shoot(base: str, out: Path) -> None:
         heading.scroll_into_view_if_needed()
         page.wait_for_timeout(1500)
         page.screenshot(path=str(out / "compare-profile.png"))
+        page.goto(f"{base}/deploy?runs=1,2")
+        expect(page.get_by_text("Latency of one call against batch size")).to_be_visible(timeout=60_000)
+        page.wait_for_timeout(2500)
+        page.screenshot(path=str(out / "deploy.png"))
         browser.close()
 
 
@@ -92,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             shoot(base, args.out)
         finally:
             dashboard.stop_dashboard(server)
-    print(f"wrote launch.png, runs.png, compare-speed.png and compare-profile.png to {args.out}")
+    print(f"wrote launch.png, runs.png, compare-speed.png, compare-profile.png and deploy.png to {args.out}")
     return 0
 
 
