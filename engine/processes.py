@@ -82,14 +82,19 @@ def start_runner(sessions: sessionmaker[Session], run_id: int, db_url: str,
 def runner_alive(pid: int) -> bool:
     """True while a runner process with this pid exists (a zombie or a reused pid is not one)."""
     reap_children()
+    return module_alive(pid, RUNNER_MODULE)
+
+
+def module_alive(pid: int, module: str) -> bool:
+    """True while `python -m module` runs with this pid (a zombie, or a pid reused by another program, does not)."""
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
             return False
         cmdline = process.cmdline()
         # Empty while the process is between vfork and the end of its exec (Popen has returned by
-        # then, so the scheduler may already look): it is the runner on its way, not a stranger.
-        return not cmdline or RUNNER_MODULE in " ".join(cmdline)
+        # then, so the scheduler may already look): it is the process on its way, not a stranger.
+        return not cmdline or module in " ".join(cmdline)
     except psutil.NoSuchProcess:
         return False
     except psutil.AccessDenied:

@@ -14,7 +14,6 @@ import sys
 from datetime import timedelta
 from typing import Any, Optional, Sequence
 
-import psutil
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,7 +23,7 @@ from db.session import run_log_path
 from engine import PROJECT_ROOT, child_env, kept_weights
 from engine.deploy import formats
 from engine.deploy.job import MODULE, settings_with_defaults
-from engine.processes import absolute_db_url, stop_process_trees
+from engine.processes import absolute_db_url, module_alive, stop_process_trees
 
 LOST_AFTER = timedelta(seconds=60)  # a job on another machine without a heartbeat this long is lost
 
@@ -117,16 +116,7 @@ def cancel(sessions: sessionmaker[Session], job_id: int) -> Optional[str]:
 
 def job_alive(pid: int) -> bool:
     """True while a job process with this pid exists (not a zombie, not a reused pid)."""
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False
-        cmdline = process.cmdline()
-        return not cmdline or MODULE in " ".join(cmdline)
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
+    return module_alive(pid, MODULE)
 
 
 def reap(sessions: sessionmaker[Session]) -> list[int]:

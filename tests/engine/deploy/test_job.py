@@ -147,13 +147,20 @@ def measuring(job) -> bool:
     return job.status == RUNNING and job.current is not None and job.current.startswith("measuring")
 
 
-def test_cancel_stops_a_measuring_job_and_every_process_it_started(trained):
+def measuring_job(trained) -> tuple[int, subprocess.Popen, list[psutil.Process]]:
+    """A job started on the PyTorch run and measuring (a minute per batch size): its id, process and children."""
     url, sessions, runs = trained
     (job_id,) = jobs.queue(sessions, [runs[0].id], ["torchscript"], {"min_time_s": 60.0})
     process = jobs.start(sessions, job_id, url)
     wait_job(sessions, job_id, measuring)
     tree = psutil.Process(process.pid).children(recursive=True)
     assert tree, "a measuring job has a measuring process"
+    return job_id, process, tree
+
+
+def test_cancel_stops_a_measuring_job_and_every_process_it_started(trained):
+    sessions = trained[1]
+    job_id, process, tree = measuring_job(trained)
     started = time.monotonic()
     assert jobs.cancel(sessions, job_id) == CANCELLED
     assert time.monotonic() - started < 15
@@ -162,11 +169,8 @@ def test_cancel_stops_a_measuring_job_and_every_process_it_started(trained):
 
 
 def test_a_killed_job_is_found_lost_and_leaves_no_worker(trained):
-    url, sessions, runs = trained
-    (job_id,) = jobs.queue(sessions, [runs[0].id], ["torchscript"], {"min_time_s": 60.0})
-    process = jobs.start(sessions, job_id, url)
-    wait_job(sessions, job_id, measuring)
-    tree = psutil.Process(process.pid).children(recursive=True)
+    sessions = trained[1]
+    job_id, process, tree = measuring_job(trained)
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=10)
     job = wait_job(sessions, job_id, lambda j: j.status != RUNNING, timeout=30)

@@ -18,21 +18,15 @@ import pytest
 import tensorflow as tf
 
 from engine.backends import tensorflow_models
-from engine.catalog import SYNTHETIC_TEXT_VOCAB
 from engine.deploy import formats, tensorflow_formats
 from engine.deploy.formats import NotExportable
-from engine.weights import initial_weights, input_kind
+from engine.weights import initial_weights
 from tests.conftest import REPO_ROOT
+from tests.engine.deploy.zoo import BATCHES, FRAMEWORKS, PARITY_SAMPLES, SHAPES, inputs
 
-# Small shapes: sklearn digits' 8x8x1 images, 16 tokens.
-SHAPES = {"mlp": ((8, 8, 1), 10), "cnn": ((8, 8, 1), 10), "mnist_cnn": ((8, 8, 1), 10), "resnet": ((8, 8, 1), 10),
-          "lstm": ((16,), 10), "transformer": ((16,), 10), "powerlaw": ((1,), 1)}
-BATCHES = (1, 8, 32, 128, 5)  # 5: a last, partial batch
-PARITY_SAMPLES = 64
 # Dynamic-range int8 has no tolerance (formats.py): its logits move by ~1e-2 on these models; the class should not.
 INT8_MIN_ARGMAX_AGREEMENT = 0.9
 INT8_MAX_ABS_DIFF = 0.1
-FRAMEWORKS = {"torch", "tensorflow", "keras", "onnxruntime", "ai_edge_litert"}
 
 # Runs in a fresh interpreter: loads each artifact through its format's runtime module, one intra-op thread.
 LOADER = """
@@ -57,15 +51,6 @@ for item in json.loads(sys.argv[1]):
 loaded = sorted(%(frameworks)r & {name.split(".")[0] for name in sys.modules})
 print(json.dumps({"report": report, "frameworks": loaded}))
 """ % {"parity": PARITY_SAMPLES, "batches": BATCHES, "frameworks": FRAMEWORKS}
-
-
-def _inputs(model: str, samples: int = max(BATCHES)) -> np.ndarray:
-    """Canonical host inputs for the model: NHWC images in [0, 1), token ids, positive scalars."""
-    rng = np.random.default_rng(7)
-    shape = SHAPES[model][0]
-    if input_kind(model) == "tokens":
-        return rng.integers(0, SYNTHETIC_TEXT_VOCAB, (samples, *shape))
-    return rng.random((samples, *shape), dtype=np.float32) + (0.5 if model == "powerlaw" else 0.0)
 
 
 def _module(model: str) -> keras.Model:
@@ -96,7 +81,7 @@ def exported(tmp_path_factory) -> dict[str, Path]:
     paths = {}
     for model in SHAPES:
         module, directory = _module(model), root / model
-        x = tensorflow_formats.to_input(model, _inputs(model))
+        x = tensorflow_formats.to_input(model, inputs(model))
         directory.mkdir()
         np.save(directory / "x.npy", x)
         np.save(directory / "reference.npy", tensorflow_formats.reference_outputs(module, x))
@@ -183,7 +168,7 @@ def test_onnx_names_a_batch_dimension(exported):
 def test_an_lstm_of_free_length_is_not_exportable_to_litert(tmp_path):
     """Unrolling needs the sequence length; the while loop's TensorList ops need the Flex delegate LiteRT lacks."""
     module = tensorflow_models.build_model("lstm", (16,), 10, free_length=True)
-    x = tensorflow_formats.to_input("lstm", _inputs("lstm", 4))
+    x = tensorflow_formats.to_input("lstm", inputs("lstm", 4))
     for fmt in ("tflite", "tflite_int8"):
         with pytest.raises(NotExportable, match=r"free sequence length cannot be unrolled.*tf\.TensorListReserve.*"
                                                 r"SELECT_TF_OPS, whose Flex delegate ai_edge_litert"):
@@ -211,11 +196,11 @@ def test_build_is_in_inference_mode():
     """Dropout is off (mnist_cnn's outputs repeat) and batch norm reads its moving statistics (a resnet sample's
     logits do not depend on the batch around it)."""
     mnist_cnn = _module("mnist_cnn")
-    x = tensorflow_formats.to_input("mnist_cnn", _inputs("mnist_cnn", 8))
+    x = tensorflow_formats.to_input("mnist_cnn", inputs("mnist_cnn", 8))
     np.testing.assert_array_equal(tensorflow_formats.reference_outputs(mnist_cnn, x),
                                   tensorflow_formats.reference_outputs(mnist_cnn, x))
     resnet = _module("resnet")
-    x = tensorflow_formats.to_input("resnet", _inputs("resnet", 8))
+    x = tensorflow_formats.to_input("resnet", inputs("resnet", 8))
     together = tensorflow_formats.reference_outputs(resnet, x)
     one_by_one = tensorflow_formats.reference_outputs(resnet, x, batch_size=1)
     np.testing.assert_allclose(together, one_by_one, atol=1e-5, rtol=0)
@@ -235,7 +220,7 @@ def test_to_input_lays_out_what_the_artifacts_take():
 
 def test_bad_formats_are_refused(tmp_path):
     module = _module("mlp")
-    x = tensorflow_formats.to_input("mlp", _inputs("mlp", 2))
+    x = tensorflow_formats.to_input("mlp", inputs("mlp", 2))
     with pytest.raises(ValueError, match="'torchscript' is not one of tensorflow's"):
         tensorflow_formats.export("torchscript", module, "mlp", x, tmp_path)
     assert tensorflow_formats.FORMATS == ("savedmodel", "tflite", "tflite_int8", "onnx")

@@ -16,22 +16,16 @@ import numpy as np
 import pytest
 import torch
 
-from engine.catalog import SYNTHETIC_TEXT_VOCAB
 from engine.deploy import formats, torch_formats
 from engine.deploy.formats import NotExportable
 from engine.weights import initial_weights, input_kind
 from tests.conftest import REPO_ROOT
+from tests.engine.deploy.zoo import BATCHES, FRAMEWORKS, PARITY_SAMPLES, SHAPES, inputs
 
-# Small shapes: sklearn digits' 8x8x1 images, 16 tokens.
-SHAPES = {"mlp": ((8, 8, 1), 10), "cnn": ((8, 8, 1), 10), "mnist_cnn": ((8, 8, 1), 10), "resnet": ((8, 8, 1), 10),
-          "lstm": ((16,), 10), "transformer": ((16,), 10), "powerlaw": ((1,), 1)}
-BATCHES = (1, 8, 32, 128, 5)  # 5: a last, partial batch
-PARITY_SAMPLES = 64
 # TorchScript and torch.export for every model (under 2 s each); ONNX (2-7 s each) for a convolution, the LSTM
 # and attention; AOTInductor (15-30 s of C++ compilation) for the mlp, and the resnet under the slow mark.
 PLAN = {model: ("torchscript", "torch_export") for model in SHAPES}
 PLAN.update({model: PLAN[model] + ("onnx",) for model in ("cnn", "lstm", "transformer")})
-FRAMEWORKS = {"torch", "tensorflow", "keras", "onnxruntime", "ai_edge_litert"}
 
 # Runs in a fresh interpreter: loads each artifact through its format's runtime module, one intra-op thread.
 LOADER = """
@@ -57,15 +51,6 @@ print(json.dumps({"report": report, "frameworks": loaded}))
 """ % {"parity": PARITY_SAMPLES, "batches": BATCHES, "frameworks": FRAMEWORKS}
 
 
-def _inputs(model: str, samples: int = max(BATCHES)) -> np.ndarray:
-    """Canonical host inputs for the model: NHWC images in [0, 1), token ids, positive scalars."""
-    rng = np.random.default_rng(7)
-    shape = SHAPES[model][0]
-    if input_kind(model) == "tokens":
-        return rng.integers(0, SYNTHETIC_TEXT_VOCAB, (samples, *shape))
-    return rng.random((samples, *shape), dtype=np.float32) + (0.5 if model == "powerlaw" else 0.0)
-
-
 def _module(model: str) -> torch.nn.Module:
     shape, outputs = SHAPES[model]
     return torch_formats.build(model, shape, outputs, initial_weights(model, shape, outputs, seed=0))
@@ -74,7 +59,7 @@ def _module(model: str) -> torch.nn.Module:
 def _export(model: str, fmt: str, directory: Path) -> dict:
     """Export one artifact next to its inputs and reference outputs; the loader's manifest entry."""
     module = _module(model)
-    x = torch_formats.to_input(model, _inputs(model))
+    x = torch_formats.to_input(model, inputs(model))
     directory.mkdir(parents=True, exist_ok=True)
     np.save(directory / "x.npy", x)
     np.save(directory / "reference.npy", torch_formats.reference_outputs(module, x))
@@ -124,7 +109,7 @@ def test_every_artifact_gives_the_trained_model_s_outputs_at_every_batch_size(lo
 def test_the_outputs_compared_are_not_trivial():
     """Parity means something: the reference logits vary between samples and are of ordinary size."""
     for model in SHAPES:
-        x = torch_formats.to_input(model, _inputs(model, 16))
+        x = torch_formats.to_input(model, inputs(model, 16))
         reference = torch_formats.reference_outputs(_module(model), x, batch_size=5)  # 5, 5, 5, 1
         assert reference.shape == (16, SHAPES[model][1]) and reference.dtype == np.float32
         # Fresh weights give small logits (the LSTM's stay near 0.02), so 1e-5 is still a tight bound.
@@ -177,7 +162,7 @@ def test_aoti_without_a_compiler_is_not_exportable(tmp_path, monkeypatch):
 
 def test_an_example_of_one_sample_still_exports_a_dynamic_batch(tmp_path):
     module = _module("cnn")
-    x = torch_formats.to_input("cnn", _inputs("cnn", 5))
+    x = torch_formats.to_input("cnn", inputs("cnn", 5))
     path = torch_formats.export("torch_export", module, "cnn", x[:1], tmp_path)
     program = torch.export.load(str(path)).module()
     with torch.inference_mode():
@@ -189,11 +174,11 @@ def test_build_is_in_inference_mode():
     logits do not depend on the batch around it)."""
     mnist_cnn = _module("mnist_cnn")
     assert not any(m.training for m in mnist_cnn.modules())
-    x = torch_formats.to_input("mnist_cnn", _inputs("mnist_cnn", 8))
+    x = torch_formats.to_input("mnist_cnn", inputs("mnist_cnn", 8))
     np.testing.assert_array_equal(torch_formats.reference_outputs(mnist_cnn, x),
                                   torch_formats.reference_outputs(mnist_cnn, x))
     resnet = _module("resnet")
-    x = torch_formats.to_input("resnet", _inputs("resnet", 8))
+    x = torch_formats.to_input("resnet", inputs("resnet", 8))
     together = torch_formats.reference_outputs(resnet, x)
     one_by_one = torch_formats.reference_outputs(resnet, x, batch_size=1)
     np.testing.assert_allclose(together, one_by_one, atol=1e-5, rtol=0)
@@ -215,7 +200,7 @@ def test_to_input_lays_out_what_the_artifacts_take():
 
 def test_bad_formats_and_training_mode_are_refused(tmp_path):
     module = _module("mlp")
-    x = torch_formats.to_input("mlp", _inputs("mlp", 2))
+    x = torch_formats.to_input("mlp", inputs("mlp", 2))
     with pytest.raises(ValueError, match="'tflite' is not one of torch's"):
         torch_formats.export("tflite", module, "mlp", x, tmp_path)
     with pytest.raises(ValueError, match="eval mode"):
