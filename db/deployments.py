@@ -137,7 +137,9 @@ def blockers(s: Session, job_id: int) -> tuple[int, int]:
 
     Only earlier jobs count, so two jobs never wait for each other.
     """
-    runs = s.scalar(select(func.count(Run.id)).where(Run.status == RUNNING)) or 0
+    # A placed run whose runner has not claimed it yet is about to train: it counts.
+    runs = s.scalar(select(func.count(Run.id)).where(
+        (Run.status == RUNNING) | ((Run.status == QUEUED) & Run.placed_device.is_not(None)))) or 0
     earlier = s.scalar(select(func.count(Deployment.id)).where(Deployment.status == RUNNING,
                                                                 Deployment.id < job_id)) or 0
     return runs, earlier

@@ -183,6 +183,7 @@ class _Job:
         if settings["serve"]:
             for result_id, name, path in stored:
                 self.serve_and_store(spec.framework, name, path, result_id, directory, settings)
+        self.done = self.total  # formats that were not exported had nothing to serve
         self.step("done")
 
     def measure_and_store(self, framework: str, name: str, outcome: dict, directory: Path,

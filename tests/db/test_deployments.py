@@ -86,5 +86,7 @@ def test_a_job_waits_for_training_runs_and_earlier_jobs_only(sessions):
         deployments.claim(s, second, 2, "here")
         assert deployments.blockers(s, first) == (0, 0)  # the later job never holds the earlier one up
         assert deployments.blockers(s, second) == (0, 1)
+        assert queries.place_run(s, run, "cpu", "here")  # placed, its runner not started yet: about to train
+        assert deployments.blockers(s, first) == (1, 0)
         queries.claim_run(s, run, 3, "here")
         assert deployments.blockers(s, first) == (1, 0)
