@@ -170,6 +170,9 @@ def results_view(shown: list[dict]) -> None:
         results = deployments.results(s, [j["id"] for j in shown])
     run_of_job = {j["id"]: j["run_id"] for j in shown}
     several = len(shown) > 1
+    st.caption("Newest results: " + "; ".join(
+        f"deployment #{j['id']} of run #{j['run_id']}, {j['status']}"
+        + (f" {j['finished_at']:%Y-%m-%d %H:%M} UTC" if j["finished_at"] else "") for j in shown))
     with st.expander("What was held equal", icon=":material/balance:"):
         for line in dep.held_equal(shown, results):
             st.markdown(f"- {line}")
