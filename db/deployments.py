@@ -146,9 +146,9 @@ def blockers(s: Session, job_id: int) -> tuple[int, int]:
 
 
 def running(s: Session) -> list[dict[str, Any]]:
-    """id, pid, hostname and heartbeat_at of the running jobs: what a reaper checks."""
-    query = select(Deployment.id, Deployment.pid, Deployment.hostname, Deployment.heartbeat_at).where(
-        Deployment.status == RUNNING)
+    """id, run_id, pid, hostname and heartbeat_at of the running jobs (the Devices page shows them)."""
+    query = select(Deployment.id, Deployment.run_id, Deployment.pid, Deployment.hostname,
+                   Deployment.heartbeat_at).where(Deployment.status == RUNNING)
     return [dict(row._mapping) for row in s.execute(query)]
 
 

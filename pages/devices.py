@@ -1,10 +1,12 @@
 """Devices: the machine's GPUs and CPU, which Arena run uses each, the scheduler and its queue — live."""
 from __future__ import annotations
 
+import socket
+
 import streamlit as st
 
 from analysis.device_tables import error_captions, gpu_table
-from db import queries
+from db import deployments, queries
 from db.models import ACTIVE_STATUSES, QUEUED, SchedulerLease
 from engine import executors, scheduler
 from engine.nvml import inventory
@@ -22,6 +24,7 @@ def panel() -> None:
     with sessions().begin() as s:
         active = queries.list_runs(s, statuses=ACTIVE_STATUSES)
         lease = s.get(SchedulerLease, scheduler.LEASE_NAME)
+        measuring = [job for job in deployments.running(s) if job["hostname"] == socket.gethostname()]
     # A placed run still starting up already holds its device: it counts there, and in the queue.
     queued = [run for run in active if run.status == QUEUED]
 
@@ -45,7 +48,7 @@ def panel() -> None:
         for gpu in found.gpus:
             gpu_card(gpu, active, history)
     st.subheader("CPU")
-    cpu_card(found, active)
+    cpu_card(found, active, measuring)
     scheduler_card(lease, queued, queries.utcnow(), on_ray)
 
 

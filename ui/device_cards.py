@@ -77,7 +77,8 @@ def gpu_card(gpu: GpuInfo, active: Sequence[Run], history: GpuHistory) -> None:
         run_links(runs_on(f"cuda:{gpu.index}", active, [p.pid for p in gpu.processes]))
 
 
-def cpu_card(found: Inventory, active: Sequence[Run]) -> None:
+def cpu_card(found: Inventory, active: Sequence[Run], measuring: Sequence[dict] = ()) -> None:
+    """The CPU, the Arena runs on it, and the deployment jobs measuring on it (each holds the CPU like a run)."""
     with st.container(border=True):
         st.markdown(f"**cpu · {found.cpu_name}**")
         cells = st.columns(3)
@@ -88,8 +89,11 @@ def cpu_card(found: Inventory, active: Sequence[Run]) -> None:
         on_cpu = runs_on(local_executor.CPU, active)
         if on_cpu:
             run_links(on_cpu)
-        else:
+        elif not measuring:
             st.caption("No Arena run is on the CPU now.")
+        for job in measuring:
+            st.caption(f"Deployment #{job['id']} of run #{job['run_id']} is measuring exported models here: it holds "
+                       f"the CPU like a run, so queued runs wait for it (Deploy page).")
 
 
 def scheduler_card(lease: Optional[SchedulerLease], queued: Sequence[Run], now: datetime, on_ray: bool = False) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import time
 from datetime import timedelta
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import streamlit as st
 
-from db import queries
+from db import deployments, queries
 from db.models import RUNNING, SchedulerLease
 from db.session import make_sessionmaker
 from engine.spec import RunSpec
@@ -223,3 +224,16 @@ def test_the_dashboard_that_schedules_says_so(arena_db, monkeypatch, open_page):
     at.run()
 
     assert any(text.startswith("Scheduler: this dashboard, ") for text in texts(at.caption))
+
+
+def test_a_deployment_job_measuring_here_is_shown_on_the_cpu(arena_db, monkeypatch, open_page):
+    hide_nvml(monkeypatch)
+    sessions = make_sessionmaker(arena_db)
+    with sessions.begin() as s:
+        run = queries.create_run(s, RunSpec("torch", "mlp", "digits").to_dict()).id
+        job = deployments.create(s, run, ["onnx"], {})
+        deployments.claim(s, job, 4242, socket.gethostname())
+    at = open_page(DEVICES_PAGE)
+    assert (f"Deployment #{job} of run #{run} is measuring exported models here: it holds the CPU like a run, so "
+            f"queued runs wait for it (Deploy page).") in texts(at.caption)
+    assert "No Arena run is on the CPU now." not in texts(at.caption)
