@@ -304,8 +304,6 @@ def wait_until_served(spec: ServeSpec, token: str, example: Optional[np.ndarray]
 
 def start_ray(spec: ServeSpec, temp_dir: str) -> None:
     """A local Ray instance of this process's own: never a cluster named by RAY_ADDRESS, no dashboard."""
-    import ray
-
     os.environ.pop("RAY_ADDRESS", None)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # The replica is a Ray worker process: it must import engine wherever it starts.
@@ -314,6 +312,15 @@ def start_ray(spec: ServeSpec, temp_dir: str) -> None:
     # Ray nices its workers (15) by default: the replica and the HTTP proxy would then yield the cores to a
     # load generator on the same machine, and the figures would measure the client's priority, not the server.
     os.environ.setdefault("RAY_worker_niceness", "0")
+    # Ray turns token authentication on for a new local cluster and, when it finds no token, writes one to
+    # ~/.ray/auth_token, which every later `ray start` on the machine then adopts: a user's own cluster (or
+    # Arena's Ray executor) would start demanding a token its drivers do not send. A token of this server's
+    # own, in its environment only (Ray's workers inherit it), keeps the authentication and the home alone.
+    # Set before Ray is imported: its native config reads the mode once, at import.
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    import ray
+
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, spec.threads), include_dashboard=False,
              _temp_dir=temp_dir, object_store_memory=100_000_000, namespace="arena-serve",
              logging_level="WARNING")

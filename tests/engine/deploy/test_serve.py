@@ -52,7 +52,10 @@ class ServerProcess:
                 "--path", str(artifact["path"]), "--threads", str(THREADS), "--port", str(self.port),
                 "--example", str(artifact["example"]), *flags]
         # A cluster address in the environment must not be joined: the server starts its own local Ray.
-        env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1", "PYTHONPATH": str(REPO_ROOT)}
+        # A home of its own: the server must leave no Ray token there (serve.start_ray).
+        self.home = tmp / f"home-{self.port}"
+        self.home.mkdir()
+        env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1", "PYTHONPATH": str(REPO_ROOT), "HOME": str(self.home)}
         self.started = time.monotonic()
         with open(self.stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr,
@@ -210,6 +213,9 @@ def test_the_server_listens_on_loopback_only_and_says_what_it_serves(server, art
     settings = health(server.url)
     assert (settings["framework"], settings["fmt"], settings["threads"]) == ("torch", "onnx", THREADS)
     assert settings["input"] == {"shape": [1, 8, 8], "dtype": "float32"}
+    # Ray's token for the server's private cluster stays in its environment: none is written to the home,
+    # where every later `ray start` on the machine would adopt it.
+    assert not (server.home / ".ray" / "auth_token").exists()
 
 
 def test_bad_requests_are_answered_with_the_reason(server):

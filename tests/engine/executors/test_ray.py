@@ -54,7 +54,10 @@ def ray_cluster(tmp_path_factory):
     # Ray's sockets live under its temp dir, and an AF_UNIX path holds at most 107 bytes: under
     # pytest-xdist's deeper base temp (.../popen-gw0/ray0/tmp/session_<date>_<pid>/sockets/...) it does not fit.
     temp_dir = Path(tempfile.mkdtemp(prefix="arena-ray-", dir="/tmp"))
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "ARENA_HOME": str(home / "worker-home")}
+    # RAY_AUTH_MODE: the cluster of `ray start --head` demands a token when ~/.ray/auth_token exists (written
+    # by any `ray.init()` that started a local cluster without one); the tests' drivers send none.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "ARENA_HOME": str(home / "worker-home"),
+           "RAY_AUTH_MODE": "disabled"}
     log = open(home / "ray.log", "wb")
     for attempt in range(3):
         # A free port can be taken before the head binds it: other tests start Ray instances of their own
