@@ -187,15 +187,19 @@ def test_the_lease_holder_is_shown(arena_db, monkeypatch, open_page):
 
 def test_charts_keep_a_rolling_history_one_sample_per_second(machine, open_page):
     _, _, path, state = machine
+    started = time.monotonic()
     at = open_page(DEVICES_PAGE)
     at.run()  # a refresh within a second (another tab, say) adds no sample
+    elapsed = time.monotonic() - started
 
-    assert utilisation_points(at) == [35]
+    # Three script runs: one sample, unless a busy machine spread them over more than a second.
+    first = utilisation_points(at)
+    assert set(first) == {35} and 1 <= len(first) <= 1 + int(elapsed), (first, elapsed)
     time.sleep(1.1)
     state["gpus"][0]["utilization_pct"] = 50
     write_state(path, state)
     at.run()
-    assert utilisation_points(at) == [35, 50]
+    assert utilisation_points(at) == first + [50]
 
 
 def utilisation_points(at) -> list[float]:
