@@ -27,7 +27,7 @@ from engine.launch import default_url_for, queue_runs, reap
 from engine.launch import ALREADY_ENDED, CANCEL_GRACE_S, CANCEL_REQUESTED, cancel_runs
 from engine.scheduler import LEASE_NAME, Scheduler, ensure_running, scheduling_enabled
 from engine.matrix import expand, parse_seeds
-from engine.run_ids import parse_run_id
+from engine.run_ids import run_id_argument
 from engine.spec import RunSpec, SpecError
 from engine.traces import viewer_hint, write_trace
 
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run)
 
     runs = sub.add_parser("runs", help="list stored runs with their final metrics")
-    runs.add_argument("--limit", type=_positive_int, default=None, help="show only the N newest runs")
+    runs.add_argument("--limit", type=run_id_argument, default=None, help="show only the N newest runs")
     _common(runs)
 
     cancel = sub.add_parser(
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                     f"process it started, SIGKILL after {CANCEL_GRACE_S:g} s; a runner on another machine stops at "
                     f"its next heartbeat. A run that had already ended stays as it was (exit 0); an unknown run id "
                     f"exits 2 and cancels nothing.")
-    cancel.add_argument("run_ids", nargs="+", type=_positive_int, metavar="RUN_ID", help="as `runs` lists them")
+    cancel.add_argument("run_ids", nargs="+", type=run_id_argument, metavar="RUN_ID", help="as `runs` lists them")
     _common(cancel)
 
     models = sub.add_parser("models", help="models and datasets, with parameter counts per framework")
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="write runs with every recorded point (no downsampling) as CSV, JSON or TensorBoard files",
         description="csv: a zip of runs.csv, metrics.csv, samples.csv, tensor_stats.csv; json: one document; "
                     "tensorboard: a zip with one log directory per run (unzip it, then tensorboard --logdir).")
-    export.add_argument("run_ids", nargs="+", type=_positive_int, metavar="RUN_ID", help="as `runs` lists them")
+    export.add_argument("run_ids", nargs="+", type=run_id_argument, metavar="RUN_ID", help="as `runs` lists them")
     export.add_argument("--format", required=True, choices=EXPORT_FORMATS)
     export.add_argument("--out", required=True,
                         help="file to write, or a directory to write it into (named like arena-runs-3-4.csv.zip); "
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Each run profiles --profile-steps steps after training and keeps the trace in the database. "
                     "FILE ending in .gz gets it gzip-compressed as stored; any other name gets it as the viewer "
                     "reads it (Perfetto or chrome://tracing for torch, TensorBoard's profile plugin for TensorFlow).")
-    trace.add_argument("run_id", type=_positive_int, metavar="RUN_ID", help="as `runs` lists it")
+    trace.add_argument("run_id", type=run_id_argument, metavar="RUN_ID", help="as `runs` lists it")
     trace.add_argument("--out", required=True, metavar="FILE",
                        help="file to write, or a directory to write it into (named like "
                             "arena-run-3-torch-trace.json.gz); an existing file is replaced only with --force, "
@@ -157,14 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
         delegated = sub.add_parser(name, help=text, add_help=False)
         delegated.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
-
-
-def _positive_int(text: str) -> int:
-    """argparse type for run ids and counts: ASCII digits in 1..MAX_RUN_ID, else an error naming the value."""
-    try:
-        return parse_run_id(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 MAX_INTERVAL_S = 3600.0  # a scheduler that waits longer between passes places nothing anyone waits for

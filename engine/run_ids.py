@@ -1,6 +1,8 @@
 """Run ids and counts typed by people (CLI arguments, ?runs= links): strict, bounded, named when wrong."""
 from __future__ import annotations
 
+import argparse
+
 # runs.id is an INTEGER column: PostgreSQL's holds at most 2**31 - 1, so no run has a larger id on
 # either database. Bounding ids (and --limit) here keeps a typo from overflowing a query parameter
 # (SQLite's int64, PostgreSQL's int4) into a traceback.
@@ -19,6 +21,14 @@ def parse_run_id(text: str, high: int = MAX_RUN_ID) -> int:
     if len(digits.lstrip("0")) > len(str(high)) or int(digits) > high:
         raise ValueError(f"{shown(text)} is too large: at most {high}")
     return int(digits)
+
+
+def run_id_argument(text: str) -> int:
+    """argparse type for run ids and counts: parse_run_id, its error shown by argparse with the value."""
+    try:
+        return parse_run_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def shown(text: object, limit: int = 40) -> str:

@@ -21,16 +21,9 @@ from db.session import make_sessionmaker, resolve_db_url
 from engine.deploy import jobs
 from engine.deploy.formats import FORMATS
 from engine.deploy.job import DEFAULT_SETTINGS
-from engine.run_ids import parse_run_id
+from engine.run_ids import run_id_argument
 
 POLL_S = 1.0
-
-
-def _run_id(text: str) -> int:
-    try:
-        return parse_run_id(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _numbers(text: str) -> list[int]:
@@ -43,7 +36,7 @@ def _numbers(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     names = sorted({f.name for f in FORMATS})
     parser = argparse.ArgumentParser(prog="python -m engine deploy", description=__doc__.splitlines()[0])
-    parser.add_argument("run_ids", nargs="+", type=_run_id, metavar="RUN_ID", help="finished runs with kept weights")
+    parser.add_argument("run_ids", nargs="+", type=run_id_argument, metavar="RUN_ID", help="finished runs with kept weights")
     parser.add_argument("--formats", help=f"comma-separated, of the run's framework (default: all of them): "
                                           f"{', '.join(names)}")
     parser.add_argument("--threads", type=int, default=DEFAULT_SETTINGS["threads"],
