@@ -7,7 +7,6 @@ both read from one chart.
 """
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from typing import Any, Optional, Sequence
 
@@ -213,7 +212,3 @@ def _measured(results: Sequence[dict]) -> list[dict]:
 def _name(result: dict, run_of_job: dict[int, int], several_runs: bool) -> str:
     prefix = f"#{run_of_job[result['deployment_id']]} " if several_runs else ""
     return prefix + label(result["framework"], result["format"])
-
-
-def finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ if str(ROOT) not in sys.path:
 
 from bench.loop_report import NOISY_LOAD_CORES, _busy_cpu_s, median_interval  # noqa: E402
 from engine import child_env, kept_weights  # noqa: E402
-from engine.deploy import formats, loadgen  # noqa: E402
+from engine.deploy import export_worker, formats, loadgen  # noqa: E402
 from engine.processes import stop_process_trees  # noqa: E402
 from engine.weights import initial_weights  # noqa: E402
 
@@ -49,13 +48,11 @@ def export(model: str, framework: str, names: list[str], directory: Path) -> dic
     directory.mkdir(parents=True)
     shape, classes = SHAPES[model], 10
     weights = initial_weights(model, shape, classes, seed=0)
-    (directory / "weights.npz").write_bytes(kept_weights.pack(weights, {"model": model}))
     rng = np.random.default_rng(0)
     x = (rng.integers(0, 100, (256, *shape)) if len(shape) == 1 else rng.random((256, *shape))).astype(
         np.int64 if len(shape) == 1 else np.float32)
-    np.savez(directory / "test.npz", x=x, y=rng.integers(0, classes, 256))
-    (directory / "job.json").write_text(json.dumps({"framework": framework, "model": model, "input_shape": list(shape),
-                                                    "num_outputs": classes, "formats": names}))
+    export_worker.write_job(directory, framework, model, shape, classes, names,
+                            kept_weights.pack(weights, {"model": model}), x, rng.integers(0, classes, 256))
     subprocess.run([sys.executable, "-m", "engine.deploy.export_worker", str(directory)], cwd=ROOT, env=child_env(),
                    check=True, capture_output=True)
     return json.loads((directory / "export.json").read_text())
@@ -75,7 +72,7 @@ def served_p50(framework: str, name: str, path: str, directory: Path, seconds: f
     with np.load(directory / "inputs.npz") as inputs:
         samples = inputs["x"][:64]
     np.save(directory / "example.npy", samples[:8])
-    port = _free_port()
+    port = loadgen.free_port()
     server = subprocess.Popen([sys.executable, "-m", "engine.deploy.serve", "--framework", framework, "--format", name,
                                "--path", path, "--threads", "1", "--port", str(port), "--no-batching", "--example",
                                str(directory / "example.npy")], cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
@@ -91,12 +88,6 @@ def served_p50(framework: str, name: str, path: str, directory: Path, seconds: f
         return loadgen.measure(url, samples, 1, seconds)["p50_ms"]
     finally:
         stop_process_trees([server.pid], grace_s=10.0)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> int:

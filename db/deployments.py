@@ -145,13 +145,6 @@ def blockers(s: Session, job_id: int) -> tuple[int, int]:
     return runs, earlier
 
 
-def running(s: Session) -> list[dict[str, Any]]:
-    """id, run_id, pid, hostname and heartbeat_at of the running jobs (the Devices page shows them)."""
-    query = select(Deployment.id, Deployment.run_id, Deployment.pid, Deployment.hostname,
-                   Deployment.heartbeat_at).where(Deployment.status == RUNNING)
-    return [dict(row._mapping) for row in s.execute(query)]
-
-
 def deployable_runs(s: Session) -> list[dict[str, Any]]:
     """Finished runs that kept their weights, newest first: id, name, framework, model, dataset, seed, mode."""
     kept = select(RunArtifact.run_id).where(RunArtifact.kind == WEIGHTS_KIND)

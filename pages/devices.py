@@ -7,7 +7,7 @@ import streamlit as st
 
 from analysis.device_tables import error_captions, gpu_table
 from db import deployments, queries
-from db.models import ACTIVE_STATUSES, QUEUED, SchedulerLease
+from db.models import ACTIVE_STATUSES, QUEUED, RUNNING, SchedulerLease
 from engine import executors, scheduler
 from engine.nvml import inventory
 from ui.database import sessions
@@ -24,7 +24,7 @@ def panel() -> None:
     with sessions().begin() as s:
         active = queries.list_runs(s, statuses=ACTIVE_STATUSES)
         lease = s.get(SchedulerLease, scheduler.LEASE_NAME)
-        measuring = [job for job in deployments.running(s) if job["hostname"] == socket.gethostname()]
+        measuring = [job for job in deployments.jobs(s, statuses=[RUNNING]) if job["hostname"] == socket.gethostname()]
     # A placed run still starting up already holds its device: it counts there, and in the queue.
     queued = [run for run in active if run.status == QUEUED]
 

@@ -171,11 +171,7 @@ class TorchBackend(Backend):
         return self._canonical(lambda parameter: parameter)
 
     def canonical_weights(self):
-        weights = {}
-        for name, slot in torch_models._slots(self.module, self.model_name).items():
-            value = slot.target(slot.tensor).detach().float().cpu().numpy()
-            weights[name] = np.array(slot.to_canonical(value), dtype=np.float32, order="C")
-        return weights
+        return dict(self._canonical(lambda tensor: tensor, trainable_only=False))
 
     def fixed_batch_gradients(self, x, y):
         x_batch, y_batch = self.to_device(x, y)
@@ -194,11 +190,12 @@ class TorchBackend(Backend):
         by_parameter = {id(p): torch.zeros_like(p) if g is None else g / scale for p, g in zip(parameters, grads)}
         return self._canonical(lambda parameter: by_parameter[id(parameter)])
 
-    def _canonical(self, pick) -> list[tuple[str, np.ndarray]]:
-        """pick(parameter) for every trainable canonical tensor, converted to its canonical name and layout."""
+    def _canonical(self, pick, trainable_only: bool = True) -> list[tuple[str, np.ndarray]]:
+        """pick(tensor) for every trainable canonical tensor (or every one, buffers too), converted to its
+        canonical name and layout."""
         slots = torch_models._slots(self.module, self.model_name)  # the mapping load_canonical uses
         tensors = []
-        for name in self._canonical_names:
+        for name in self._canonical_names if trainable_only else slots:
             slot = slots[name]
             value = slot.target(pick(slot.tensor)).detach().float().cpu().numpy()
             tensors.append((name, np.array(slot.to_canonical(value), dtype=np.float32, order="C")))

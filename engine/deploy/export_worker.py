@@ -26,6 +26,16 @@ OK, NOT_EXPORTABLE, FAILED = "ok", "not_exportable", "failed"
 EXAMPLE_SAMPLES = 8  # what the exporters trace with; every artifact takes any batch size
 
 
+def write_job(directory: Path, framework: str, model: str, input_shape, num_outputs: int, names: list[str],
+              weights: bytes, x: np.ndarray, y=None) -> None:
+    """What export_all reads: job.json, weights.npz (kept_weights' bytes) and test.npz (canonical x, and y)."""
+    (directory / "weights.npz").write_bytes(weights)
+    np.savez(directory / "test.npz", x=x, **({"y": y} if y is not None else {}))
+    (directory / "job.json").write_text(json.dumps({"framework": framework, "model": model,
+                                                    "input_shape": list(input_shape), "num_outputs": int(num_outputs),
+                                                    "formats": list(names)}))
+
+
 def size_on_disk(path: Path) -> int:
     """Bytes of a file, or of every file under a directory (a SavedModel)."""
     if path.is_dir():

@@ -32,7 +32,7 @@ import time
 import traceback
 import zipfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
@@ -43,6 +43,7 @@ from db.session import make_sessionmaker, resolve_db_url
 from engine import PROJECT_ROOT, child_env, environment, kept_weights
 from engine.data import load_spec
 from engine.deploy import formats, loadgen
+from engine.deploy import export_worker
 from engine.deploy.export_worker import OK
 from engine.processes import stop_process_trees
 from engine.spec import RunSpec
@@ -154,12 +155,8 @@ class _Job:
         self.step("loading the test set")
         data = load_spec(spec)
         meta = kept_weights.unpack(weights).meta
-        (directory / "weights.npz").write_bytes(weights)
-        np.savez(directory / "test.npz", x=data.x_test,
-                 **({"y": data.y_test} if data.task == "classification" else {}))
-        (directory / "job.json").write_text(json.dumps({
-            "framework": spec.framework, "model": spec.model, "input_shape": meta["input_shape"],
-            "num_outputs": meta["num_outputs"], "formats": names}))
+        export_worker.write_job(directory, spec.framework, spec.model, meta["input_shape"], meta["num_outputs"], names,
+                                weights, data.x_test, data.y_test if data.task == "classification" else None)
         self.wait_for_machine()
         with self.sessions.begin() as s:
             deployments.set_environment(s, self.job_id, {**environment.capture({"device": "cpu"}, None, "not used"),
@@ -173,7 +170,7 @@ class _Job:
         self.step("exported", advance=1)
         stored: list[tuple[int, str, str]] = []  # (result id, format, artifact path) of the measured ones
         for name in names:
-            outcome = exported.get(name) or {"status": "failed", "error": (
+            outcome = exported.get(name) or {"status": FAILED, "error": (
                 f"the export process ended (code {code}) before this format:\n{_tail(directory / 'export.log')}")}
             self.step(f"measuring {formats.get(spec.framework, name).label}")
             result_id = self.measure_and_store(spec.framework, name, outcome, directory, settings)
@@ -239,7 +236,7 @@ class _Job:
 
     def serve_one(self, framework: str, name: str, path: str, batching: bool, samples: np.ndarray,
                   directory: Path, settings: dict) -> list[dict]:
-        port = _free_port()
+        port = loadgen.free_port()
         log = directory / f"{name}.serve.log"
         server = self.start(["-m", "engine.deploy.serve", "--framework", framework, "--format", name, "--path", path,
                              "--threads", str(settings["threads"]), "--port", str(port),
@@ -301,12 +298,6 @@ def _artifact_file(path: Path) -> tuple[str, bytes]:
     return f"{path.name}.zip", buffer.getvalue()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -318,8 +309,7 @@ def _on_sigterm(signum, _frame):
     raise Cancelled(f"stopped by signal {signal.Signals(signum).name}")
 
 
-def execute(job_id: int, db_url: Optional[str] = None, work_root: Optional[str] = None,
-            on_claimed: Optional[Callable[[], None]] = None) -> int:
+def execute(job_id: int, db_url: Optional[str] = None) -> int:
     """Claim and carry out one queued job; 0 finished, 1 failed, 2 not queued, 3 cancelled."""
     url = resolve_db_url(db_url)
     sessions = make_sessionmaker(url)
@@ -328,10 +318,8 @@ def execute(job_id: int, db_url: Optional[str] = None, work_root: Optional[str] 
     if not claimed:
         print(f"deployment {job_id} is not queued; nothing to do", file=sys.stderr)
         return 2
-    if on_claimed is not None:
-        on_claimed()
     job = _Job(sessions, job_id)
-    directory = Path(tempfile.mkdtemp(prefix=f"arena-deploy-{job_id}-", dir=work_root))
+    directory = Path(tempfile.mkdtemp(prefix=f"arena-deploy-{job_id}-"))
     try:
         job.run(directory)
         status, error, code = FINISHED, None, 0

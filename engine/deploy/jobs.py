@@ -18,7 +18,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import deployments, queries
-from db.models import FINISHED, LOST, QUEUED, RUNNING, Deployment
+from db.models import CANCELLED, FINISHED, LOST, QUEUED, RUNNING, Deployment
 from db.session import run_log_path
 from engine import PROJECT_ROOT, child_env, kept_weights
 from engine.deploy import formats
@@ -109,7 +109,7 @@ def cancel(sessions: sessionmaker[Session], job_id: int) -> Optional[str]:
     if status == RUNNING and pid is not None and host == socket.gethostname() and job_alive(pid):
         stop_process_trees([pid], grace_s=10.0)
         with sessions.begin() as s:
-            deployments.end(s, job_id, "cancelled", "cancel requested")
+            deployments.end(s, job_id, CANCELLED, "cancel requested")
             status = deployments.get(s, job_id).status
     return status
 

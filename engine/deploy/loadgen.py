@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import sys
 import time
 import urllib.error
@@ -35,6 +36,13 @@ MAX_CONNECTION_FAILURES = 3  # in a row, per client: the server is unreachable, 
 ERROR_PAUSE_S = 0.05  # after a failed request, so a dead server is not hammered in a tight loop
 MAX_BODIES = 256  # distinct request bodies, encoded before timing starts
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now, for a server to be started on (the job's, the benchmark's)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 def predict_url(url: str) -> str:
