@@ -5,6 +5,7 @@ from an active status is conditional on it, so an ended job is never rewritten.
 """
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, Optional, Sequence
 
 from sqlalchemy import func, select, update
@@ -18,7 +19,7 @@ from db.queries import utcnow
 
 ENDED = (FINISHED, FAILED, CANCELLED, LOST)
 JOB_COLUMNS = ["id", "run_id", "status", "formats", "settings", "environment", "steps_done", "steps_total", "current",
-               "error", "hostname", "pid", "created_at", "started_at", "finished_at", "heartbeat_at",
+               "error", "placed_device", "hostname", "pid", "created_at", "started_at", "finished_at", "heartbeat_at",
                "cancel_requested_at"]
 RESULT_COLUMNS = ["id", "deployment_id", "framework", "format", "status", "error", "export_s", "size_bytes", "figures",
                   "serving", "artifact_name", "created_at"]
@@ -132,16 +133,71 @@ def artifact(s: Session, result_id: int) -> Optional[tuple[str, bytes]]:
     return None if row is None or row.artifact is None else (row.artifact_name, row.artifact)
 
 
-def blockers(s: Session, job_id: int) -> tuple[int, int]:
-    """(runs training, earlier jobs running): what a job waits for, so measurements never share the machine.
+def unplaced(s: Session) -> list[Deployment]:
+    """Queued jobs no scheduler has placed yet, oldest first."""
+    return list(s.scalars(select(Deployment).where(Deployment.status == QUEUED, Deployment.placed_device.is_(None))
+                          .order_by(Deployment.id)))
 
-    Only earlier jobs count, so two jobs never wait for each other.
+
+def place(s: Session, job_id: int, device: str, hostname: Optional[str]) -> bool:
+    """Give a queued, unplaced job a device on a host (None: a cluster picks it); False if another moved it first."""
+    done = s.execute(update(Deployment)
+                     .where(Deployment.id == job_id, Deployment.status == QUEUED, Deployment.placed_device.is_(None))
+                     .values(placed_device=device, hostname=hostname, heartbeat_at=utcnow())
+                     .execution_options(synchronize_session=False))
+    return done.rowcount == 1
+
+
+def set_process(s: Session, job_id: int, pid: int, hostname: str, device: Optional[str] = None) -> None:
+    """The process started for a placed job (it claims the job when it comes up), and the device it got when a
+    cluster chose (a job in Ray's queue, "ray:cpu", gets "cpu")."""
+    values: dict[str, Any] = {"pid": pid, "hostname": hostname}
+    if device is not None:
+        values["placed_device"] = device
+    s.execute(update(Deployment).where(Deployment.id == job_id, Deployment.status == QUEUED)
+              .values(**values).execution_options(synchronize_session=False))
+
+
+def unplace(s: Session, job_id: int) -> bool:
+    """Put a placed job that has no process back in the queue; False if it has started or ended meanwhile."""
+    done = s.execute(update(Deployment)
+                     .where(Deployment.id == job_id, Deployment.status == QUEUED, Deployment.pid.is_(None))
+                     .values(placed_device=None, hostname=None).execution_options(synchronize_session=False))
+    return done.rowcount == 1
+
+
+def unplace_unstarted(s: Session, older_than: timedelta, keep: Sequence[str] = ()) -> list[int]:
+    """Put jobs placed on this machine's devices that never got a process back in the queue (their scheduler died)."""
+    stale = s.scalars(select(Deployment.id).where(
+        Deployment.status == QUEUED, Deployment.placed_device.is_not(None), Deployment.placed_device.not_in(keep),
+        Deployment.pid.is_(None), Deployment.heartbeat_at < utcnow() - older_than)).all()
+    return [job_id for job_id in stale if unplace(s, job_id)]
+
+
+def placed_unstarted(s: Session, devices: Sequence[str]) -> list[int]:
+    """Queued jobs placed on one of these devices with no process yet (in a cluster's queue), oldest first."""
+    return list(s.scalars(select(Deployment.id).where(
+        Deployment.status == QUEUED, Deployment.placed_device.in_(list(devices)), Deployment.pid.is_(None))
+        .order_by(Deployment.id)))
+
+
+def holding(s: Session, hostname: str) -> int:
+    """Jobs that hold this machine: placed on it and waiting for their process, or measuring on it."""
+    return s.scalar(select(func.count(Deployment.id)).where(
+        Deployment.status.in_(ACTIVE_STATUSES), Deployment.hostname == hostname)) or 0
+
+
+def blockers(s: Session, job_id: int, hostname: str) -> tuple[int, int]:
+    """(runs active, earlier jobs measuring) on this machine: what a job waits for before it measures.
+
+    The local scheduler places a job only on an idle machine, so there it is (0, 0); on a cluster a
+    node may still finish a run when the job arrives. Only earlier jobs count, so two never wait for
+    each other.
     """
-    # A placed run whose runner has not claimed it yet is about to train: it counts.
     runs = s.scalar(select(func.count(Run.id)).where(
-        (Run.status == RUNNING) | ((Run.status == QUEUED) & Run.placed_device.is_not(None)))) or 0
-    earlier = s.scalar(select(func.count(Deployment.id)).where(Deployment.status == RUNNING,
-                                                                Deployment.id < job_id)) or 0
+        Run.status.in_(ACTIVE_STATUSES), Run.placed_device.is_not(None), Run.hostname == hostname)) or 0
+    earlier = s.scalar(select(func.count(Deployment.id)).where(
+        Deployment.status == RUNNING, Deployment.hostname == hostname, Deployment.id < job_id)) or 0
     return runs, earlier
 
 
@@ -160,9 +216,3 @@ def results_of_runs(s: Session, run_ids: Sequence[int]) -> list[dict[str, Any]]:
              .join(Deployment, Deployment.id == DeploymentResult.deployment_id)
              .where(Deployment.run_id.in_(list(run_ids))).order_by(DeploymentResult.id))
     return [dict(row._mapping) for row in s.execute(query)]
-
-
-def measuring_on(s: Session, hostname: str) -> int:
-    """Deployment jobs running on this machine: each holds the CPU, as a run on it would (engine/executors/local.py)."""
-    return s.scalar(select(func.count(Deployment.id)).where(Deployment.status == RUNNING,
-                                                            Deployment.hostname == hostname)) or 0

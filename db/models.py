@@ -267,6 +267,8 @@ class Deployment(Base):
     steps_total: Mapped[int] = mapped_column(Integer, default=0)
     current: Mapped[Optional[str]] = mapped_column(String(255))  # what the job is doing now, for the screen
     error: Mapped[Optional[str]] = mapped_column(Text)
+    # Where the scheduler placed it ("cpu" on hostname, or a cluster's queue such as "ray:cpu"); None: not placed yet.
+    placed_device: Mapped[Optional[str]] = mapped_column(String(32))
     hostname: Mapped[Optional[str]] = mapped_column(String(255))
     pid: Mapped[Optional[int]] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime)

@@ -374,7 +374,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     try:
         while True:
             for placement in scheduler.tick():
-                print(f"run {placement.run_id} -> {placement.device}", file=sys.stderr, flush=True)
+                print(f"{placement.kind} {placement.id} -> {placement.device}", file=sys.stderr, flush=True)
             if scheduler.holds_lease != was_holding:
                 print("holding the lease: placing runs" if scheduler.holds_lease
                       else "another scheduler holds the lease: waiting", file=sys.stderr, flush=True)

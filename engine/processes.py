@@ -1,8 +1,9 @@
-"""Runner processes on this machine: start one, tell whether it is alive, reap the dead, stop a process tree.
+"""Runner and deployment processes on this machine: start one, tell whether it is alive, reap the dead, stop a tree.
 
-Every run trains in a process of its own, `python -m engine.runner RUN_ID --db URL`, whoever starts
-it: the local executor on this machine, a Ray actor on a cluster node (engine/executors/). This
-module is the one place that starts, watches and stops those processes; it knows no executor.
+Every run trains in a process of its own, `python -m engine.runner RUN_ID --db URL`, and every
+deployment job measures in one, `python -m engine.deploy.job JOB_ID --db URL`, whoever starts it:
+the local executor on this machine, a Ray actor on a cluster node (engine/executors/). This module
+is the one place that starts, watches and stops those processes; it knows no executor.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -20,11 +22,15 @@ import psutil
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import queries
+from db import deployments, queries
+from db.models import ACTIVE_STATUSES, FAILED, LOST
 from db.session import run_log_path
 from engine import PROJECT_ROOT, child_env
 
 RUNNER_MODULE = "engine.runner"
+DEPLOY_MODULE = "engine.deploy.job"
+# A deployment job on another machine without a heartbeat this long is lost (its process beats every POLL_S).
+DEPLOY_LOST_AFTER = timedelta(seconds=60)
 # A cancelled runner's processes get this long to end on SIGTERM (the runner records the cancel and
 # its last points) before SIGKILL; then KILL_WAIT_S for the kernel to take them down.
 CANCEL_GRACE_S = 2.0
@@ -79,6 +85,38 @@ def start_runner(sessions: sessionmaker[Session], run_id: int, db_url: str,
     return process
 
 
+def start_deployment(sessions: sessionmaker[Session], job_id: int, db_url: str,
+                     extra_env: Optional[dict[str, str]] = None) -> subprocess.Popen:
+    """Start the process of a placed deployment job, in a session of its own, logging next to the runs' logs.
+
+    Its pid is stored at once, so a reaper can tell when it died before claiming the job.
+    """
+    url = absolute_db_url(db_url)
+    env = {**child_env(), **(extra_env or {})}
+    log_path = run_log_path(url, job_id).with_name(f"deploy-{job_id}.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        try:
+            process = subprocess.Popen([sys.executable, "-m", DEPLOY_MODULE, str(job_id), "--db", url],
+                                       cwd=PROJECT_ROOT, env={**child_env(), **(extra_env or {})},
+                                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        except OSError as exc:
+            with sessions.begin() as s:
+                deployments.end(s, job_id, FAILED, f"could not start the deployment process: {exc}")
+            raise
+    children.append(process)
+    with sessions.begin() as s:
+        deployments.set_process(s, job_id, process.pid, socket.gethostname(), env.get("ARENA_PLACED_DEVICE"))
+    return process
+
+
+def deployment_alive(pid: int) -> bool:
+    """True while a deployment job process with this pid exists (not a zombie, not a reused pid)."""
+    reap_children()
+    return module_alive(pid, DEPLOY_MODULE)
+
+
 def runner_alive(pid: int) -> bool:
     """True while a runner process with this pid exists (a zombie or a reused pid is not one)."""
     reap_children()
@@ -112,6 +150,31 @@ def reap(sessions: sessionmaker[Session]) -> list[int]:
     """End queued/running runs whose runner is gone (lost; see queries.reap_orphans); return their ids."""
     with sessions.begin() as s:
         return queries.reap_orphans(s, socket.gethostname(), runner_alive)
+
+
+def reap_deployments(sessions: sessionmaker[Session]) -> list[int]:
+    """End jobs whose process is gone (this machine) or silent for DEPLOY_LOST_AFTER (another) as lost; their ids.
+
+    A queued job with no process yet waits (in the queue, or in a cluster's queue): nothing has died.
+    """
+    host, now = socket.gethostname(), queries.utcnow()
+    with sessions.begin() as s:
+        candidates = [j for j in deployments.jobs(s, statuses=list(ACTIVE_STATUSES)) if j["pid"] is not None]
+    lost = []
+    for job in candidates:
+        if job["hostname"] == host:
+            if deployment_alive(job["pid"]):
+                continue
+            why = f"deployment process {job['pid']} on {host} ended without reporting a result"
+        else:
+            last = job["heartbeat_at"] or job["started_at"] or job["created_at"]
+            if now - last <= DEPLOY_LOST_AFTER:
+                continue
+            why = f"no heartbeat from deployment process {job['pid']} on {job['hostname']} since {last:%H:%M:%S} UTC"
+        with sessions.begin() as s:
+            if deployments.end(s, job["id"], LOST, why):
+                lost.append(job["id"])
+    return lost
 
 
 def stop_process_trees(pids: Sequence[int], grace_s: float = CANCEL_GRACE_S) -> list[int]:

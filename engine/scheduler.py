@@ -3,8 +3,8 @@
 The scheduler holds a lease row (db.models.SchedulerLease) that it renews on every tick. A
 scheduler that crashes stops renewing and another takes over once the lease has expired, so the
 lock never outlives its holder. Whoever holds it (a dashboard, `python -m engine run`, or
-`python -m engine scheduler`) ends runs whose runner died (engine.processes.reap) and asks its
-executor to take the queue, oldest run first: ARENA_EXECUTOR=local places runs on this machine's
+`python -m engine scheduler`) ends runs and deployment jobs whose process died (engine.processes)
+and asks its executor to take the queue, runs and deployment jobs in the order they were queued: ARENA_EXECUTOR=local places runs on this machine's
 devices (engine/executors/local.py), ARENA_EXECUTOR=ray hands them to a Ray cluster
 (engine/executors/ray.py). Either way each run trains in its own runner process, which goes on when
 the scheduler stops.
@@ -21,10 +21,10 @@ from typing import Optional
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import queries
-from engine.executors import Executor, Placement, configured_executor
+from db import deployments, queries
+from engine.executors import DEPLOYMENT, RUN, Executor, Placement, Queued, configured_executor
 from engine.executors.local import LocalExecutor
-from engine.processes import reap
+from engine.processes import reap, reap_deployments
 
 ENV_SCHEDULER = "ARENA_SCHEDULER"
 LEASE_NAME = "scheduler"
@@ -61,7 +61,7 @@ class Scheduler:
 
     # One pass ------------------------------------------------------------------------------
     def tick(self) -> list[Placement]:
-        """Renew or take the lease; if held, reap dead runners and hand queued runs to the executor. Never raises."""
+        """Renew or take the lease; if held, reap dead processes and hand the queue to the executor. Never raises."""
         with self._tick_lock:
             try:
                 placements = self._tick()
@@ -78,6 +78,7 @@ class Scheduler:
         if not self.holds_lease:
             return []
         reap(self._sessions)
+        reap_deployments(self._sessions)
         self.executor.requeue_lost()
         with self._sessions.begin() as s:
             queued = _waiting(s)
@@ -117,9 +118,11 @@ class Scheduler:
         self.holds_lease = False
 
 
-def _waiting(s: Session) -> list[tuple[int, str]]:
-    """(run id, the device it asked for) of each unplaced queued run, oldest first."""
-    return [(run.id, run.spec.get("device", "auto")) for run in queries.unplaced_queue(s)]
+def _waiting(s: Session) -> list[Queued]:
+    """Unplaced queued runs and deployment jobs, in the order they were queued (a run first on a tie)."""
+    runs = [(run.created_at, 0, Queued(run.id, run.spec.get("device", "auto"), RUN)) for run in queries.unplaced_queue(s)]
+    jobs = [(job.created_at, 1, Queued(job.id, "cpu", DEPLOYMENT)) for job in deployments.unplaced(s)]
+    return [item for *_, item in sorted(runs + jobs, key=lambda entry: entry[:2])]
 
 
 _running: dict[str, Scheduler] = {}

@@ -9,9 +9,10 @@ The job takes one finished run's kept weights (engine/kept_weights.py) and, one 
    load (loadgen.py) at each concurrency, dynamic batching on and off.
 
 Results are stored format by format as they come (a crash keeps what was done; a format that fails
-keeps its traceback and the others go on), with each artifact's file for download. While a run
-trains or an earlier job measures on this database, the job waits: measurements never share the
-machine. Cancel (jobs.cancel) is read between steps and while a child works: the child tree is
+keeps its traceback and the others go on), with each artifact's file for download. The scheduler
+places a job on a machine no run is on (engine/executors/local.py); where a cluster may not (Ray),
+the job waits while a run is active or an earlier job measures on its machine, so measurements
+never share it. Cancel (jobs.cancel) is read between steps and while a child works: the child tree is
 stopped and the job ends cancelled; a killed job is found lost by jobs.reap.
 """
 from __future__ import annotations
@@ -45,10 +46,9 @@ from engine.data import load_spec
 from engine.deploy import formats, loadgen
 from engine.deploy import export_worker
 from engine.deploy.export_worker import OK
-from engine.processes import stop_process_trees
+from engine.processes import DEPLOY_MODULE, stop_process_trees
 from engine.spec import RunSpec
 
-MODULE = "engine.deploy.job"
 MISMATCH = "mismatch"  # outputs beyond the format's tolerance: stored and shown, never dropped
 EXPORT_TIMEOUT_S = 1800.0  # AOTInductor compiles C++: minutes for a large model on 2 cores
 MEASURE_TIMEOUT_S = 900.0
@@ -129,10 +129,10 @@ class _Job:
 
     # -- the steps -------------------------------------------------------------------------------
     def wait_for_machine(self) -> None:
-        """Wait while a run trains or an earlier job measures: the figures are this job's alone."""
+        """Wait while a run is active or an earlier job measures on this machine: the figures are this job's alone."""
         while True:
             with self.sessions.begin() as s:
-                runs, jobs = deployments.blockers(s, self.job_id)
+                runs, jobs = deployments.blockers(s, self.job_id, socket.gethostname())
             if not runs and not jobs:
                 return
             waiting = [f"{runs} run{'s' * (runs != 1)} training" if runs else "",
@@ -341,7 +341,7 @@ def execute(job_id: int, db_url: Optional[str] = None) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {DEPLOY_MODULE}", description=__doc__.splitlines()[0])
     parser.add_argument("job_id", type=int)
     parser.add_argument("--db", help="SQLAlchemy URL (default: ARENA_DB_URL or the embedded SQLite file)")
     args = parser.parse_args(argv)

@@ -11,15 +11,15 @@ from typing import Optional
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.executors.base import ENV_EXECUTOR, Executor, Placement
+from engine.executors.base import DEPLOYMENT, ENV_EXECUTOR, RUN, Executor, Placement, Queued
 from engine.executors.local import LocalExecutor
 from engine.executors.ray import RayExecutor
 
 _REGISTRY: dict[str, type[Executor]] = {executor.name: executor for executor in (LocalExecutor, RayExecutor)}
 LOCAL, RAY = LocalExecutor.name, RayExecutor.name
 
-__all__ = ["ENV_EXECUTOR", "LOCAL", "RAY", "Executor", "Placement", "configured_executor", "executor_name",
-           "get_executor", "queue_holder"]
+__all__ = ["DEPLOYMENT", "ENV_EXECUTOR", "LOCAL", "RAY", "RUN", "Executor", "Placement", "Queued",
+           "configured_executor", "executor_name", "get_executor", "queue_holder"]
 
 
 def _expected() -> str:

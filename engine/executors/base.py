@@ -1,9 +1,11 @@
-"""The executor interface: where queued runs go to execute, asked by the scheduler that holds the lease.
+"""The executor interface: where queued work goes to execute, asked by the scheduler that holds the lease.
 
 Like concurrent.futures.Executor (submit/shutdown) or Ray's job client (submit_job/stop_job), an
-executor takes work and reports what it took; the scheduler keeps the lease, reaps lost runs and
-reads the queue, and never asks which executor it has. Every executor ends in the same place: one
-runner process per run (engine.processes.start_runner), which claims the run and records it.
+executor takes work and reports what it took; the scheduler keeps the lease, reaps lost work and
+reads the queue, and never asks which executor it has. The queue holds two kinds of work, in the
+order they were queued: runs, and deployment jobs (issue 17) that measure a finished run's exported
+models. Every executor ends in the same place: one process per item (engine.processes.start_runner,
+start_deployment), which claims its row and records what it does.
 """
 from __future__ import annotations
 
@@ -14,15 +16,26 @@ from typing import ClassVar
 from sqlalchemy.orm import Session, sessionmaker
 
 ENV_EXECUTOR = "ARENA_EXECUTOR"
+RUN, DEPLOYMENT = "run", "deployment"
+
+
+@dataclass(frozen=True)
+class Queued:
+    """One item of the queue: a run or a deployment job, and the device it asks for."""
+
+    id: int
+    device: str  # "auto", "cpu" or "cuda:N"; a deployment job asks for "cpu" (every runtime it times runs there)
+    kind: str = RUN
 
 
 @dataclass(frozen=True)
 class Placement:
-    """A run an executor took: where it went and the environment its runner gets (empty when a cluster decides)."""
+    """Work an executor took: where it went and the environment its process gets (empty when a cluster decides)."""
 
-    run_id: int
-    device: str  # "cpu", "cuda:<NVML index>", or a cluster's queue ("ray:gpu") until the runner starts
+    id: int  # the run's id, or the deployment job's (kind says which)
+    device: str  # "cpu", "cuda:<NVML index>", or a cluster's queue ("ray:gpu") until the process starts
     env: dict[str, str]
+    kind: str = RUN
 
 
 class Executor(ABC):
@@ -43,11 +56,11 @@ class Executor(ABC):
 
     @abstractmethod
     def requeue_lost(self) -> list[int]:
-        """Put runs it took that will never get a runner back in the queue; their ids."""
+        """Put work it took that will never get a process back in the queue; the runs' ids."""
 
     @abstractmethod
-    def submit(self, queued: list[tuple[int, str]]) -> list[Placement]:
-        """Take what it can of the queued (run id, requested device) pairs, oldest first; what it took."""
+    def submit(self, queued: list[Queued]) -> list[Placement]:
+        """Take what it can of the queue (runs and deployment jobs, oldest first); what it took."""
 
     @abstractmethod
     def withdraw(self, run_ids: list[int]) -> None:

@@ -6,6 +6,11 @@ without GPUs. Each GPU takes ARENA_RUNS_PER_GPU runs (default 1), the CPU ARENA_
 A placed run gets its runner at once, with CUDA_VISIBLE_DEVICES naming the chosen GPU (empty for
 the CPU). Runner processes are detached: they go on when the scheduler stops, and the next
 scheduler counts them when it places more.
+
+A deployment job times exported models on the CPU, so it takes the whole machine: it is placed
+once no run is placed here, and nothing is placed beside it until it ends (a GPU run's loop uses
+the CPU too). The queue stays in order around it: runs queued before it go first, runs queued after
+it wait for it, so neither starves the other.
 """
 from __future__ import annotations
 
@@ -21,10 +26,10 @@ from typing import Callable, Optional
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import deployments, queries
-from engine.executors.base import Executor, Placement
+from engine.executors.base import DEPLOYMENT, Executor, Placement, Queued
 from engine.executors.ray import RAY_PLACEMENTS
 from engine.nvml import inventory
-from engine.processes import runner_alive, start_runner
+from engine.processes import runner_alive, start_deployment, start_runner
 
 ENV_RUNS_PER_GPU = "ARENA_RUNS_PER_GPU"
 ENV_CPU_SLOTS = "ARENA_CPU_SLOTS"
@@ -126,51 +131,68 @@ class LocalExecutor(Executor):
     name = "local"
 
     def __init__(self, sessions: sessionmaker[Session], db_url: str, launcher: Optional[Launcher] = None,
-                 gpus: Optional[Callable[[], list[Gpu]]] = None) -> None:
-        """launcher(run id, env) starts a placed run (default: its runner process); gpus() lists the GPUs (NVML)."""
+                 gpus: Optional[Callable[[], list[Gpu]]] = None, job_launcher: Optional[Launcher] = None) -> None:
+        """launcher(run id, env) starts a placed run (default: its runner process); gpus() lists the GPUs (NVML);
+        job_launcher(job id, env) starts a placed deployment job (default: its process)."""
         super().__init__(sessions, db_url)
         self._launch = launcher or self._start_runner
+        self._launch_job = job_launcher or self._start_deployment
         self._read_gpus = gpus or nvml_gpus
         self._gpus: Optional[list[Gpu]] = None
         self._gpus_read_at = 0.0
         self.hostname = socket.gethostname()
 
     def requeue_lost(self) -> list[int]:
-        """Put runs placed here that never got a process (their scheduler died in between) back in the queue."""
+        """Put runs and jobs placed here that never got a process (their scheduler died in between) back in the
+        queue; the runs' ids."""
+        after = timedelta(seconds=UNSTARTED_PLACEMENT_S)
         with self._sessions.begin() as s:
-            # A run in Ray's queue has no process for as long as Ray makes it wait: Ray's executor says when it is lost.
-            return queries.unplace_unstarted(s, timedelta(seconds=UNSTARTED_PLACEMENT_S), keep=RAY_PLACEMENTS)
+            # Work in Ray's queue has no process for as long as Ray makes it wait: Ray's executor says when it is lost.
+            deployments.unplace_unstarted(s, after, keep=RAY_PLACEMENTS)
+            return queries.unplace_unstarted(s, after, keep=RAY_PLACEMENTS)
 
-    def submit(self, queued: list[tuple[int, str]]) -> list[Placement]:
-        """Place what fits on free devices and start each run's runner; a device that does not exist fails its run."""
+    def submit(self, queued: list[Queued]) -> list[Placement]:
+        """Place what fits on free devices and start each one's process; a device that does not exist fails its run.
+
+        Runs up to the first deployment job in the queue are placed; the job when the machine is free.
+        """
         per_gpu, cpu_capacity = runs_per_gpu(), cpu_slots()
         gpus = self._current_gpus()
         if not queued:
             return []
         with self._sessions.begin() as s:
             active = queries.placed_active_runs(s, self.hostname)
-            measuring = deployments.measuring_on(s, self.hostname)
+            measuring = deployments.holding(s, self.hostname)
+        if measuring:
+            return []  # a deployment job has the machine: nothing starts beside its measurements
+        job = next((item for item in queued if item.kind == DEPLOYMENT), None)
+        runs = [(item.id, item.device) for item in queued[:queued.index(job) if job else None]]
         occupied = Counter(run.placed_device for run in active)
-        # A deployment job times exported models on this machine's CPU: it holds a CPU slot like a run, so
-        # no run starts beside its measurements (and it waits for runs training, engine/deploy/job.py).
-        occupied[CPU] += measuring
         arena_pids = {run.pid for run in active if run.pid is not None and runner_alive(run.pid)}
-        placements, impossible = plan(queued, gpus, occupied, arena_pids, per_gpu, cpu_capacity)
+        placements, impossible = plan(runs, gpus, occupied, arena_pids, per_gpu, cpu_capacity)
         with self._sessions.begin() as s:
             for run_id, why in impossible.items():
                 queries.fail_run(s, run_id, f"cannot be placed: {why}")
-        started = []
-        for placement in placements:
-            with self._sessions.begin() as s:
-                # Conditional on the run still waiting unplaced: no run is ever started twice.
-                if not queries.place_run(s, placement.run_id, placement.device, self.hostname):
-                    continue
-            try:
-                self._launch(placement.run_id, placement.env)
-            except Exception:
-                continue  # the launcher has recorded the run as failed with why
-            started.append(placement)
+        started = [p for p in placements if self._start(p)]
+        if job is not None and not active and not started and len(impossible) == len(runs):
+            # Everything queued before the job has gone or cannot run: the machine is the job's.
+            placement = Placement(job.id, CPU, placement_env(CPU, None), DEPLOYMENT)
+            if self._start(placement):
+                started.append(placement)
         return started
+
+    def _start(self, placement: Placement) -> bool:
+        """Record the placement (only if it still waits unplaced: nothing starts twice) and start its process."""
+        job = placement.kind == DEPLOYMENT
+        with self._sessions.begin() as s:
+            place = deployments.place if job else queries.place_run
+            if not place(s, placement.id, placement.device, self.hostname):
+                return False
+        try:
+            (self._launch_job if job else self._launch)(placement.id, placement.env)
+        except Exception:
+            return False  # the launcher has recorded it as failed with why
+        return True
 
     def withdraw(self, run_ids: list[int]) -> None:
         """Nothing to do: no run waits in a queue of this executor's own (a placed run has its process at once)."""
@@ -184,3 +206,6 @@ class LocalExecutor(Executor):
 
     def _start_runner(self, run_id: int, env: dict[str, str]) -> subprocess.Popen:
         return start_runner(self._sessions, run_id, self._db_url, extra_env=env)
+
+    def _start_deployment(self, job_id: int, env: dict[str, str]) -> subprocess.Popen:
+        return start_deployment(self._sessions, job_id, self._db_url, extra_env=env)

@@ -17,6 +17,11 @@ packages of requirements.txt; the database must be one every worker reaches (Pos
 A run waiting in Ray's queue stays queued in Arena, placed on "ray:gpu" or "ray:cpu" with no process
 yet; on every tick the executor checks that its actor still exists and puts the run back in the queue
 if Ray lost it. Actor names are unique per run and database, so a run is never submitted twice.
+
+A deployment job goes the same way as a CPU run, asking for as many CPUs as its runtimes' threads
+(its setting), and its actor starts `python -m engine.deploy.job JOB_ID --db URL` on that node. Ray
+shares a node between actors whose CPUs fit, so the job itself waits, before it measures, until no
+run is active on its node (engine/deploy/job.py): its figures are never taken beside training.
 """
 from __future__ import annotations
 
@@ -30,12 +35,12 @@ from typing import Any, Optional
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import queries
-from db.models import QUEUED
+from db import deployments, queries
+from db.models import FAILED, QUEUED
 from db.session import make_sessionmaker
 from engine import PROJECT_ROOT
-from engine.executors.base import ENV_EXECUTOR, Executor, Placement
-from engine.processes import start_runner
+from engine.executors.base import DEPLOYMENT, ENV_EXECUTOR, RUN, Executor, Placement, Queued
+from engine.processes import start_deployment, start_runner
 
 ENV_RAY_ADDRESS = "ARENA_RAY_ADDRESS"
 ENV_RAY_CPUS = "ARENA_RAY_CPUS_PER_RUN"
@@ -89,11 +94,11 @@ def request_for(device: str, cluster_gpus: float, cpus: float) -> Request | str:
             f"anywhere in the cluster) or cpu")
 
 
-def actor_name(db_url: str, run_id: int) -> str:
-    """One name per run and database: Ray refuses a second actor of that name, so no run is submitted twice."""
+def actor_name(db_url: str, run_id: int, kind: str = RUN) -> str:
+    """One name per run (or job) and database: Ray refuses a second actor of that name, so none is submitted twice."""
     canonical = make_url(db_url).render_as_string(hide_password=False)  # the same for a URL and its engine's
     database = hashlib.sha256(canonical.encode()).hexdigest()[:12]
-    return f"arena-run-{database}-{run_id}"
+    return f"arena-{'deploy' if kind == DEPLOYMENT else 'run'}-{database}-{run_id}"
 
 
 class RunActor:
@@ -114,6 +119,25 @@ class RunActor:
         finally:
             sessions.kw["bind"].dispose()
             ray.actor.exit_actor()  # frees the run's GPU/CPUs in Ray's accounting
+
+
+class DeploymentActor:
+    """Lives on the node Ray chose for one deployment job, holding its CPUs while the job's process measures."""
+
+    def run(self, job_id: int, db_url: str) -> int:
+        """Start the job's process, wait for it, end this actor; the process's exit code (-1: nothing to start)."""
+        import ray
+
+        sessions = make_sessionmaker(db_url)
+        try:
+            with sessions.begin() as s:
+                job = deployments.get(s, job_id)
+                if job is None or job.status != QUEUED:
+                    return -1  # cancelled or deleted while it waited in Ray's queue
+            return start_deployment(sessions, job_id, db_url, extra_env=runner_env([])).wait()
+        finally:
+            sessions.kw["bind"].dispose()
+            ray.actor.exit_actor()
 
 
 def runner_env(gpu_ids: list) -> dict[str, str]:
@@ -179,16 +203,21 @@ class RayExecutor(Executor):
         self._address = address
 
     def requeue_lost(self) -> list[int]:
-        """Put runs Ray lost before they started (their actor is gone) back in the queue; their ids."""
+        """Put runs and jobs Ray lost before they started (their actor is gone) back in the queue; the runs' ids."""
         ray = connect(self._address)
         with self._sessions.begin() as s:
             waiting = queries.placed_unstarted(s, RAY_PLACEMENTS)
+            waiting_jobs = deployments.placed_unstarted(s, RAY_PLACEMENTS)
         lost = [run_id for run_id in waiting if not _actor_exists(ray, actor_name(self._db_url, run_id))]
+        lost_jobs = [job_id for job_id in waiting_jobs
+                     if not _actor_exists(ray, actor_name(self._db_url, job_id, DEPLOYMENT))]
         with self._sessions.begin() as s:
+            for job_id in lost_jobs:
+                deployments.unplace(s, job_id)
             return [run_id for run_id in lost if queries.unplace(s, run_id)]
 
-    def submit(self, queued: list[tuple[int, str]]) -> list[Placement]:
-        """Submit queued (run id, device) pairs to Ray as detached actors; each submitted, placed in Ray's queue.
+    def submit(self, queued: list[Queued]) -> list[Placement]:
+        """Submit the queue to Ray as detached actors; each submitted, placed in Ray's queue.
 
         A run Ray cannot run fails saying why.
         """
@@ -198,30 +227,38 @@ class RayExecutor(Executor):
         ray = connect(self._address)
         cluster_gpus = ray.cluster_resources().get("GPU", 0)
         cpus = cpus_per_run()
-        actor_class = ray.remote(RunActor)
         submitted = []
-        for run_id, device in queued:
-            request = request_for(device, cluster_gpus, cpus)
+        for item in queued:
+            job = item.kind == DEPLOYMENT
             with sessions.begin() as s:
+                if job:
+                    request = Request(RAY_CPU, float(deployments.get(s, item.id).settings.get("threads", 1)), 0)
+                else:
+                    request = request_for(item.device, cluster_gpus, cpus)
                 if isinstance(request, str):
-                    queries.fail_run(s, run_id, f"cannot be placed: {request}")
+                    queries.fail_run(s, item.id, f"cannot be placed: {request}")
                     continue
-                # Conditional on the run still waiting unplaced: no run is ever submitted twice.
-                if not queries.place_run(s, run_id, request.placement, hostname=None):
+                # Conditional on it still waiting unplaced: nothing is ever submitted twice.
+                place = deployments.place if job else queries.place_run
+                if not place(s, item.id, request.placement, hostname=None):
                     continue
             try:
-                handle = actor_class.options(
-                    name=actor_name(db_url, run_id), namespace=NAMESPACE, lifetime="detached", max_restarts=0,
-                    num_cpus=request.num_cpus, num_gpus=request.num_gpus,
+                handle = ray.remote(DeploymentActor if job else RunActor).options(
+                    name=actor_name(db_url, item.id, item.kind), namespace=NAMESPACE, lifetime="detached",
+                    max_restarts=0, num_cpus=request.num_cpus, num_gpus=request.num_gpus,
                 ).remote()
-                handle.run.remote(run_id, db_url)
+                handle.run.remote(item.id, db_url)
             except ValueError:
                 pass  # its actor exists already (a scheduler before this one submitted it): it is on its way
             except Exception as exc:
+                why = f"Ray did not take the {item.kind}: {type(exc).__name__}: {exc}"
                 with sessions.begin() as s:
-                    queries.fail_run(s, run_id, f"Ray did not take the run: {type(exc).__name__}: {exc}")
+                    if job:
+                        deployments.end(s, item.id, FAILED, why)
+                    else:
+                        queries.fail_run(s, item.id, why)
                 continue
-            submitted.append(Placement(run_id, request.placement, {}))
+            submitted.append(Placement(item.id, request.placement, {}, item.kind))
         return submitted
 
     def withdraw(self, run_ids: list[int]) -> None:

@@ -1,6 +1,8 @@
 """db/deployments.py: a deployment job's life (queued, claimed, progress, cancel, end) and its deletion with the run."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import func, select
 
@@ -78,15 +80,32 @@ def test_results_and_artifacts_are_listed_without_bytes_and_go_with_the_run(sess
         assert s.scalar(select(func.count(Deployment.id))) == 1
 
 
-def test_a_job_waits_for_training_runs_and_earlier_jobs_only(sessions):
+def test_a_job_waits_for_runs_and_earlier_jobs_on_its_own_machine_only(sessions):
     with sessions.begin() as s:
-        run = a_run(s)
+        run, elsewhere = a_run(s), a_run(s)
         first, second = (deployments.create(s, run, ["onnx"], {}) for _ in range(2))
         deployments.claim(s, first, 1, "here")
         deployments.claim(s, second, 2, "here")
-        assert deployments.blockers(s, first) == (0, 0)  # the later job never holds the earlier one up
-        assert deployments.blockers(s, second) == (0, 1)
+        assert deployments.blockers(s, first, "here") == (0, 0)  # the later job never holds the earlier one up
+        assert deployments.blockers(s, second, "here") == (0, 1)
+        assert deployments.blockers(s, second, "there") == (0, 0)
         assert queries.place_run(s, run, "cpu", "here")  # placed, its runner not started yet: about to train
-        assert deployments.blockers(s, first) == (1, 0)
+        assert queries.place_run(s, elsewhere, "cpu", "there")
+        assert deployments.blockers(s, first, "here") == (1, 0)
         queries.claim_run(s, run, 3, "here")
-        assert deployments.blockers(s, first) == (1, 0)
+        assert deployments.blockers(s, first, "here") == (1, 0)
+        assert deployments.holding(s, "here") == 2 and deployments.holding(s, "there") == 0
+
+
+def test_placement_is_conditional_and_undone_only_before_the_process_starts(sessions):
+    with sessions.begin() as s:
+        run = a_run(s)
+        job, other = (deployments.create(s, run, ["onnx"], {}) for _ in range(2))
+        assert [j.id for j in deployments.unplaced(s)] == [job, other]
+        assert deployments.place(s, job, "ray:cpu", None) and not deployments.place(s, job, "cpu", "here")
+        assert [j.id for j in deployments.unplaced(s)] == [other]
+        assert deployments.placed_unstarted(s, ["ray:cpu"]) == [job]
+        assert deployments.unplace(s, job) and deployments.place(s, job, "cpu", "here")
+        assert deployments.holding(s, "here") == 1  # placed, its process not started: the machine is its already
+        deployments.set_process(s, job, 42, "here")
+        assert not deployments.unplace(s, job) and deployments.unplace_unstarted(s, timedelta(0)) == []

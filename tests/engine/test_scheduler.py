@@ -14,7 +14,7 @@ from db import deployments, queries
 from db.models import FINISHED
 from db.session import make_sessionmaker
 from engine import PROJECT_ROOT, child_env
-from engine.executors.local import LocalExecutor
+from engine.executors.local import Gpu, LocalExecutor
 from engine.launch import queue_runs
 from engine.scheduler import LEASE_NAME, LEASE_TTL_S, Scheduler
 from engine.spec import RunSpec
@@ -71,7 +71,7 @@ def test_three_queued_runs_over_two_fake_gpus(arena_db, tmp_path, monkeypatch):
     scheduler = local_scheduler(sessions, arena_db, stub_launcher(sessions, arena_db, release, processes))
     try:
         placed = scheduler.tick()
-        assert [(p.run_id, p.device) for p in placed] == [(first, "cuda:0"), (second, "cuda:1")]
+        assert [(p.id, p.device) for p in placed] == [(first, "cuda:0"), (second, "cuda:1")]
 
         def status(run_id):
             with sessions.begin() as s:
@@ -83,7 +83,7 @@ def test_three_queued_runs_over_two_fake_gpus(arena_db, tmp_path, monkeypatch):
         (tmp_path / f"release-{second}").touch()
         wait_until(lambda: status(second).status == FINISHED, what="second finished")
         placed = scheduler.tick()
-        assert [(p.run_id, p.device) for p in placed] == [(third, "cuda:1")]
+        assert [(p.id, p.device) for p in placed] == [(third, "cuda:1")]
         (tmp_path / f"release-{first}").touch()
         (tmp_path / f"release-{third}").touch()
         wait_until(lambda: status(first).status == status(third).status == FINISHED, what="all finished")
@@ -104,7 +104,7 @@ def test_a_gpu_busy_with_a_foreign_process_is_left_alone(arena_db, tmp_path, mon
     run_ids = queue_runs(sessions, [SPEC, SPEC])
     launched = []
     scheduler = local_scheduler(sessions, arena_db, lambda run_id, env: launched.append((run_id, env)))
-    assert [(p.run_id, p.device) for p in scheduler.tick()] == [(run_ids[0], "cuda:1")]
+    assert [(p.id, p.device) for p in scheduler.tick()] == [(run_ids[0], "cuda:1")]
 
 
 # The lease: one scheduler per database -----------------------------------------------------------
@@ -158,7 +158,7 @@ def test_a_crashed_schedulers_lease_expires_and_another_takes_the_queue(arena_db
     (run_id,) = queue_runs(sessions, [SPEC])
     assert second.tick() == [] and not second.holds_lease
     time.sleep(1.2)
-    assert [p.run_id for p in second.tick()] == [run_id] and launched == [(run_id, "second")]
+    assert [p.id for p in second.tick()] == [run_id] and launched == [(run_id, "second")]
 
 
 def _lease_holder_pid(sessions):
@@ -228,21 +228,52 @@ def test_runs_go_on_when_the_scheduler_stops_and_the_next_one_takes_the_queue(ar
         restarted.stop()
 
 
-def test_a_run_waits_while_a_deployment_job_measures_on_this_machine(arena_db, tmp_path):
-    """A deployment job holds the CPU like a run: nothing trains beside its timings (issue 17)."""
+def finished_run(s) -> int:
+    run_id = queries.create_run(s, SPEC.to_dict()).id
+    queries.claim_run(s, run_id, 1, "elsewhere")
+    queries.finish_run(s, run_id, {})
+    return run_id
+
+
+@pytest.mark.parametrize("gpus", [[], [Gpu(0, "GPU-0")]], ids=["cpu-only", "with-a-gpu"])
+def test_a_deployment_job_takes_the_machine_in_queue_order(arena_db, gpus):
+    """A job is placed once the runs queued before it have left the machine; runs queued after it wait for it,
+    on a GPU too (a GPU run's loop uses the CPU the job times on) (issue 17)."""
     sessions = make_sessionmaker(arena_db)
+    (before,) = queue_runs(sessions, [SPEC])
     with sessions.begin() as s:
-        finished = queries.create_run(s, SPEC.to_dict()).id
-        queries.claim_run(s, finished, 1, "elsewhere")
-        queries.finish_run(s, finished, {})
-        job = deployments.create(s, finished, ["onnx"], {})
-        assert deployments.claim(s, job, os.getpid(), socket.gethostname())
-    (waiting,) = queue_runs(sessions, [SPEC])
-    launched = []
-    scheduler = local_scheduler(sessions, arena_db, lambda run_id, env: launched.append(run_id), gpus=lambda: [])
-    scheduler.tick()
-    assert launched == []
+        job = deployments.create(s, finished_run(s), ["onnx"], {})
+    (after,) = queue_runs(sessions, [SPEC])
+    # Launchers that start no process: a placed run or job holds its place until it ends, as while starting.
+    launched, jobs_launched = [], []
+    executor = LocalExecutor(sessions, arena_db, lambda run_id, env: launched.append(run_id), lambda: gpus,
+                             job_launcher=lambda job_id, env: jobs_launched.append((job_id, env["CUDA_VISIBLE_DEVICES"])))
+    scheduler = Scheduler(sessions, arena_db, executor)
+    assert [(p.kind, p.id) for p in scheduler.tick()] == [("run", before)]
+    assert scheduler.tick() == [] and jobs_launched == []  # a run is on the machine: the job and the run after wait
+    with sessions.begin() as s:
+        assert queries.claim_run(s, before, 1, "elsewhere")  # it trained and ended
+        queries.finish_run(s, before, {})
+    assert [(p.kind, p.id, p.device) for p in scheduler.tick()] == [("deployment", job, "cpu")]
+    assert jobs_launched == [(job, "")]  # the runtimes it times see no GPU
+    with sessions.begin() as s:
+        assert deployments.get(s, job).placed_device == "cpu"
+    assert scheduler.tick() == [] and launched == [before]  # the job measures: nothing starts beside it
     with sessions.begin() as s:
         deployments.end(s, job, FINISHED)
-    scheduler.tick()
-    assert launched == [waiting]
+    assert [(p.kind, p.id) for p in scheduler.tick()] == [("run", after)]
+
+
+def test_a_job_placed_but_never_started_goes_back_to_the_queue(arena_db, monkeypatch):
+    """Its scheduler died between placing it and starting its process: the next one places it again."""
+    sessions = make_sessionmaker(arena_db)
+    with sessions.begin() as s:
+        job = deployments.create(s, finished_run(s), ["onnx"], {})
+        assert deployments.place(s, job, "cpu", socket.gethostname())
+    monkeypatch.setattr("engine.executors.local.UNSTARTED_PLACEMENT_S", 0.0)
+    started = []
+    executor = LocalExecutor(sessions, arena_db, lambda run_id, env: None, lambda: [],
+                             job_launcher=lambda job_id, env: started.append(job_id))
+    time.sleep(0.01)
+    assert [(p.kind, p.id) for p in Scheduler(sessions, arena_db, executor).tick()] == [("deployment", job)]
+    assert started == [job]

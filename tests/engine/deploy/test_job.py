@@ -22,6 +22,7 @@ from db.session import make_sessionmaker
 from engine import child_env, export
 from engine.deploy import jobs
 from engine.launch import launch
+from engine.processes import reap_deployments
 from engine.spec import RunSpec
 from tests.conftest import REPO_ROOT
 from tests.engine.test_runner import done, wait_for
@@ -134,7 +135,7 @@ def test_an_unfinished_run_is_refused(trained):
 def wait_job(sessions, job_id, condition, timeout=120.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        jobs.reap(sessions)
+        reap_deployments(sessions)
         with sessions.begin() as s:
             job = deployments.get(s, job_id)
             if condition(job):
@@ -147,13 +148,15 @@ def measuring(job) -> bool:
     return job.status == RUNNING and job.current is not None and job.current.startswith("measuring")
 
 
-def measuring_job(trained) -> tuple[int, subprocess.Popen, list[psutil.Process]]:
-    """A job started on the PyTorch run and measuring (a minute per batch size): its id, process and children."""
+def measuring_job(trained) -> tuple[int, psutil.Process, list[psutil.Process]]:
+    """A job queued on the PyTorch run, placed by the scheduler and measuring (a minute per batch size): its id,
+    process and children."""
     url, sessions, runs = trained
-    (job_id,) = jobs.queue(sessions, [runs[0].id], ["torchscript"], {"min_time_s": 60.0})
-    process = jobs.start(sessions, job_id, url)
-    wait_job(sessions, job_id, measuring)
-    tree = psutil.Process(process.pid).children(recursive=True)
+    (job_id,) = jobs.launch(sessions, url, [runs[0].id], ["torchscript"], {"min_time_s": 60.0})
+    job = wait_job(sessions, job_id, measuring)
+    assert job.placed_device == "cpu"  # placed like a run, by this process's scheduler
+    process = psutil.Process(job.pid)
+    tree = process.children(recursive=True)
     assert tree, "a measuring job has a measuring process"
     return job_id, process, tree
 
@@ -164,7 +167,7 @@ def test_cancel_stops_a_measuring_job_and_every_process_it_started(trained):
     started = time.monotonic()
     assert jobs.cancel(sessions, job_id) == CANCELLED
     assert time.monotonic() - started < 15
-    process.wait(timeout=15)
+    psutil.wait_procs([process], timeout=15)
     assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
@@ -172,7 +175,7 @@ def test_a_killed_job_is_found_lost_and_leaves_no_worker(trained):
     sessions = trained[1]
     job_id, process, tree = measuring_job(trained)
     os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
+    psutil.wait_procs([process], timeout=10)
     job = wait_job(sessions, job_id, lambda j: j.status != RUNNING, timeout=30)
     assert job.status == LOST and "ended without reporting a result" in job.error
     psutil.wait_procs(tree, timeout=10)  # the kernel ends them with their parent (PR_SET_PDEATHSIG)

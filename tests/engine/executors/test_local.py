@@ -10,14 +10,14 @@ TWO_GPUS = [Gpu(0, "GPU-a"), Gpu(1, "GPU-b")]
 
 def test_auto_runs_fill_free_gpus_in_queue_order_and_the_rest_wait():
     placements, impossible = plan([(1, "auto"), (2, "auto"), (3, "auto")], TWO_GPUS, Counter(), set(), 1, 1)
-    assert [(p.run_id, p.device) for p in placements] == [(1, "cuda:0"), (2, "cuda:1")] and impossible == {}
+    assert [(p.id, p.device) for p in placements] == [(1, "cuda:0"), (2, "cuda:1")] and impossible == {}
     assert placements[1].env["CUDA_VISIBLE_DEVICES"] == "GPU-b" and placements[1].env["ARENA_DEVICE"] == "cuda:0"
 
 
 def test_a_pinned_run_waits_for_its_gpu_while_later_runs_take_free_ones():
     busy = Counter({"cuda:0": 1})
     placements, _ = plan([(1, "cuda:0"), (2, "auto"), (3, "cpu")], TWO_GPUS, busy, set(), 1, 1)
-    assert [(p.run_id, p.device) for p in placements] == [(2, "cuda:1"), (3, "cpu")]
+    assert [(p.id, p.device) for p in placements] == [(2, "cuda:1"), (3, "cpu")]
 
 
 def test_more_runs_per_gpu_go_to_the_least_loaded_gpu():
@@ -30,12 +30,12 @@ def test_a_gpu_someone_else_uses_is_not_free_for_auto_but_can_be_pinned():
     gpus = [Gpu(0, "GPU-a", frozenset({4242})), Gpu(1, "GPU-b", frozenset({777}))]
     placements, _ = plan([(1, "auto"), (2, "auto"), (3, "cuda:0")], gpus, Counter({"cuda:1": 1}), {777}, 2, 1)
     # GPU 0 runs a foreign process (4242); GPU 1 runs only Arena's 777, with room for one more.
-    assert [(p.run_id, p.device) for p in placements] == [(1, "cuda:1"), (3, "cuda:0")]
+    assert [(p.id, p.device) for p in placements] == [(1, "cuda:1"), (3, "cuda:0")]
 
 
 def test_without_gpus_runs_take_turns_on_the_cpu_slots():
     placements, _ = plan([(1, "auto"), (2, "cpu"), (3, "auto")], [], Counter(), set(), 1, 2)
-    assert [(p.run_id, p.device) for p in placements] == [(1, "cpu"), (2, "cpu")]
+    assert [(p.id, p.device) for p in placements] == [(1, "cpu"), (2, "cpu")]
     assert placements[0].env == {"CUDA_VISIBLE_DEVICES": "", "ARENA_DEVICE": "cpu", "ARENA_PLACED_DEVICE": "cpu"}
 
 

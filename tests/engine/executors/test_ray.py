@@ -23,12 +23,14 @@ import pytest
 from sqlalchemy.engine import make_url
 from streamlit.testing.v1 import AppTest
 
-from db import queries
+from db import deployments, queries
 from db.models import CANCELLED, FAILED, FINISHED, LOST, QUEUED, RUNNING
 from db.session import make_sessionmaker
 from engine import PROJECT_ROOT
 from analysis.device_labels import device_labels
 from engine.devices import check_available
+from engine.deploy import jobs
+from engine.executors import DEPLOYMENT
 from engine.executors import ray as arena_ray
 from engine.executors.ray import RAY_CPU, RAY_GPU, Request, RayExecutor, actor_name, request_for
 from engine.launch import cancel_runs, queue_runs
@@ -271,6 +273,38 @@ def test_a_run_ray_lost_before_it_started_goes_back_to_the_queue_and_runs(on_ray
     scheduler.start()
     run = wait_until(lambda: ended(sessions, run_id), 240, "the run to be submitted again and end")
     assert run.status == FINISHED and point_count(sessions, run_id) > 0
+
+
+def test_a_deployment_job_goes_through_ray_like_a_run_and_measures_on_the_node_ray_chose(on_ray):
+    """Issue 17: the scheduler places deployment jobs through the executor; Ray starts the job's process."""
+    sessions, scheduler, url = on_ray["sessions"], on_ray["scheduler"], on_ray["url"]
+    run_id = queue(sessions, device="cpu")
+    scheduler.start()
+    assert wait_until(lambda: ended(sessions, run_id), 240, "the run to end").status == FINISHED
+    (job_id,) = jobs.queue(sessions, [run_id], ["torchscript"], {"min_time_s": 0.05, "batch_sizes": [1]})
+    scheduler.wake()
+    job = wait_until(lambda: (j := deployment(sessions, job_id)).status not in (QUEUED, RUNNING) and j, 240,
+                     "the deployment to end")
+    assert job.status == FINISHED, job.error
+    assert (job.placed_device, job.hostname) == ("cpu", HERE)  # "ray:cpu" while it waited in Ray's queue
+    with sessions.begin() as s:
+        (result,) = deployments.results(s, [job_id])
+    assert result["status"] == "ok" and result["figures"]["parity"]["within_tolerance"]
+    wait_until(lambda: ray.available_resources().get("CPU") == 2, 60, "Ray to get the CPU back")
+    wait_until(lambda: not _actor_alive(actor_name(url, job_id, DEPLOYMENT)), 60, "the job's actor to end with it")
+
+
+def _actor_alive(name: str) -> bool:
+    try:
+        ray.get_actor(name, namespace=arena_ray.NAMESPACE)
+        return True
+    except ValueError:
+        return False
+
+
+def deployment(sessions, job_id: int):
+    with sessions.begin() as s:
+        return deployments.get(s, job_id)
 
 
 def test_the_devices_page_shows_the_cluster_s_nodes_and_gpus_from_ray(on_ray):

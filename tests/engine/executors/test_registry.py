@@ -7,7 +7,7 @@ from db import queries
 from db.models import CANCELLED
 from db.session import make_sessionmaker
 from engine.executors import (
-    ENV_EXECUTOR, Executor, Placement, configured_executor, executor_name, get_executor, queue_holder,
+    ENV_EXECUTOR, Executor, Placement, Queued, configured_executor, executor_name, get_executor, queue_holder,
 )
 from engine.executors.local import LocalExecutor
 from engine.executors.ray import RAY_CPU, RAY_GPU, RayExecutor
@@ -61,11 +61,11 @@ class Recording(Executor):
         self.calls.append(("requeue_lost", None))
         return []
 
-    def submit(self, queued: list[tuple[int, str]]) -> list[Placement]:
-        self.calls.append(("submit", list(queued)))
+    def submit(self, queued: list[Queued]) -> list[Placement]:
+        self.calls.append(("submit", [(item.id, item.device) for item in queued]))
         with self._sessions.begin() as s:
-            return [Placement(run_id, "somewhere", {}) for run_id, _ in queued
-                    if queries.place_run(s, run_id, "somewhere", hostname=None)]
+            return [Placement(item.id, "somewhere", {}) for item in queued
+                    if queries.place_run(s, item.id, "somewhere", hostname=None)]
 
     def withdraw(self, run_ids: list[int]) -> None:
         self.calls.append(("withdraw", list(run_ids)))
@@ -76,7 +76,7 @@ def test_the_scheduler_hands_the_queue_to_its_executor_while_it_holds_the_lease(
     first, second = queue_runs(sessions, [SPEC, ON_CPU])
     holder, other = Recording(sessions, arena_db), Recording(sessions, arena_db)
     scheduler, waiting = Scheduler(sessions, arena_db, holder), Scheduler(sessions, arena_db, other)
-    assert [(p.run_id, p.device) for p in scheduler.tick()] == [(first, "somewhere"), (second, "somewhere")]
+    assert [(p.id, p.device) for p in scheduler.tick()] == [(first, "somewhere"), (second, "somewhere")]
     assert scheduler.tick() == [] and waiting.tick() == []
     assert holder.calls == [("requeue_lost", None), ("submit", [(first, "auto"), (second, "cpu")]),
                             ("requeue_lost", None), ("submit", [])]  # asked every tick, an empty queue too
