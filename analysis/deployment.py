@@ -195,6 +195,12 @@ def held_equal(jobs: Sequence[dict], results: Sequence[dict]) -> list[str]:
 
 def job_progress(job: dict, now: datetime) -> tuple[float, str]:
     """(fraction done, "3 of 9 steps · 1 min 20 s left") for a job's progress bar."""
+    if job.get("status") == "queued":
+        where = job.get("placed_device")
+        if where is None:
+            return 0.0, "waits for the scheduler to give it the machine (runs queued before it go first)"
+        host = f" of {job['hostname']}" if job.get("hostname") else ""
+        return 0.0, f"placed on {where}{host}, starting"
     total, done = job["steps_total"] or 0, job["steps_done"] or 0
     fraction = done / total if total else 0.0
     text = f"{done} of {total} steps" if total else "starting"

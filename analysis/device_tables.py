@@ -88,13 +88,24 @@ def error_captions(errors: dict[str, str]) -> list[str]:
     return [f"{field.replace('_', ' ')}: {message}" for field, message in errors.items()]
 
 
-def queue_table(queued: Sequence[Run]) -> pd.DataFrame:
-    """Queued runs oldest first, with the device each asked for and what it waits for (run_facts' queue state)."""
+def queue_table(queued: Sequence[Run], jobs: Sequence[dict] = ()) -> pd.DataFrame:
+    """The queue in the scheduler's order (queued first, first placed): runs with the device each asked for and
+    what it waits for (run_facts' queue state), and deployment jobs (db.deployments.jobs rows), which wait for
+    the whole machine."""
     ordered = sorted(queued, key=lambda r: r.id)
     states = device_texts(runs_frame(ordered), place_in_queue=False, host=True).tolist()
-    rows = [{"position": position, "run": run_label(run), "asked for": (run.spec or {}).get("device", "auto"),
-             "state": state} for position, (run, state) in enumerate(zip(ordered, states), start=1)]
-    return pd.DataFrame(rows, columns=["position", "run", "asked for", "state"])
+    rows = [(run.created_at, 0, {"run": run_label(run), "asked for": (run.spec or {}).get("device", "auto"),
+                                 "state": state}) for run, state in zip(ordered, states)]
+    for job in jobs:
+        if job["placed_device"] is None:
+            state = "waits for the machine: runs queued before it go first, runs after it wait for it"
+        else:
+            state = f"placed on {job['placed_device']}" + (f" of {job['hostname']}" if job["hostname"] else "")
+        rows.append((job["created_at"], 1, {"run": f"deployment {job['id']} of run {job['run_id']}",
+                                            "asked for": "the machine (CPU)", "state": state}))
+    rows.sort(key=lambda row: row[:2])
+    return pd.DataFrame([{"position": position, **row[2]} for position, row in enumerate(rows, start=1)],
+                        columns=["position", "run", "asked for", "state"])
 
 
 def node_table(nodes: Sequence[RayNode], active: Sequence[Run]) -> pd.DataFrame:

@@ -7,7 +7,7 @@ import streamlit as st
 
 from analysis.device_tables import error_captions, gpu_table
 from db import deployments, queries
-from db.models import ACTIVE_STATUSES, QUEUED, RUNNING, SchedulerLease
+from db.models import ACTIVE_STATUSES, QUEUED, SchedulerLease
 from engine import executors, scheduler
 from engine.nvml import inventory
 from ui.database import sessions
@@ -24,7 +24,10 @@ def panel() -> None:
     with sessions().begin() as s:
         active = queries.list_runs(s, statuses=ACTIVE_STATUSES)
         lease = s.get(SchedulerLease, scheduler.LEASE_NAME)
-        measuring = [job for job in deployments.jobs(s, statuses=[RUNNING]) if job["hostname"] == socket.gethostname()]
+        jobs = deployments.jobs(s, statuses=list(ACTIVE_STATUSES))
+    here = socket.gethostname()
+    holding = [job for job in jobs if job["hostname"] == here]  # placed here (starting) or measuring here
+    queued_jobs = [job for job in jobs if job["status"] == QUEUED]
     # A placed run still starting up already holds its device: it counts there, and in the queue.
     queued = [run for run in active if run.status == QUEUED]
 
@@ -48,8 +51,8 @@ def panel() -> None:
         for gpu in found.gpus:
             gpu_card(gpu, active, history)
     st.subheader("CPU")
-    cpu_card(found, active, measuring)
-    scheduler_card(lease, queued, queries.utcnow(), on_ray)
+    cpu_card(found, active, holding)
+    scheduler_card(lease, queued, queries.utcnow(), on_ray, queued_jobs)
 
 
 ensure_router()

@@ -13,6 +13,7 @@ from db.models import ACTIVE_STATUSES, FINISHED
 from engine.catalog import FRAMEWORKS, framework_label
 from engine.deploy import formats, jobs
 from engine.deploy.job import DEFAULT_SETTINGS
+from engine.processes import reap_deployments
 from ui.database import db_url, sessions
 from ui.router import toast_after_rerun
 from ui.widgets import RUNS_PARAM, requested_run_ids
@@ -119,15 +120,11 @@ def queue(runs, chosen: dict[str, list[str]], settings: dict) -> None:
     if empty:
         st.error(f"Pick at least one {' and one '.join(empty)} format.", icon=":material/error:")
         return
-    try:
-        job_ids = []
-        for run in runs:  # one framework's formats per run; each checked before anything is stored
-            job_ids += jobs.queue(dashboard, [run.id], chosen[run.framework], settings)
+    try:  # each run gets its framework's formats; all are checked before anything is stored
+        job_ids = jobs.launch(dashboard, db_url(), [run.id for run in runs], chosen, settings)
     except jobs.DeployError as exc:
-        st.error(f"{exc}. Nothing was queued for it.", icon=":material/error:")
+        st.error(f"{exc}. Nothing was queued.", icon=":material/error:")
         return
-    for job_id in job_ids:
-        jobs.start(dashboard, job_id, db_url())
     toast_after_rerun(f"Queued deployment{'s' * (len(job_ids) > 1)} {', '.join(f'#{j}' for j in job_ids)}")
     st.rerun()
 
@@ -135,7 +132,7 @@ def queue(runs, chosen: dict[str, list[str]], settings: dict) -> None:
 def live_panel(run_ids: Sequence[int], live: bool) -> None:
     """Active jobs with progress, ETA and cancel; then the chosen runs' newest results."""
     dashboard = sessions()
-    jobs.reap(dashboard)
+    reap_deployments(dashboard)
     with dashboard.begin() as s:
         active = deployments.jobs(s, statuses=list(ACTIVE_STATUSES))
         mine = deployments.jobs(s, list(run_ids)) if run_ids else []

@@ -12,7 +12,7 @@ import streamlit as st
 from analysis.device_tables import (
     GIB, GpuHistory, error_captions, history_chart, node_table, process_table, queue_table, run_label, runs_on,
 )
-from db.models import Run, SchedulerLease
+from db.models import RUNNING, Run, SchedulerLease
 from engine import scheduler
 from engine.executors import ENV_EXECUTOR
 from engine.executors import local as local_executor
@@ -78,7 +78,7 @@ def gpu_card(gpu: GpuInfo, active: Sequence[Run], history: GpuHistory) -> None:
 
 
 def cpu_card(found: Inventory, active: Sequence[Run], measuring: Sequence[dict] = ()) -> None:
-    """The CPU, the Arena runs on it, and the deployment jobs measuring on it (each holds the CPU like a run)."""
+    """The CPU, the Arena runs on it, and the deployment jobs holding this machine (nothing runs beside one)."""
     with st.container(border=True):
         st.markdown(f"**cpu · {found.cpu_name}**")
         cells = st.columns(3)
@@ -92,11 +92,13 @@ def cpu_card(found: Inventory, active: Sequence[Run], measuring: Sequence[dict] 
         elif not measuring:
             st.caption("No Arena run is on the CPU now.")
         for job in measuring:
-            st.caption(f"Deployment #{job['id']} of run #{job['run_id']} is measuring exported models here: it holds "
-                       f"the CPU like a run, so queued runs wait for it (Deploy page).")
+            doing = "is measuring exported models here" if job["status"] == RUNNING else "is starting here"
+            st.caption(f"Deployment #{job['id']} of run #{job['run_id']} {doing}: it has the machine to itself, so "
+                       f"queued runs wait for it (Deploy page).")
 
 
-def scheduler_card(lease: Optional[SchedulerLease], queued: Sequence[Run], now: datetime, on_ray: bool = False) -> None:
+def scheduler_card(lease: Optional[SchedulerLease], queued: Sequence[Run], now: datetime, on_ray: bool = False,
+                   queued_jobs: Sequence[dict] = ()) -> None:
     st.subheader("Scheduler")
     local_settings = ((local_executor.ENV_RUNS_PER_GPU, local_executor.runs_per_gpu),
                       (local_executor.ENV_CPU_SLOTS, local_executor.cpu_slots))
@@ -124,8 +126,8 @@ def scheduler_card(lease: Optional[SchedulerLease], queued: Sequence[Run], now: 
         mine = lease.pid == os.getpid() and lease.hostname == socket.gethostname()
         st.caption(f"Scheduler: {'this dashboard, ' if mine else ''}{lease.hostname} pid {lease.pid} "
                    f"(lease renewed every second, expires in {left_s:.0f} s).")
-    if queued:
-        st.dataframe(queue_table(queued), hide_index=True, key="devices_queue")
+    if queued or queued_jobs:
+        st.dataframe(queue_table(queued, queued_jobs), hide_index=True, key="devices_queue")
     else:
         st.caption("The queue is empty: runs you launch wait here for a free device.")
         st.page_link(LAUNCH_PAGE, label="Launch a run", icon=":material/rocket_launch:")

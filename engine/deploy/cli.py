@@ -1,9 +1,10 @@
 """`python -m engine deploy RUN_ID... [--formats ...] [--serve] [--json]`: the Deploy page, headless.
 
 Queues one deployment job per run (engine/deploy/jobs.py checks every run, format and setting
-first and queues nothing when one is bad), runs them one after another in their own processes,
-prints progress, then a table per run; --json ends with one JSON line of every figure. Ctrl-C
-cancels the jobs. Exit 0 when every job finished, 1 when one did not, 2 on bad input.
+first and queues nothing when one is bad); the database's scheduler (this command's, or a
+dashboard's) places them like runs, one after another, each in its own processes. Prints progress,
+then a table per run; --json ends with one JSON line of every figure. Ctrl-C cancels the jobs.
+Exit 0 when every job finished, 1 when one did not, 2 on bad input.
 """
 from __future__ import annotations
 
@@ -14,14 +15,17 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
-from db import deployments
+from analysis.deployment import job_progress
+from db import deployments, queries
 from db.errors import database_error
-from db.models import FINISHED
+from db.models import ACTIVE_STATUSES, FINISHED
 from db.session import make_sessionmaker, resolve_db_url
 from engine.deploy import jobs
 from engine.deploy.formats import FORMATS
 from engine.deploy.job import DEFAULT_SETTINGS
+from engine.processes import reap_deployments
 from engine.run_ids import run_id_argument
+from engine.scheduler import ensure_running, scheduling_enabled
 
 POLL_S = 1.0
 
@@ -62,23 +66,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "serve": args.serve, "concurrency": args.concurrency, "serve_duration_s": args.serve_duration}
     names = [n.strip() for n in args.formats.split(",") if n.strip()] if args.formats else None
     try:
+        scheduling_enabled()  # a bad ARENA_SCHEDULER is reported before queuing
         sessions = make_sessionmaker(url)
         job_ids = jobs.queue(sessions, args.run_ids, names, settings)
-    except jobs.DeployError as exc:
+    except (jobs.DeployError, ValueError) as exc:
         print(f"error: {exc}; nothing was queued", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - unreachable or damaged database: say which and why
         print(f"error: the database cannot be used: {database_error(exc, url)}", file=sys.stderr)
         return 2
     print(f"queued deployment{'s' * (len(job_ids) > 1)} {', '.join(map(str, job_ids))}", file=sys.stderr)
+    scheduler = ensure_running(sessions, url)
+    if scheduler is not None:
+        scheduler.wake()
+    else:
+        print("  ARENA_SCHEDULER=off: another process's scheduler (a dashboard, `python -m engine scheduler`) "
+              "must place these jobs", file=sys.stderr, flush=True)
     try:
-        for job_id in job_ids:
-            _follow(sessions, job_id, url)
+        _follow(sessions, job_ids)
     except KeyboardInterrupt:
         for job_id in job_ids:
             jobs.cancel(sessions, job_id)
         print("cancelled", file=sys.stderr)
         return 130
+    finally:
+        if scheduler is not None:
+            scheduler.stop()  # the lease goes at once; a dashboard's scheduler takes the queue over
     with sessions.begin() as s:
         ended = {j["id"]: j for j in deployments.jobs(s, args.run_ids) if j["id"] in job_ids}
         found = deployments.results(s, job_ids)
@@ -90,18 +103,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0 if all(ended[j]["status"] == FINISHED for j in job_ids) else 1
 
 
-def _follow(sessions, job_id: int, url: str) -> None:
-    process = jobs.start(sessions, job_id, url)
-    last = None
-    while process.poll() is None:
+def _follow(sessions, job_ids: list[int]) -> None:
+    """Print each job's progress line when it changes, until every job has ended (a dead process ends it lost)."""
+    last: dict[int, str] = {}
+    while True:
+        reap_deployments(sessions)
         with sessions.begin() as s:
-            job = deployments.get(s, job_id)
-            line = f"deployment {job_id} (run {job.run_id}): {job.steps_done}/{job.steps_total or '?'} {job.current or ''}"
-        if line != last:
-            print(line, file=sys.stderr, flush=True)
-            last = line
+            active = [j for j in deployments.jobs(s, statuses=list(ACTIVE_STATUSES)) if j["id"] in job_ids]
+        if not active:
+            return
+        now = queries.utcnow()
+        for job in reversed(active):
+            line = (f"deployment {job['id']} (run {job['run_id']}): {job_progress(job, now)[1]}"
+                    + (f" · {job['current']}" if job["current"] else ""))
+            if line != last.get(job["id"]):
+                print(line, file=sys.stderr, flush=True)
+                last[job["id"]] = line
         time.sleep(POLL_S)
-    jobs.reap(sessions)
 
 
 def print_job(job: dict[str, Any], results: list[dict[str, Any]]) -> None:

@@ -14,6 +14,7 @@ import streamlit as st
 from db import deployments, queries
 from db.models import RUNNING, SchedulerLease
 from db.session import make_sessionmaker
+from engine.launch import queue_runs
 from engine.spec import RunSpec
 from tests.fakes import GIB, fake_gpu, fake_state, hide_nvml, install_fake_nvml, write_state
 
@@ -230,14 +231,24 @@ def test_the_dashboard_that_schedules_says_so(arena_db, monkeypatch, open_page):
     assert any(text.startswith("Scheduler: this dashboard, ") for text in texts(at.caption))
 
 
-def test_a_deployment_job_measuring_here_is_shown_on_the_cpu(arena_db, monkeypatch, open_page):
+def test_a_deployment_job_measuring_here_is_shown_on_the_cpu_and_one_waiting_in_the_queue(arena_db, monkeypatch,
+                                                                                           open_page):
     hide_nvml(monkeypatch)
+    monkeypatch.setenv("ARENA_SCHEDULER", "off")  # the queue stays as the test made it
     sessions = make_sessionmaker(arena_db)
     with sessions.begin() as s:
         run = queries.create_run(s, RunSpec("torch", "mlp", "digits").to_dict()).id
-        job = deployments.create(s, run, ["onnx"], {})
+        queries.claim_run(s, run, 1, "elsewhere")
+        queries.finish_run(s, run, {})
+        job, waiting = (deployments.create(s, run, ["onnx"], {}) for _ in range(2))
+        deployments.place(s, job, "cpu", socket.gethostname())
         deployments.claim(s, job, 4242, socket.gethostname())
+    (later,) = queue_runs(sessions, [RunSpec("torch", "mlp", "digits")])
     at = open_page(DEVICES_PAGE)
-    assert (f"Deployment #{job} of run #{run} is measuring exported models here: it holds the CPU like a run, so "
+    assert (f"Deployment #{job} of run #{run} is measuring exported models here: it has the machine to itself, so "
             f"queued runs wait for it (Deploy page).") in texts(at.caption)
     assert "No Arena run is on the CPU now." not in texts(at.caption)
+    queue = next(frame.value for frame in at.dataframe if "position" in frame.value.columns)
+    # In the order queued: the job first, the run queued after it waits behind it.
+    assert queue["run"].tolist() == [f"deployment {waiting} of run {run}", f"run {later} · torch mlp/digits"]
+    assert queue["state"].iloc[0].startswith("waits for the machine")
