@@ -25,7 +25,7 @@ from engine.executors.local import cpu_slots, runs_per_gpu
 from engine.export import FORMATS as EXPORT_FORMATS, open_tensorboard_command, write_export
 from engine.launch import default_url_for, queue_runs, reap
 from engine.launch import ALREADY_ENDED, CANCEL_GRACE_S, CANCEL_REQUESTED, cancel_runs
-from engine.scheduler import LEASE_NAME, Scheduler, ensure_running, scheduling_enabled
+from engine.scheduler import LEASE_NAME, NOT_SCHEDULING, Scheduler, scheduling_enabled, wake
 from engine.matrix import expand, parse_seeds
 from engine.run_ids import run_id_argument
 from engine.spec import RunSpec, SpecError
@@ -278,12 +278,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for run_id, spec in zip(run_ids, specs):
         print(f"run {run_id}: {framework_label(spec.framework)} {spec.mode} {spec.precision} {spec.model} on "
               f"{spec.dataset}, seed {spec.seed}, {spec.epochs} epochs (db {url})", file=sys.stderr)
-    scheduler = ensure_running(sessions, url)
-    if scheduler is not None:
-        scheduler.wake()
-    else:
-        print("  ARENA_SCHEDULER=off: another process's scheduler (a dashboard, `python -m engine scheduler`) "
-              "must place these runs", file=sys.stderr, flush=True)
+    scheduler = wake(sessions, url)
+    if scheduler is None:
+        print(f"  {NOT_SCHEDULING} runs", file=sys.stderr, flush=True)
     try:
         _follow(sessions, run_ids, scheduler)
     except KeyboardInterrupt:

@@ -22,7 +22,7 @@ from db.urls import validate
 from engine.batches import steps_per_epoch
 from engine.executors import get_executor, queue_holder
 from engine.processes import CANCEL_GRACE_S, absolute_db_url, reap, runner_alive, stop_process_trees
-from engine.scheduler import ensure_running
+from engine.scheduler import wake
 from engine.spec import RunSpec
 
 # What pages and the CLI call; reap and CANCEL_GRACE_S are engine.processes', offered here with the rest.
@@ -51,9 +51,7 @@ def launch(sessions: sessionmaker[Session], specs: Sequence[RunSpec], db_url: st
     If another process (a dashboard, a CLI) holds the database's scheduler lease, that one starts them.
     """
     run_ids = queue_runs(sessions, specs)
-    scheduler = ensure_running(sessions, db_url)
-    if scheduler is not None:
-        scheduler.wake()
+    wake(sessions, db_url)
     return run_ids
 
 

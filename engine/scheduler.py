@@ -143,6 +143,19 @@ def ensure_running(sessions: sessionmaker[Session], db_url: str) -> Optional[Sch
         return scheduler.start()
 
 
+def wake(sessions: sessionmaker[Session], db_url: str) -> Optional[Scheduler]:
+    """Something was just queued: this process's scheduler (started if need be) places it now; None when
+    ARENA_SCHEDULER=off (another process's scheduler must)."""
+    scheduler = ensure_running(sessions, db_url)
+    if scheduler is not None:
+        scheduler.wake()
+    return scheduler
+
+
+NOT_SCHEDULING = (f"{ENV_SCHEDULER}=off: another process's scheduler (a dashboard, `python -m engine scheduler`) "
+                  "must place these")
+
+
 def stop_all() -> None:
     """Stop every scheduler this process started and release their leases."""
     with _running_lock:

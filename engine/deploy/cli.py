@@ -25,7 +25,7 @@ from engine.deploy.formats import FORMATS
 from engine.deploy.job import DEFAULT_SETTINGS
 from engine.processes import reap_deployments
 from engine.run_ids import run_id_argument
-from engine.scheduler import ensure_running, scheduling_enabled
+from engine.scheduler import NOT_SCHEDULING, scheduling_enabled, wake
 
 POLL_S = 1.0
 
@@ -76,12 +76,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: the database cannot be used: {database_error(exc, url)}", file=sys.stderr)
         return 2
     print(f"queued deployment{'s' * (len(job_ids) > 1)} {', '.join(map(str, job_ids))}", file=sys.stderr)
-    scheduler = ensure_running(sessions, url)
-    if scheduler is not None:
-        scheduler.wake()
-    else:
-        print("  ARENA_SCHEDULER=off: another process's scheduler (a dashboard, `python -m engine scheduler`) "
-              "must place these jobs", file=sys.stderr, flush=True)
+    scheduler = wake(sessions, url)
+    if scheduler is None:
+        print(f"  {NOT_SCHEDULING} jobs", file=sys.stderr, flush=True)
     try:
         _follow(sessions, job_ids)
     except KeyboardInterrupt:

@@ -20,7 +20,7 @@ from engine import kept_weights
 from engine.deploy import formats
 from engine.deploy.job import settings_with_defaults
 from engine.processes import deployment_alive, stop_process_trees
-from engine.scheduler import ensure_running
+from engine.scheduler import wake
 
 
 class DeployError(ValueError):
@@ -82,9 +82,7 @@ def launch(sessions: sessionmaker[Session], db_url: str, run_ids: Sequence[int],
     If another process (a dashboard, a CLI) holds the database's scheduler lease, that one places them.
     """
     job_ids = queue(sessions, run_ids, names, settings)
-    scheduler = ensure_running(sessions, db_url)
-    if scheduler is not None:
-        scheduler.wake()
+    wake(sessions, db_url)
     return job_ids
 
 

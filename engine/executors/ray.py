@@ -101,43 +101,26 @@ def actor_name(db_url: str, run_id: int, kind: str = RUN) -> str:
     return f"arena-{'deploy' if kind == DEPLOYMENT else 'run'}-{database}-{run_id}"
 
 
-class RunActor:
-    """Lives on the node Ray chose for one run, holding the run's resources while its runner process trains."""
+class WorkActor:
+    """Lives on the node Ray chose for one run or deployment job, holding its resources while its process works."""
 
-    def run(self, run_id: int, db_url: str) -> int:
-        """Start the run's runner as a local run gets it, wait for it, end this actor; the runner's exit code."""
+    def run(self, kind: str, item_id: int, db_url: str) -> int:
+        """Start the run's runner (or the job's process) as a local one gets it, wait for it, end this actor;
+        the process's exit code, -1 when there was nothing to start."""
         import ray
 
         sessions = make_sessionmaker(db_url)
+        job = kind == DEPLOYMENT
         try:
             with sessions.begin() as s:
-                run = queries.get_run(s, run_id)
-                if run is None or run.status != QUEUED:
+                row = deployments.get(s, item_id) if job else queries.get_run(s, item_id)
+                if row is None or row.status != QUEUED:
                     return -1  # cancelled or deleted while it waited in Ray's queue: nothing to start
-            process = start_runner(sessions, run_id, db_url, extra_env=runner_env(ray.get_gpu_ids()))
-            return process.wait()
+            start = start_deployment if job else start_runner
+            return start(sessions, item_id, db_url, extra_env=runner_env(ray.get_gpu_ids())).wait()
         finally:
             sessions.kw["bind"].dispose()
-            ray.actor.exit_actor()  # frees the run's GPU/CPUs in Ray's accounting
-
-
-class DeploymentActor:
-    """Lives on the node Ray chose for one deployment job, holding its CPUs while the job's process measures."""
-
-    def run(self, job_id: int, db_url: str) -> int:
-        """Start the job's process, wait for it, end this actor; the process's exit code (-1: nothing to start)."""
-        import ray
-
-        sessions = make_sessionmaker(db_url)
-        try:
-            with sessions.begin() as s:
-                job = deployments.get(s, job_id)
-                if job is None or job.status != QUEUED:
-                    return -1  # cancelled or deleted while it waited in Ray's queue
-            return start_deployment(sessions, job_id, db_url, extra_env=runner_env([])).wait()
-        finally:
-            sessions.kw["bind"].dispose()
-            ray.actor.exit_actor()
+            ray.actor.exit_actor()  # frees its GPU/CPUs in Ray's accounting
 
 
 def runner_env(gpu_ids: list) -> dict[str, str]:
@@ -243,11 +226,11 @@ class RayExecutor(Executor):
                 if not place(s, item.id, request.placement, hostname=None):
                     continue
             try:
-                handle = ray.remote(DeploymentActor if job else RunActor).options(
+                handle = ray.remote(WorkActor).options(
                     name=actor_name(db_url, item.id, item.kind), namespace=NAMESPACE, lifetime="detached",
                     max_restarts=0, num_cpus=request.num_cpus, num_gpus=request.num_gpus,
                 ).remote()
-                handle.run.remote(item.id, db_url)
+                handle.run.remote(item.kind, item.id, db_url)
             except ValueError:
                 pass  # its actor exists already (a scheduler before this one submitted it): it is on its way
             except Exception as exc:
