@@ -267,8 +267,6 @@ class Deployment(Base):
     steps_total: Mapped[int] = mapped_column(Integer, default=0)
     current: Mapped[Optional[str]] = mapped_column(String(255))  # what the job is doing now, for the screen
     error: Mapped[Optional[str]] = mapped_column(Text)
-    # Where the scheduler placed it ("cpu" on hostname, or a cluster's queue such as "ray:cpu"); None: not placed yet.
-    placed_device: Mapped[Optional[str]] = mapped_column(String(32))
     hostname: Mapped[Optional[str]] = mapped_column(String(255))
     pid: Mapped[Optional[int]] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime)
@@ -276,6 +274,9 @@ class Deployment(Base):
     finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
     heartbeat_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
     cancel_requested_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    # Where the scheduler placed it ("cpu" on hostname, or a cluster's queue such as "ray:cpu"); None: not placed
+    # yet. Last: revision 0012 added it, and a migrated table has the models' column order.
+    placed_device: Mapped[Optional[str]] = mapped_column(String(32))
 
     run: Mapped[Run] = relationship(back_populates="deployments")
     results: Mapped[list["DeploymentResult"]] = relationship(
