@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 from analysis.figure_layout import base_figure, fit_legend
 from analysis.formatting import format_duration
 from analysis.run_styles import framework_color
+from db.models import QUEUED
 from engine.catalog import framework_label
 from engine.deploy.formats import FORMATS, get
 
@@ -193,14 +194,18 @@ def held_equal(jobs: Sequence[dict], results: Sequence[dict]) -> list[str]:
     return lines
 
 
+def queued_state(job: dict) -> str:
+    """What a queued job waits for (the Deploy page's progress line, the Devices page's queue)."""
+    if job.get("placed_device") is None:
+        return "waits for the machine: runs queued before it go first, runs queued after it wait for it"
+    host = f" of {job['hostname']}" if job.get("hostname") else ""
+    return f"placed on {job['placed_device']}{host}, starting"
+
+
 def job_progress(job: dict, now: datetime) -> tuple[float, str]:
     """(fraction done, "3 of 9 steps · 1 min 20 s left") for a job's progress bar."""
-    if job.get("status") == "queued":
-        where = job.get("placed_device")
-        if where is None:
-            return 0.0, "waits for the scheduler to give it the machine (runs queued before it go first)"
-        host = f" of {job['hostname']}" if job.get("hostname") else ""
-        return 0.0, f"placed on {where}{host}, starting"
+    if job.get("status") == QUEUED:
+        return 0.0, queued_state(job)
     total, done = job["steps_total"] or 0, job["steps_done"] or 0
     fraction = done / total if total else 0.0
     text = f"{done} of {total} steps" if total else "starting"

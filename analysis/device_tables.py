@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
+from analysis.deployment import queued_state
 from analysis.formatting import GIB
 from analysis.run_facts import device_texts, runs_frame
 from analysis.run_styles import UNKNOWN_FRAMEWORK_COLOR
@@ -97,12 +98,8 @@ def queue_table(queued: Sequence[Run], jobs: Sequence[dict] = ()) -> pd.DataFram
     rows = [(run.created_at, 0, {"run": run_label(run), "asked for": (run.spec or {}).get("device", "auto"),
                                  "state": state}) for run, state in zip(ordered, states)]
     for job in jobs:
-        if job["placed_device"] is None:
-            state = "waits for the machine: runs queued before it go first, runs after it wait for it"
-        else:
-            state = f"placed on {job['placed_device']}" + (f" of {job['hostname']}" if job["hostname"] else "")
         rows.append((job["created_at"], 1, {"run": f"deployment {job['id']} of run {job['run_id']}",
-                                            "asked for": "the machine (CPU)", "state": state}))
+                                            "asked for": "the machine (CPU)", "state": queued_state(job)}))
     rows.sort(key=lambda row: row[:2])
     return pd.DataFrame([{"position": position, **row[2]} for position, row in enumerate(rows, start=1)],
                         columns=["position", "run", "asked for", "state"])

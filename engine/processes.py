@@ -69,16 +69,11 @@ def start_runner(sessions: sessionmaker[Session], run_id: int, db_url: str,
                   f"started {queries.utcnow():%Y-%m-%d %H:%M:%S} UTC on {socket.gethostname()}\n".encode())
         log.flush()
         try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", RUNNER_MODULE, str(run_id), "--db", runner_url],
-                cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            process = _spawn(RUNNER_MODULE, run_id, runner_url, env, log)
         except OSError as exc:
             with sessions.begin() as s:
                 queries.fail_run(s, run_id, f"could not start the runner process: {exc}")
             raise
-    children.append(process)
     with sessions.begin() as s:
         queries.set_launch_info(s, run_id, process.pid, socket.gethostname(), str(log_path),
                                 placed_device=env.get("ARENA_PLACED_DEVICE"))
@@ -97,17 +92,22 @@ def start_deployment(sessions: sessionmaker[Session], job_id: int, db_url: str,
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         try:
-            process = subprocess.Popen([sys.executable, "-m", DEPLOY_MODULE, str(job_id), "--db", url],
-                                       cwd=PROJECT_ROOT, env={**child_env(), **(extra_env or {})},
-                                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+            process = _spawn(DEPLOY_MODULE, job_id, url, env, log)
         except OSError as exc:
             with sessions.begin() as s:
                 deployments.end(s, job_id, FAILED, f"could not start the deployment process: {exc}")
             raise
-    children.append(process)
     with sessions.begin() as s:
         deployments.set_process(s, job_id, process.pid, socket.gethostname(), env.get("ARENA_PLACED_DEVICE"))
+    return process
+
+
+def _spawn(module: str, item_id: int, url: str, env: dict[str, str], log) -> subprocess.Popen:
+    """`python -m module ID --db URL` in a session of its own (it outlives whoever started it), output to log;
+    kept in children until it is waited for."""
+    process = subprocess.Popen([sys.executable, "-m", module, str(item_id), "--db", url], cwd=PROJECT_ROOT, env=env,
+                               stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    children.append(process)
     return process
 
 

@@ -4,9 +4,9 @@ The scheduler holds a lease row (db.models.SchedulerLease) that it renews on eve
 scheduler that crashes stops renewing and another takes over once the lease has expired, so the
 lock never outlives its holder. Whoever holds it (a dashboard, `python -m engine run`, or
 `python -m engine scheduler`) ends runs and deployment jobs whose process died (engine.processes)
-and asks its executor to take the queue, runs and deployment jobs in the order they were queued: ARENA_EXECUTOR=local places runs on this machine's
-devices (engine/executors/local.py), ARENA_EXECUTOR=ray hands them to a Ray cluster
-(engine/executors/ray.py). Either way each run trains in its own runner process, which goes on when
+and asks its executor to take the queue, runs and deployment jobs in the order they were queued:
+ARENA_EXECUTOR=local places them on this machine's devices (engine/executors/local.py),
+ARENA_EXECUTOR=ray hands them to a Ray cluster (engine/executors/ray.py). Either way each run trains in its own runner process, which goes on when
 the scheduler stops.
 """
 from __future__ import annotations
