@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from analysis import series
-from analysis.figure_layout import base_figure, compact, fit_legend, translucent
+from analysis.figure_layout import base_figure, compact, translucent
 from analysis.run_settings import run_mode
 from analysis.run_styles import trace_name, trace_styles
 from db.models import Run
@@ -90,7 +90,6 @@ def metric_figure(prepared: pd.DataFrame, runs: Sequence[Run], name: str, x_axis
     fig = base_figure(title[0].upper() + title[1:], X_TITLES[x_axis],
                       metric_label(name).split(" (")[0] + (" (%)" if percent else ""), log_y, data=traces,
                       x_type="date" if x_axis == "wall_time" else None)
-    fit_legend(fig)
     return fig
 
 

@@ -45,8 +45,12 @@ def comparison_view(run_ids: list[int], live: bool) -> None:
         progress = facts_of(active)["progress"]
         st.caption(", ".join(f"#{run.id} is {run.status} ({format_percent(progress[run.id])})" for run in active)
                    + f" — charts update every {REFRESH_INTERVAL}.")
-    what_was_compared(runs)
+    # "What was compared" sits above the tabs but is drawn into its place after the open tab: the first
+    # chart's data reaches the browser before the header's elements, which React renders one message at a time.
+    header = st.container()
     if not available:
+        with header:
+            what_was_compared(runs)
         st.info("No metrics recorded yet: the charts appear after the first training steps.",
                 icon=":material/hourglass:")
         return
@@ -59,6 +63,8 @@ def comparison_view(run_ids: list[int], live: bool) -> None:
     open_tab = next((name for name, tab in tabs.items() if tab.open), names[0])
     with tabs[open_tab]:
         import_module(TABS[open_tab]).tab(runs, available)
+    with header:
+        what_was_compared(runs)
 
 
 ensure_router()

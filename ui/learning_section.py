@@ -54,23 +54,34 @@ def tab(runs: Sequence[Run], available: list[str]) -> None:
 
 
 def _controls(available: list[str], groups) -> None:
-    """The Learning tab's widgets; their values live in session state under the keys the charts read."""
-    st.multiselect("Metrics", available, key="compare_metrics", format_func=learning_figures.metric_label,
-                   placeholder="Pick metrics to plot")
-    controls = st.container(horizontal=True, vertical_alignment="center", gap="medium")
-    controls.segmented_control("Against", list(learning_figures.X_LABELS), key="compare_x",
-                               format_func=learning_figures.X_LABELS.get)
-    controls.slider("Smoothing", 0.0, 0.99, key="compare_smoothing", step=0.01, width=220,
-                    help="TensorBoard's debiased exponential moving average of per-step values, "
-                         "computed on every point; 0 shows raw values. The raw curve stays faint behind.")
-    controls.toggle("Log scale", key="compare_log_y")
-    controls.toggle("Train and test together", key="compare_together",
-                    help="Draw the test metric beside its train metric (and the other way round) in the "
-                         "same chart, fainter, with open markers.")
-    controls.selectbox("Runs", list(GROUP_CHOICES), key="compare_groups", format_func=GROUP_CHOICES.get, width=260,
-                       disabled=not groups,
-                       help="Runs that differ only in their seed, drawn as one mean line with a band. "
-                            + ("" if groups else "No runs here differ only by seed."))
+    """The Learning tab's widgets; their values live in session state under the keys the charts read.
+
+    The metrics are in view; the chart options sit behind one button whose label says their values,
+    as a tracker's per-chart settings do: fewer widgets for the browser to draw before the charts.
+    """
+    state = st.session_state
+    row = st.container(horizontal=True, vertical_alignment="bottom", gap="small")
+    row.multiselect("Metrics", available, key="compare_metrics", format_func=learning_figures.metric_label,
+                    placeholder="Pick metrics to plot", width="stretch")
+    label = " · ".join([f"Against {learning_figures.X_LABELS[state['compare_x'] or 'step'].lower()}",
+                        f"smoothing {float(state['compare_smoothing']):.2f}",
+                        *(["log scale"] if state["compare_log_y"] else []),
+                        *([GROUP_CHOICES[state["compare_groups"]].split(":")[0].lower()]
+                          if state["compare_groups"] != "none" else [])])
+    options = row.popover(label, icon=":material/tune:", width="content")
+    options.segmented_control("Against", list(learning_figures.X_LABELS), key="compare_x",
+                              format_func=learning_figures.X_LABELS.get)
+    options.slider("Smoothing", 0.0, 0.99, key="compare_smoothing", step=0.01,
+                   help="TensorBoard's debiased exponential moving average of per-step values, "
+                        "computed on every point; 0 shows raw values. The raw curve stays faint behind.")
+    options.toggle("Log scale", key="compare_log_y")
+    options.toggle("Train and test together", key="compare_together",
+                   help="Draw the test metric beside its train metric (and the other way round) in the "
+                        "same chart, fainter, with open markers.")
+    options.selectbox("Runs", list(GROUP_CHOICES), key="compare_groups", format_func=GROUP_CHOICES.get,
+                      disabled=not groups,
+                      help="Runs that differ only in their seed, drawn as one mean line with a band. "
+                           + ("" if groups else "No runs here differ only by seed."))
 
 
 def _charts(runs: Sequence[Run], available: list[str], chosen: list[str], x_axis: str, smoothing: float,
