@@ -25,6 +25,7 @@ LAST_BATCH_CHOICES = ("drop", "keep")
 MAX_CALIBRATION_STEPS = 1000  # a calibration window is a short look, not a second training run
 MAX_PROFILE_STEPS = 100  # a trace of more steps grows to hundreds of MB without telling more
 MAX_STEPS_PER_EPOCH = 10_000_000  # the largest training set (synthetic_size) at batch size 1; a cap above it caps nothing
+MAX_WORKERS = 8  # data-parallel worker processes of one run; placed_device lists each one's device in 32 characters
 
 
 class SpecError(ValueError):
@@ -100,6 +101,12 @@ class RunSpec:
     variable_length: bool = False
     # Keep the final weights with the run (canonical layout, in the database) for deployment; off keeps none.
     keep_weights: bool = True
+    # Data-parallel worker processes (engine/distributed.py): PyTorch DistributedDataParallel, TensorFlow
+    # MultiWorkerMirroredStrategy. batch_size stays the global batch, split evenly between the workers.
+    workers: int = 1
+    # Multi-worker runs with batch norm: statistics synchronised across the workers (SyncBatchNorm, Keras's
+    # synchronized BatchNormalization) instead of each worker's own.
+    sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("framework", self.framework, FRAMEWORKS)
@@ -160,10 +167,27 @@ class RunSpec:
         _check_choice("last_batch", self.last_batch, LAST_BATCH_CHOICES)
         if not isinstance(self.variable_length, bool):
             raise SpecError("variable_length", self.variable_length, "expected true or false")
+        self._check_workers()
         if self.variable_length and DATASETS[self.dataset].modality != "sequence":
             raise SpecError("variable_length", self.variable_length,
                             f"{self.dataset} holds no sequences; variable lengths are for lstm and transformer "
                             f"on synthetic_text")
+
+    def _check_workers(self) -> None:
+        _check_int("workers", self.workers, low=1, high=MAX_WORKERS)
+        if not isinstance(self.sync_batchnorm, bool):
+            raise SpecError("sync_batchnorm", self.sync_batchnorm, "expected true or false")
+        if self.workers == 1:
+            return
+        if self.batch_size % self.workers:
+            raise SpecError("batch_size", self.batch_size, f"the global batch must split evenly between "
+                            f"{self.workers} workers (a multiple of {self.workers})")
+        if self.last_batch == "keep":
+            raise SpecError("last_batch", self.last_batch, f"with {self.workers} workers every step needs an "
+                            f"equal shard per worker; use drop")
+        if self.device.startswith("cuda:"):
+            raise SpecError("device", self.device, f"{self.workers} workers need {self.workers} devices: use auto "
+                            f"(GPUs when the machine has them) or cpu")
 
     def _check_synthetic(self) -> None:
         _check_int("synthetic_classes", self.synthetic_classes, low=2, high=1000)
