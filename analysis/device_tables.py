@@ -13,6 +13,7 @@ from analysis.formatting import GIB
 from analysis.run_facts import device_texts, runs_frame
 from analysis.run_styles import UNKNOWN_FRAMEWORK_COLOR
 from db.models import Run
+from engine.executors.base import device_label, placed_devices
 from engine.nvml import GpuInfo, Inventory
 from engine.executors.ray import RayNode
 
@@ -25,14 +26,17 @@ NODE_TABLE_COLUMNS = ["node", "address", "state", "cpus", "gpus", "gpu type", "m
 
 
 def run_label(run: Run) -> str:
-    """"run 12 · torch cnn/digits"."""
-    return f"run {run.id} · {run.framework} {run.model}/{run.dataset}"
+    """"run 12 · torch cnn/digits"; a run of several workers adds where they are: "· on cuda:0 + cuda:1"."""
+    label = f"run {run.id} · {run.framework} {run.model}/{run.dataset}"
+    return label + (f" · on {device_label(run.placed_device)}" if len(placed_devices(run.placed_device)) > 1 else "")
 
 
 def runs_on(device: str, runs: Sequence[Run], pids: Sequence[int] = ()) -> list[Run]:
-    """Active runs placed on a device, or whose process NVML lists on it (runs started before the scheduler)."""
+    """Active runs placed on a device (one of its workers is), or whose process NVML lists on it (runs started
+    before the scheduler)."""
     wanted = set(pids)
-    return [run for run in runs if run.placed_device == device or (run.pid is not None and run.pid in wanted)]
+    return [run for run in runs
+            if device in placed_devices(run.placed_device) or (run.pid is not None and run.pid in wanted)]
 
 
 def gauge_text(value: Optional[float], pattern: str) -> str:

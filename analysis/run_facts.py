@@ -20,6 +20,7 @@ from db.models import (
 )
 from engine.batches import steps_per_epoch
 from engine.catalog import FRAMEWORKS, default_mode
+from engine.executors.base import device_label
 from engine.executors.ray import RAY_CPU, RAY_GPU, RAY_PLACEMENTS
 from engine.spec import RunSpec, SpecError
 
@@ -131,7 +132,7 @@ def precisions(frame: pd.DataFrame) -> pd.Series:
 
 
 def device_texts(frame: pd.DataFrame, place_in_queue: bool = True, host: bool = False) -> pd.Series:
-    """Where a run ran or will run ("cuda:1"), or what a queued run waits for: "starting on cuda:0",
+    """Where a run ran or will run ("cuda:1", "2 × CPU"), or what a queued run waits for: "starting on cuda:0",
     "in Ray's queue, waiting for a free GPU", "waiting for a free device (2nd in queue)".
 
     A queued run's place counts every queued run in the frame, oldest first, as the scheduler takes
@@ -140,7 +141,8 @@ def device_texts(frame: pd.DataFrame, place_in_queue: bool = True, host: bool = 
     environment recorded.
     """
     queued = frame["status"] == QUEUED
-    placed = _or(frame["placed_device"], np.nan)
+    # "cpu,cpu" reads "2 × CPU"; object even when all are missing (a float column takes no string prefix)
+    placed = _or(frame["placed_device"], np.nan).map(device_label, na_action="ignore").astype(object)
     text = placed.fillna(frame["environment_device"].fillna("").astype(str)).astype(object)
     starting = queued & placed.notna()
     text[starting] = "starting on " + placed[starting]

@@ -7,7 +7,8 @@ lock never outlives its holder. Whoever holds it (a dashboard, `python -m engine
 and asks its executor to take the queue, runs and deployment jobs in the order they were queued:
 ARENA_EXECUTOR=local places them on this machine's devices (engine/executors/local.py),
 ARENA_EXECUTOR=ray hands them to a Ray cluster (engine/executors/ray.py). Either way each run trains in its own runner process, which goes on when
-the scheduler stops.
+the scheduler stops; a run of N workers (spec.workers) is placed on N devices at once, and its runner
+starts the other N-1 workers itself.
 """
 from __future__ import annotations
 
@@ -119,8 +120,10 @@ class Scheduler:
 
 
 def _waiting(s: Session) -> list[Queued]:
-    """Unplaced queued runs and deployment jobs, in the order they were queued (a run first on a tie)."""
-    runs = [(run.created_at, 0, Queued(run.id, run.spec.get("device", "auto"), RUN)) for run in queries.unplaced_queue(s)]
+    """Unplaced queued runs and deployment jobs, in the order they were queued (a run first on a tie), each run with
+    the workers it needs at once (1 for runs stored before workers existed)."""
+    runs = [(run.created_at, 0, Queued(run.id, run.spec.get("device", "auto"), RUN, int(run.spec.get("workers") or 1)))
+            for run in queries.unplaced_queue(s)]
     jobs = [(job.created_at, 1, Queued(job.id, "cpu", DEPLOYMENT)) for job in deployments.unplaced(s)]
     return [item for *_, item in sorted(runs + jobs, key=lambda entry: entry[:2])]
 

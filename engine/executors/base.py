@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,11 +21,12 @@ RUN, DEPLOYMENT = "run", "deployment"
 
 @dataclass(frozen=True)
 class Queued:
-    """One item of the queue: a run or a deployment job, and the device it asks for."""
+    """One item of the queue: a run or a deployment job, the device it asks for and how many workers it needs."""
 
     id: int
     device: str  # "auto", "cpu" or "cuda:N"; a deployment job asks for "cpu" (every runtime it times runs there)
     kind: str = RUN
+    workers: int = 1  # a run's data-parallel processes (spec.workers), each on a device of its own; 1 for a job
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,22 @@ class Placement:
     device: str  # "cpu", "cuda:<NVML index>", or a cluster's queue ("ray:gpu") until the process starts
     env: dict[str, str]
     kind: str = RUN
+
+
+def placed_devices(placed_device: Optional[str]) -> list[str]:
+    """The devices of a run's workers in rank order, from Run.placed_device: "cpu,cpu" -> ["cpu", "cpu"]; [] if
+    unplaced. Whatever counts load per device counts each one: a 2-worker run holds two places."""
+    return [device for device in (placed_device or "").split(",") if device]
+
+
+def device_label(placed_device: Optional[str]) -> str:
+    """A placement for screens: "cuda:0" as it is, "2 × CPU" for "cpu,cpu", "cuda:0 + cuda:1" for two GPUs."""
+    devices = placed_devices(placed_device)
+    if len(devices) <= 1:
+        return placed_device or ""
+    if len(set(devices)) == 1:
+        return f"{len(devices)} × {'CPU' if devices[0] == 'cpu' else devices[0]}"
+    return " + ".join(devices)
 
 
 class Executor(ABC):

@@ -7,6 +7,18 @@ A placed run gets its runner at once, with CUDA_VISIBLE_DEVICES naming the chose
 the CPU). Runner processes are detached: they go on when the scheduler stops, and the next
 scheduler counts them when it places more.
 
+A run of N workers (spec.workers, issue 18) is placed all at once or not at all, so no run ever
+holds part of what it needs while waiting for the rest (no deadlock). "auto" on a GPU machine takes
+N distinct GPUs, each under its limit and free of foreign processes; on the CPU it takes N slots.
+A CPU with fewer slots than N (a 2-core laptop with the default 1 slot) still runs it: the run
+takes every slot, once the CPU is entirely free, and its workers split the cores (ARENA_THREADS).
+Its Run.placed_device lists its workers' devices in rank order ("cpu,cpu", "cuda:0,cuda:1"), and
+every count of a device's load counts each entry. So that a multi-worker run is not starved by
+smaller runs taking each device as it frees, a multi-worker run that cannot be placed holds back
+the devices it waits for (every GPU, or the CPU): runs queued after it are not placed on them
+until it has gone. A run that can never fit (more workers than GPUs, the CPU taking no runs)
+fails at once, saying the numbers.
+
 A deployment job times exported models on the CPU, so it takes the whole machine: it is placed
 once no run is placed here, and nothing is placed beside it until it ends (a GPU run's loop uses
 the CPU too). The queue stays in order around it: runs queued before it go first, runs queued after
@@ -14,6 +26,7 @@ it wait for it, so neither starves the other.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -21,12 +34,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import deployments, queries
-from engine.executors.base import DEPLOYMENT, Executor, Placement, Queued
+from engine.executors.base import DEPLOYMENT, Executor, Placement, Queued, placed_devices
 from engine.executors.ray import RAY_PLACEMENTS
 from engine.nvml import inventory
 from engine.processes import runner_alive, start_deployment, start_runner
@@ -89,36 +102,82 @@ def placement_env(device: str, gpu: Optional[Gpu]) -> dict[str, str]:
     }
 
 
-def plan(queued: list[tuple[int, str]], gpus: list[Gpu], occupied: Counter, arena_pids: set[int],
-         per_gpu: int, cpu_capacity: int) -> tuple[list[Placement], dict[int, str]]:
-    """Decide placements for queued (run id, requested device) pairs, oldest first.
+def workers_placement_env(devices: Sequence[str], gpus: Sequence[Optional[Gpu]]) -> dict[str, str]:
+    """What rank 0 of a run whose workers sit on `devices` (rank order; gpus: each one's Gpu, None for the CPU)
+    is started with: its own placement_env, ARENA_PLACED_DEVICE listing every device, and ARENA_WORKER_ENVS,
+    the env of every rank as a JSON list, which rank 0 hands to the ranks it starts. A one-worker run gets
+    placement_env unchanged.
 
-    Returns the placements and, for runs that can never run here, why (a GPU that does not exist).
+    CPU workers get ARENA_THREADS = cores // workers: N workers each on every core would fight for them.
+    """
+    if len(devices) == 1:
+        return placement_env(devices[0], gpus[0])
+    threads = str(max(1, (os.cpu_count() or 1) // len(devices)))
+    ranks = []
+    for device, gpu in zip(devices, gpus):
+        env = placement_env(device, gpu)
+        del env["ARENA_PLACED_DEVICE"]  # the run's, not a rank's: rank 0 records it once
+        if gpu is None:
+            env["ARENA_THREADS"] = threads
+        ranks.append(env)
+    return {**ranks[0], "ARENA_PLACED_DEVICE": ",".join(devices), "ARENA_WORKER_ENVS": json.dumps(ranks)}
+
+
+# (run id, requested device) or (run id, requested device, workers)
+QueuedRun = Union[tuple[int, str], tuple[int, str, int]]
+
+
+def plan(queued: Sequence[QueuedRun], gpus: list[Gpu], occupied: Counter, arena_pids: set[int],
+         per_gpu: int, cpu_capacity: int) -> tuple[list[Placement], dict[int, str]]:
+    """Decide placements for queued runs (run id, requested device[, workers]), oldest first; occupied counts
+    the places taken per device (a 2-worker run on the CPU: 2).
+
+    Returns the placements and, for runs that can never run here, why (a GPU that does not exist, more
+    workers than GPUs, a CPU that takes no runs).
     """
     load = Counter(occupied)
     by_device = {f"cuda:{g.index}": g for g in gpus}
+    held: set[str] = set()  # devices a multi-worker run queued earlier waits for: nobody after it takes them
     placements: list[Placement] = []
     impossible: dict[int, str] = {}
-    for run_id, requested in queued:
+    for run_id, requested, *rest in queued:
+        workers = rest[0] if rest else 1
+        many = f"{workers} workers need " if workers > 1 else ""
         if requested == "auto" and gpus:
-            free = [g for g in gpus if load[f"cuda:{g.index}"] < per_gpu and not (g.pids - arena_pids)]
-            choice = min(free, key=lambda g: (load[f"cuda:{g.index}"], g.index), default=None)
-            device = f"cuda:{choice.index}" if choice else None
-        elif requested in ("auto", CPU):
-            device = CPU if load[CPU] < cpu_capacity else None
-            if cpu_capacity == 0:
-                impossible[run_id] = (f"the CPU takes no runs ({ENV_CPU_SLOTS}=0) and this machine has no GPU"
-                                      if not gpus else f"the CPU takes no runs ({ENV_CPU_SLOTS}=0)")
+            if workers > len(gpus):
+                impossible[run_id] = (f"{workers} workers need {workers} GPUs at once and this machine has "
+                                      f"{len(gpus)} (device 'cpu' runs them on the CPU)")
                 continue
+            free = [g for g in gpus if f"cuda:{g.index}" not in held and load[f"cuda:{g.index}"] < per_gpu
+                    and not (g.pids - arena_pids)]
+            chosen = sorted(free, key=lambda g: (load[f"cuda:{g.index}"], g.index))[:workers]
+            devices = [f"cuda:{g.index}" for g in chosen] if len(chosen) == workers else None
+            waits_for = by_device
+        elif requested in ("auto", CPU):
+            if cpu_capacity == 0:
+                impossible[run_id] = (f"{many}CPU slots and " if many else "") + (
+                    f"the CPU takes no runs ({ENV_CPU_SLOTS}=0)" + ("" if gpus else " and this machine has no GPU"))
+                continue
+            # N slots; a CPU of fewer slots is taken whole (only when nothing else is on it), its cores split.
+            slots = min(workers, cpu_capacity)
+            devices = [CPU] * workers if CPU not in held and load[CPU] + slots <= cpu_capacity else None
+            waits_for = {CPU}
         elif requested in by_device:
-            device = requested if load[requested] < per_gpu else None
+            if workers > 1:
+                impossible[run_id] = f"{many}{workers} devices and {requested!r} is one (ask for 'auto' or 'cpu')"
+                continue
+            devices = [requested] if requested not in held and load[requested] < per_gpu else None
+            waits_for = {requested}
         else:
             impossible[run_id] = f"device {requested!r} does not exist here ({len(gpus)} GPU(s) found)"
             continue
-        if device is None:
+        if devices is None:
+            if workers > 1:
+                held.update(waits_for)
             continue
-        load[device] += 1
-        placements.append(Placement(run_id, device, placement_env(device, by_device.get(device))))
+        load.update(devices)
+        placements.append(Placement(run_id, ",".join(devices),
+                                    workers_placement_env(devices, [by_device.get(d) for d in devices])))
     return placements, impossible
 
 
@@ -166,8 +225,8 @@ class LocalExecutor(Executor):
         if measuring:
             return []  # a deployment job has the machine: nothing starts beside its measurements
         job = next((item for item in queued if item.kind == DEPLOYMENT), None)
-        runs = [(item.id, item.device) for item in queued[:queued.index(job) if job else None]]
-        occupied = Counter(run.placed_device for run in active)
+        runs = [(item.id, item.device, item.workers) for item in queued[:queued.index(job) if job else None]]
+        occupied = Counter(device for run in active for device in placed_devices(run.placed_device))
         arena_pids = {run.pid for run in active if run.pid is not None and runner_alive(run.pid)}
         placements, impossible = plan(runs, gpus, occupied, arena_pids, per_gpu, cpu_capacity)
         with self._sessions.begin() as s:
