@@ -598,3 +598,33 @@ def _log_tail(log_path: Optional[str], lines: int = 20) -> str:
     tail = own[starts[-1] + 1:][-lines:] if starts else own[-lines:]
     # A log cut short by a crash can end in NUL bytes (a file extended, never written).
     return _storable("\n\nLast lines of the runner log:\n" + "".join(tail)) if tail else ""
+
+
+# Rank r >= 1 of a multi-worker run records its step times as rank{r}/step/step_time_ms (rank 0's are the run's own).
+RANK_STEP_TIME_SUFFIX = "/step/step_time_ms"
+RANK_STEP_TIME_COLUMNS = ["run_id", "rank", "step", "value"]
+
+
+def rank_step_times(s: Session, run_ids: Sequence[int]) -> pd.DataFrame:
+    """Every rank's step times (ms) of some runs as a DataFrame (run_id, rank, step, value), by run, rank, step.
+
+    Rank 0 is the run's own `step/step_time_ms`; rank r >= 1 recorded `rank{r}/step/step_time_ms`. The
+    rank names present are looked up first, so a run of any number of workers is read in one more query.
+    """
+    import pandas as pd
+
+    ids = [int(i) for i in run_ids]
+    if not ids:
+        return pd.DataFrame(columns=RANK_STEP_TIME_COLUMNS)
+    ranks = {STEP_PREFIX + "step_time_ms": 0}
+    for model in (MetricPoint, MetricChunk):
+        # LIKE narrows it down in the database (its "_" matches any character); the exact shape is checked here.
+        for name in s.scalars(select(model.name).where(
+                model.run_id.in_(ids), model.name.like(f"rank%{RANK_STEP_TIME_SUFFIX}")).distinct()):
+            rank = name[len("rank"):-len(RANK_STEP_TIME_SUFFIX)]
+            if name.startswith("rank") and name.endswith(RANK_STEP_TIME_SUFFIX) and rank.isascii() \
+                    and rank.isdigit() and int(rank) > 0:
+                ranks[name] = int(rank)
+    frame = metric_frame(s, ids, sorted(ranks))
+    frame = frame.assign(rank=frame["name"].map(ranks).astype(int))
+    return frame[RANK_STEP_TIME_COLUMNS].sort_values(["run_id", "rank", "step"], kind="stable", ignore_index=True)
