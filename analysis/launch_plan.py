@@ -10,7 +10,7 @@ from engine.matrix import MAX_MATRIX_RUNS, expand, parse_seeds
 from engine.executors import executor_name
 from engine.executors.local import cpu_slots, runs_per_gpu
 from engine.scheduler import scheduling_enabled
-from engine.spec import RunSpec, SpecError
+from engine.spec import MAX_WORKERS, RunSpec, SpecError
 
 FIELD_LABELS = {
     "framework": "Framework", "frameworks": "Framework", "model": "Model", "dataset": "Dataset",
@@ -23,6 +23,7 @@ FIELD_LABELS = {
     "matrix": "Runs in the matrix", "sample_hz": "Memory samples per second",
     "tf_memory_growth": "TensorFlow memory growth", "on_divergence": "NaN or infinite loss",
     "layer_stats": "Layer statistics", "histogram_bins": "Histogram bins", "keep_weights": "Keep the trained weights",
+    "workers": "Workers", "sync_batchnorm": "Sync batch norm", "last_batch": "Last, smaller batch",
 }
 PRECISION_LABELS = {"fp32": "fp32", "mixed": "mixed (bf16 or fp16)"}
 
@@ -58,24 +59,53 @@ def spec_error_message(exc: SpecError, submitted: bool = True) -> str:
 
 
 def build_matrix(base: dict[str, Any], modes: dict[str, Sequence[str]], precisions: Sequence[str],
-                 seeds_text: str) -> list[RunSpec]:
-    """Validated specs: for each framework, its chosen modes x precisions x seeds; raises SpecError.
+                 seeds_text: str, workers_text: str = "1") -> list[RunSpec]:
+    """Validated specs: for each framework, its chosen modes x precisions x seeds x worker counts; raises SpecError.
 
-    One engine.matrix.expand call per framework, because a mode name can exist in both
-    frameworks ("eager") while the form picks modes per framework.
+    One engine.matrix.expand call per framework and worker count, because a mode name can exist in both
+    frameworks ("eager") while the form picks modes per framework, and expand knows no workers axis.
     """
     if not modes:
         raise SpecError("frameworks", "none", "choose PyTorch, TensorFlow or both")
     seeds = parse_seeds(seeds_text)
+    counts = parse_workers(workers_text)
     specs: list[RunSpec] = []
     for framework, chosen in modes.items():
         if not chosen:
             raise SpecError("modes", "none", f"choose at least one {framework_label(framework)} mode")
-        specs += expand(base, [framework], list(chosen), list(precisions), seeds)
+        for workers in counts:
+            specs += expand({**base, "workers": workers}, [framework], list(chosen), list(precisions), seeds)
     if len(specs) > MAX_MATRIX_RUNS:
         raise SpecError("matrix", len(specs), f"at most {MAX_MATRIX_RUNS} runs at once; "
-                                              "pick fewer seeds, modes or precisions")
+                                              "pick fewer seeds, modes, precisions or worker counts")
     return specs
+
+
+def parse_workers(text: str) -> list[int]:
+    """'1' or '1, 2, 4' or '1-4' -> worker counts (a scaling study); raises SpecError naming the bad part.
+
+    Counts outside 1..MAX_WORKERS are left to RunSpec, which names them; a range stops one past the
+    largest count, so '1-1000000' is named without a million specs built first.
+    """
+    counts: list[int] = []
+    for part in str(text).replace(" ", "").split(","):
+        if not part:
+            continue
+        low_text, _, high_text = part.partition("-") if "-" in part[1:] else (part, "", part)
+        try:
+            low, high = int(low_text), int(high_text)
+        except ValueError:
+            raise SpecError("workers", part, "expected whole numbers like '1', '1, 2, 4' or '1-4'") from None
+        if high < low:
+            raise SpecError("workers", part, "a range must go up, like 1-4")
+        for count in range(low, min(high, max(low, MAX_WORKERS + 1)) + 1):
+            if count in counts:
+                raise SpecError("workers", count, "a worker count is listed twice")
+            counts.append(count)
+    if not counts:
+        raise SpecError("workers", text, f"name at least one worker count, like '1' or '1, 2, 4' (at most "
+                                         f"{MAX_WORKERS})")
+    return counts
 
 
 def format_seeds(seeds: Sequence[int]) -> str:
@@ -93,14 +123,21 @@ def format_seeds(seeds: Sequence[int]) -> str:
 
 
 def describe_matrix(specs: Sequence[RunSpec]) -> str:
-    """"PyTorch eager fp32 × seeds 0-4 · TensorFlow tf.function (graph) fp32 × seeds 0-4"."""
-    cells: dict[tuple[str, str, str], list[int]] = {}
+    """"PyTorch eager fp32 × seeds 0-4 · TensorFlow tf.function (graph) fp32 × seeds 0-4", with "× workers 1, 2"
+    when a run of the matrix trains with several workers."""
+    cells: dict[tuple[str, str, str], tuple[list[int], list[int]]] = {}
     for spec in specs:
-        cells.setdefault((spec.framework, spec.mode, spec.precision), []).append(spec.seed)
+        seeds, counts = cells.setdefault((spec.framework, spec.mode, spec.precision), ([], []))
+        seeds.append(spec.seed)
+        counts.append(spec.workers)
     parts = []
-    for (framework, mode, precision), seeds in cells.items():
+    for (framework, mode, precision), (seeds, counts) in cells.items():
+        seeds, counts = list(dict.fromkeys(seeds)), list(dict.fromkeys(counts))
         seed_words = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {format_seeds(seeds)}"
-        parts.append(f"{framework_label(framework)} {MODE_LABELS.get(mode, mode)} {precision} × {seed_words}")
+        worker_words = "" if counts == [1] else (
+            f" × {counts[0]} workers" if len(counts) == 1 else f" × workers {', '.join(map(str, counts))}")
+        parts.append(f"{framework_label(framework)} {MODE_LABELS.get(mode, mode)} {precision} × {seed_words}"
+                     + worker_words)
     return " · ".join(parts)
 
 

@@ -1,4 +1,4 @@
-"""Launch: pick a model and settings, queue one run or a matrix (frameworks x modes x precisions x seeds)."""
+"""Launch: pick a model and settings, queue one run or a matrix (frameworks x modes x precisions x seeds x workers)."""
 from __future__ import annotations
 
 import streamlit as st
@@ -18,7 +18,7 @@ from engine.catalog import (
 from engine.devices import check_available, on_cluster
 from engine.launch import launch
 from engine.executors.local import cpu_slots, runs_per_gpu
-from engine.spec import LAST_BATCH_CHOICES, STEP_TIMINGS, RunSpec, SpecError
+from engine.spec import LAST_BATCH_CHOICES, MAX_WORKERS, STEP_TIMINGS, RunSpec, SpecError
 from ui.database import db_url, sessions
 from ui.router import COMPARE_PAGE, RUNS_PAGE, ensure_router
 from ui.widgets import LAUNCHED_KEY, RUNS_PARAM
@@ -112,7 +112,7 @@ with st.container(border=True):
                                             help="Standard deviation of Gaussian noise added to the targets.")
 
 with st.container(border=True):
-    st.markdown("**Execution** · pick several modes or precisions to queue every combination")
+    st.markdown("**Execution** · pick several modes, precisions or worker counts to queue every combination")
     modes = {}
     columns = st.columns(len(frameworks) + 1)
     for column, framework in zip(columns, frameworks):
@@ -142,6 +142,21 @@ with st.container(border=True):
     settings["same_init"] = c4.toggle("Same initial weights", value=True, key="same_init",
                                       help="One set of weights drawn from the seed and loaded into both frameworks. "
                                            "Off: each framework's own initialisers.")
+    # Text, not a number input: several counts ("1, 2, 4") queue a scaling study, and RunSpec names a count
+    # outside 1..8 or a batch that does not split evenly, as for the other fields.
+    c1, c2, _, _ = st.columns(4)
+    workers_text = c1.text_input(
+        "Workers", value="1", key="workers",
+        help=f"Data-parallel worker processes per run, 1 to {MAX_WORKERS}: PyTorch DistributedDataParallel, "
+             "TensorFlow MultiWorkerMirroredStrategy. The batch size above stays the global batch, split evenly "
+             "between the workers. Several counts (1, 2, 4) queue a scaling study in one group: one run per count, "
+             "compared on Compare's Scaling tab.")
+    settings["sync_batchnorm"] = c2.toggle(
+        "Sync batch norm", value=False, key="sync_batchnorm",
+        help="With several workers, batch norm statistics computed over the global batch (SyncBatchNorm, "
+             "Keras's synchronized BatchNormalization) instead of each worker's shard. Slower; no effect on "
+             "one worker or on models without batch norm.")
+    c2.caption("Only matters with 2 or more workers.")
 
 with st.container(border=True):
     st.markdown("**Measurement**")
@@ -226,7 +241,7 @@ if synthetic:
 
 # The preview validates on every change; submitting validates again and only then queues.
 try:
-    specs, problem = build_matrix(settings, modes, precisions, seeds_text), None
+    specs, problem = build_matrix(settings, modes, precisions, seeds_text, workers_text), None
 except SpecError as exc:
     specs, problem = [], exc
 count = len(specs)

@@ -200,3 +200,39 @@ def test_page_constants_match_the_router(arena_db, open_page):
     for page in (LAUNCH_PAGE, RUNS_PAGE, COMPARE_PAGE):
         at.switch_page(page).run()
         assert not failures(at)
+
+
+def test_a_workers_matrix_queues_a_scaling_study_as_one_group(arena_db, open_page, monkeypatch):
+    monkeypatch.setenv("ARENA_SCHEDULER", "off")  # the runs only need queuing: nothing here may start a runner
+    at = open_page()
+    at.radio(key="framework").set_value("torch").run()
+    tiny(at)
+    at.text_input(key="workers").set_value("1, 2").run()
+    assert "This will queue **2 runs** as one group: PyTorch eager fp32 × seed 0 × workers 1, 2." in preview(at)
+    at.button(key="queue").click().run()
+
+    assert not failures(at) and not at.error
+    runs = stored_runs(arena_db)
+    assert sorted(run.spec["workers"] for run in runs) == [1, 2]
+    assert len({run.group_tag for run in runs}) == 1 and runs[0].group_tag is not None
+    specs = [{k: v for k, v in run.spec.items() if k != "workers"} for run in runs]
+    assert specs[0] == specs[1]  # a scaling study: only the workers differ
+    assert "Queued 2 runs" in at.success[0].value
+
+
+@pytest.mark.parametrize("workers, words", [
+    ("3", ["**Batch size** = `32`", "split evenly between 3 workers"]),
+    ("1, 9", ["**Workers** = `9`", "must be <= 8"]),
+    ("2, 2", ["**Workers** = `2`", "listed twice"]),
+    ("two", ["**Workers** = `two`", "whole numbers"]),
+])
+def test_bad_worker_counts_are_refused_at_the_form_naming_the_value(arena_db, open_page, workers, words):
+    at = open_page()
+    at.number_input(key="mlp.digits.batch_size").set_value(32)
+    at.text_input(key="workers").set_value(workers).run()
+    at.button(key="queue").click().run()
+
+    assert not failures(at)
+    message = at.error[0].value
+    assert all(word in message for word in words), message
+    assert "Nothing was queued" in message and stored_runs(arena_db) == []
