@@ -26,9 +26,9 @@ from engine.export import FORMATS as EXPORT_FORMATS, open_tensorboard_command, w
 from engine.launch import default_url_for, queue_runs, reap
 from engine.launch import ALREADY_ENDED, CANCEL_GRACE_S, CANCEL_REQUESTED, cancel_runs
 from engine.scheduler import LEASE_NAME, NOT_SCHEDULING, Scheduler, scheduling_enabled, wake
-from engine.matrix import expand, parse_seeds
+from engine.matrix import MAX_MATRIX_RUNS, expand, parse_seeds
 from engine.run_ids import run_id_argument
-from engine.spec import RunSpec, SpecError
+from engine.spec import MAX_WORKERS, RunSpec, SpecError
 from engine.traces import viewer_hint, write_trace
 
 POLL_INTERVAL_S = 0.5
@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run", help="train a run, or a matrix of runs as one group, and wait (exit 0 when all finished)",
-        description="Several frameworks, modes, precisions or seeds queue every combination as one group. "
-                    "The database's scheduler (this command's, or a dashboard's if one is open) places each "
+        description="Several frameworks, modes, precisions, seeds or worker counts queue every combination as one "
+                    "group. The database's scheduler (this command's, or a dashboard's if one is open) places each "
                     "run on a free GPU or the CPU (ARENA_RUNS_PER_GPU, ARENA_CPU_SLOTS); Ctrl-C stops them.")
     all_modes = sorted({m for modes in MODES.values() for m in modes})
     # Required unless --spec names them (build_specs says which is missing).
@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="lstm/transformer: every batch its own sequence length (many shapes: retraces show)")
     run.add_argument("--keep-weights", choices=("on", "off"),
                      help="keep the final weights with the run, for `deploy` (on, default)")
+    run.add_argument("--workers", type=int, nargs="+", metavar="N",
+                     help=f"data-parallel worker processes per run, 1..{MAX_WORKERS} (default 1): PyTorch DDP, "
+                          "TensorFlow MultiWorkerMirroredStrategy; --batch-size stays the global batch, split evenly. "
+                          "Several counts (--workers 1 2 4) queue a scaling study as one group")
+    run.add_argument("--sync-batchnorm", action="store_true", default=None,
+                     help="with several workers, batch norm statistics over the global batch (SyncBatchNorm)")
     run.add_argument("--max-steps-per-epoch", type=int)
     run.add_argument("--noise", type=float, help="powerlaw: std of Gaussian noise on targets")
     run.add_argument("--synthetic-shape", help="synthetic datasets: '32x32x3' (images) or '64' (sequence length)")
@@ -243,8 +249,19 @@ def build_specs(args: argparse.Namespace) -> list[RunSpec]:
         step_timing=args.step_timing, calibration_steps=args.calibration_steps, profile_steps=args.profile_steps,
         last_batch=args.last_batch, variable_length=args.variable_length,
         keep_weights=None if args.keep_weights is None else args.keep_weights == "on",
+        sync_batchnorm=args.sync_batchnorm,
     )
-    return expand(base, frameworks, args.mode, args.precision or ["fp32"], seeds)
+    counts = args.workers or [1]
+    if len(set(counts)) != len(counts):
+        raise SpecError("workers", counts, "a worker count is listed twice")
+    # expand knows no workers axis: one call per count, framework-major as expand orders the rest.
+    per_count = [expand({**base, "workers": n}, frameworks, args.mode, args.precision or ["fp32"], seeds)
+                 for n in counts]
+    specs = [spec for framework in dict.fromkeys(frameworks) for specs in per_count for spec in specs
+             if spec.framework == framework]
+    if len(specs) > MAX_MATRIX_RUNS:
+        raise SpecError("matrix", len(specs), f"at most {MAX_MATRIX_RUNS} runs at once")
+    return specs
 
 
 _NOT_SPEC_OPTIONS = ("command", "spec", "db", "json")  # run options a spec file does not replace
@@ -276,8 +293,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     sessions = make_sessionmaker(url)
     run_ids = queue_runs(sessions, specs)
     for run_id, spec in zip(run_ids, specs):
+        workers = f", {spec.workers} workers" if spec.workers > 1 else ""
         print(f"run {run_id}: {framework_label(spec.framework)} {spec.mode} {spec.precision} {spec.model} on "
-              f"{spec.dataset}, seed {spec.seed}, {spec.epochs} epochs (db {url})", file=sys.stderr)
+              f"{spec.dataset}, seed {spec.seed}, {spec.epochs} epochs{workers} (db {url})", file=sys.stderr)
     scheduler = wake(sessions, url)
     if scheduler is None:
         print(f"  {NOT_SCHEDULING} runs", file=sys.stderr, flush=True)
@@ -427,14 +445,22 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+# Multi-worker figures a run's summary holds once it ran (issue 18), lifted to the top of its JSON record.
+WORKER_SUMMARY_KEYS = ("strategy", "threads_per_worker", "ranks", "straggling")
+
+
 def _run_record(run, metrics: dict[str, float]) -> dict[str, Any]:
+    summary = run.summary or {}
     return {
         "run_id": run.id, "status": run.status, "framework": run.framework, "model": run.model,
         "dataset": run.dataset, "mode": run.spec.get("mode"), "precision": run.spec.get("precision", "fp32"),
-        "seed": run.spec.get("seed"), "group_tag": run.group_tag, "summary": run.summary or {}, "epochs": f"{run.epoch}/{run.total_epochs}",
+        "seed": run.spec.get("seed"), "group_tag": run.group_tag, "summary": summary, "epochs": f"{run.epoch}/{run.total_epochs}",
         "created_at": run.created_at.isoformat(timespec="seconds") + "Z", "metrics": metrics,
         "error": (run.error or "").strip().splitlines()[-1] if run.error else None,
         "reason": run.reason, "device": run.placed_device,
+        # What ran once it has, else what was asked; runs stored before workers existed had one.
+        "workers": summary.get("workers") or run.spec.get("workers", 1),
+        **{key: summary[key] for key in WORKER_SUMMARY_KEYS if key in summary},
     }
 
 

@@ -110,3 +110,43 @@ def test_defaults_reach_the_quality_bar_in_20_epochs(arena_db, framework, model,
     assert result.returncode == 0, result.stderr
     metrics = last_json(result.stdout)["metrics"]
     assert check(metrics), metrics
+
+
+@pytest.mark.parametrize("workers, message", [
+    (["9"], "workers=9: must be <= 8"),
+    (["0"], "workers=0: must be >= 1"),
+    (["3"], "batch_size=32: the global batch must split evenly between 3 workers"),
+    (["2", "2"], "workers=[2, 2]: a worker count is listed twice"),
+    (["two"], "argument --workers: invalid int value: 'two'"),
+])
+def test_bad_workers_exit_2_name_the_value_and_store_nothing(arena_db, workers, message):
+    result = run_cli("run", "--framework", "torch", "--model", "mlp", "--dataset", "digits", "--batch-size", "32",
+                     "--workers", *workers, "--db", arena_db, env={"ARENA_SCHEDULER": "off"})
+    assert result.returncode == 2
+    assert message in result.stderr
+    with make_sessionmaker(arena_db).begin() as s:
+        assert queries.list_runs(s) == []
+
+
+def test_several_worker_counts_make_a_scaling_study_and_json_lifts_the_worker_figures(arena_db):
+    from engine.cli import _run_record, build_parser, build_specs
+
+    args = build_parser().parse_args(["run", "--framework", "both", "--model", "mlp", "--dataset", "digits",
+                                      "--workers", "1", "2", "--sync-batchnorm"])
+    specs = build_specs(args)
+    assert [(spec.framework, spec.workers) for spec in specs] == [
+        ("torch", 1), ("torch", 2), ("tensorflow", 1), ("tensorflow", 2)]
+    assert all(spec.sync_batchnorm for spec in specs)
+
+    ranks = [{"rank": r, "step_time_p50_ms": 5.0 + r, "step_time_p95_ms": 6.0, "steady_samples_per_s": 900.0,
+              "peak_rss_bytes": 3e8} for r in range(2)]
+    with make_sessionmaker(arena_db).begin() as s:
+        single, double = (queries.create_run(s, spec.to_dict()) for spec in specs[:2])
+        queries.finish_run(s, double.id, {"workers": 2, "strategy": "DistributedDataParallel (gloo)",
+                                          "threads_per_worker": 1, "ranks": ranks, "straggling": 1.1})
+        s.refresh(double)
+        records = [_run_record(run, {}) for run in (single, double)]
+    assert records[0]["workers"] == 1 and "ranks" not in records[0]  # asked for one; nothing ran yet
+    assert {key: records[1][key] for key in ("workers", "strategy", "threads_per_worker", "straggling")} == {
+        "workers": 2, "strategy": "DistributedDataParallel (gloo)", "threads_per_worker": 1, "straggling": 1.1}
+    assert records[1]["ranks"] == ranks
