@@ -24,6 +24,7 @@ from ui.widgets import REFRESH_INTERVAL
 TABS = {
     "Learning": "ui.learning_section",
     "Speed": "ui.speed_section",
+    "Scaling": "ui.scaling_section",
     "Memory": "ui.memory_section",
     "Summary": "ui.summary_section",
     "Settings": "ui.settings_section",
