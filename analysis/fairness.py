@@ -12,6 +12,7 @@ from analysis import run_settings as rs
 from db import queries
 from db.models import Run
 from engine.catalog import framework_label
+from engine.executors.base import placed_devices
 
 NOT_RECORDED = "not recorded"  # a setting the run's spec predates
 OPTIMIZER_WORDS = {"sgd": "SGD", "momentum": "SGD with momentum 0.9", "adam": "Adam"}
@@ -70,6 +71,10 @@ SETTINGS = (
     Setting("dataset", "dataset", _spec("dataset")),
     Setting("epochs", "epochs", _spec("epochs")),
     Setting("batch_size", "batch size", _spec("batch_size")),
+    # Stored before multi-worker runs existed: one worker. The global batch is batch_size either way.
+    Setting("workers", "workers", _spec("workers", "1")),
+    Setting("sync_batchnorm", "synchronised batch norm", _spec("sync_batchnorm", "False"),
+            _any(lambda run: int((run.spec or {}).get("workers", 1)) > 1)),
     Setting("lr", "learning rate", _spec("lr")),
     Setting("optimizer", "optimizer", _spec("optimizer")),
     Setting("seed", "seed", _spec("seed")),
@@ -211,15 +216,17 @@ def _and(words: list[str]) -> str:
 def concurrent_training_s(runs: Sequence[Run], now: Optional[datetime] = None) -> float:
     """Longest time two of the runs trained at once on one device of one machine (they shared it).
 
-    Runs the scheduler placed on different GPUs did not share a device and are not counted.
+    Runs the scheduler placed on different GPUs did not share a device and are not counted; a multi-worker
+    run holds each device it lists, and any run on the CPU shares it with the loop of every run.
     """
     longest = 0.0
     for i, a in enumerate(runs):
         for b in runs[i + 1:]:
             if a.started_at is None or b.started_at is None or a.hostname != b.hostname:
                 continue
-            on_gpus = {a.placed_device, b.placed_device} - {None, "cpu"}
-            if len(on_gpus) == 2:
+            a_devices, b_devices = set(placed_devices(a.placed_device)), set(placed_devices(b.placed_device))
+            on_gpus_only = a_devices and b_devices and "cpu" not in a_devices | b_devices
+            if on_gpus_only and not a_devices & b_devices:
                 continue
             now = now or queries.utcnow()
             overlap = (min(a.finished_at or now, b.finished_at or now) - max(a.started_at, b.started_at))

@@ -53,8 +53,9 @@ class Run(Base):
     pid: Mapped[Optional[int]] = mapped_column(Integer)
     heartbeat_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
     log_path: Mapped[Optional[str]] = mapped_column(Text)
-    # Where the scheduler placed the run ("cpu", "cuda:1"; physical GPU index) once it started it.
-    placed_device: Mapped[Optional[str]] = mapped_column(String(32))
+    # Where the scheduler placed the run ("cpu", "cuda:1"; physical GPU index) once it started it; a multi-worker
+    # run's devices in rank order, comma-separated ("cpu,cpu", "cuda:0,cuda:1").
+    placed_device: Mapped[Optional[str]] = mapped_column(String(64))
     # Why a failed/diverged run ended: out_of_memory, non_finite_loss, error (None while active or finished).
     reason: Mapped[Optional[str]] = mapped_column(String(32))
     # What the user calls the run, and what they noted and tagged it with (Runs page, CLI).

@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # pandas is imported where a frame is built: the CLI and runn
 
 # Metric names recorded once per optimizer step start with this prefix; the rest are per epoch.
 STEP_PREFIX = "step/"
+# Per-rank metrics of a multi-worker run's other workers ("rank1/step/step_time_ms"): timing, not learning curves.
+RANK_PREFIX = "rank"
 
 
 def utcnow() -> datetime:
@@ -424,11 +426,11 @@ def _code_point_order(s: Session, column):
 
 
 def metric_names(s: Session, run_ids: Sequence[int]) -> list[str]:
-    """Every metric name some of the runs recorded, sorted."""
+    """Every metric name some of the runs recorded, sorted; a multi-worker run's per-rank timings left out."""
     ids = list(run_ids)
     names = set(s.scalars(select(MetricPoint.name).where(MetricPoint.run_id.in_(ids)).distinct()))
     names.update(s.scalars(select(MetricChunk.name).where(MetricChunk.run_id.in_(ids)).distinct()))
-    return sorted(names)
+    return sorted(name for name in names if not name.startswith(RANK_PREFIX))
 
 
 def sample_frame(

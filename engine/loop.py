@@ -1,6 +1,7 @@
 """The one training loop, shared by both backends: epochs, data order, timing, metrics."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -10,6 +11,7 @@ from engine import calibration, inference
 from engine.backends.base import Backend
 from engine.batches import epoch_batches, steps_per_epoch
 from engine.data import Dataset, epoch_order
+from engine.distributed import SINGLE, Workers, shard
 from engine.host_threads import numpy_blas_single_threaded, numpy_blas_threads
 from engine.layer_stats import layer_rows
 from engine.spec import RunSpec
@@ -76,7 +78,7 @@ class _StepBuffer:
 
 
 def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, meter: Optional[EpochMeter] = None,
-          artifacts: Optional[list[calibration.Artifact]] = None) -> dict:
+          artifacts: Optional[list[calibration.Artifact]] = None, workers: Workers = SINGLE) -> dict:
     """Train per the spec, streaming metrics to the sink; return the run summary.
 
     A NaN/inf loss raises Diverged (spec.on_divergence "stop") or is noted in the summary as
@@ -85,14 +87,21 @@ def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, mete
     statistics go to the sink after every epoch, outside every timer and memory meter, and of the
     initial weights as epoch 0; their cost is the summary's layer_stats_s. Arena's own numpy work
     runs on one thread meanwhile, so it never competes with the framework (engine/host_threads.py).
+    In a multi-worker run (workers, engine/distributed.py) this process trains its shard of every
+    global batch; rank 0 alone evaluates, records the run's metrics and finishes, after a barrier
+    that lets the others write their points; the others return their step timing.
     After the last epoch, outside every timer, a calibration window splits steps into phases and a
     few steps run under the framework's profiler (engine/calibration.py); the profiler's trace is
     appended to artifacts, for the caller to store.
     """
     with numpy_blas_single_threaded():
-        run = _Run(spec, backend, data, sink, meter)
+        run = _Run(spec, backend, data, sink, meter, workers)
         for epoch in range(1, spec.epochs + 1):
             run.epoch(epoch)
+        if not workers.lead:
+            return _timing_summary(spec, run.clock)
+        if workers.distributed:
+            backend.barrier()  # the other workers have written their points (engine/runner.py)
         return run.finish(artifacts)
 
 
@@ -100,8 +109,12 @@ class _Run:
     """One training run's state between epochs: the model built, the clock, the counters, the summary so far."""
 
     def __init__(self, spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink,
-                 meter: Optional[EpochMeter]) -> None:
+                 meter: Optional[EpochMeter], workers: Workers = SINGLE) -> None:
         self.spec, self.backend, self.data, self.sink, self.meter = spec, backend, data, sink, meter
+        self.workers = workers
+        # A worker's batches are its shard of each global batch: batch_size / workers samples.
+        self.local_spec = (dataclasses.replace(spec, batch_size=spec.batch_size // workers.world)
+                           if workers.distributed else spec)
         input_shape = tuple(data.x_train.shape[1:])
         weights = initial_weights(spec.model, input_shape, data.num_outputs, spec.seed) if spec.same_init else None
         param_count = backend.build(spec, data.task, weights, input_shape, data.num_outputs)
@@ -110,7 +123,10 @@ class _Run:
             raise RuntimeError(f"{backend.name} built {spec.model} with {param_count} parameters, expected {expected}")
         self.steps = steps_per_epoch(spec, len(data.x_train))
         self.summary: dict = {"param_count": param_count, "steps_per_epoch": self.steps, "same_init": spec.same_init,
-                              **backend.settings(), "numpy_blas_threads": numpy_blas_threads()}
+                              **backend.settings(), "numpy_blas_threads": numpy_blas_threads(),
+                              "workers": workers.world}
+        if workers.distributed:
+            self.summary["per_worker_batch"] = self.local_spec.batch_size
         every_step = spec.step_timing == "every_step" or (spec.step_timing == "auto" and not backend.asynchronous)
         self.clock = StepClock(backend.synchronize, every_step, spec.warmup_steps)
         self.summary["step_timing"] = self.clock.describe()
@@ -121,7 +137,7 @@ class _Run:
         # The run's first training batch: the same samples in both frameworks, every epoch.
         first_batch = epoch_order(len(data.x_train), spec.seed, 1)[:spec.batch_size]
         self.stats_batch = (data.x_train[first_batch], data.y_train[first_batch])
-        if spec.layer_stats:
+        if spec.layer_stats and workers.lead:
             # Epoch 0 without gradients: a forward and backward pass before the first step would warm up
             # the kernels that step uses and make its time, the compile estimate, look shorter.
             self.summary["layer_stats_s"] = _record_layer_stats(spec, backend, sink, None, 0, 0)
@@ -139,6 +155,8 @@ class _Run:
         if bad:  # a loss of the epoch's last steps, drained after the timer stopped
             self.sink.progress(epoch - 1, self.global_step)
             self._diverged(bad[0], "train_loss", bad[1])
+        if not self.workers.lead:
+            return  # rank 0 evaluates and records the epoch; this worker goes on to the next step's all-reduce
         metrics = {"train_loss": sum(losses) / len(losses), "epoch_time_s": train_s}
         timed_samples, timed_s = self.clock.steady(since=before)
         if timed_samples and timed_s > 0:
@@ -166,16 +184,18 @@ class _Run:
         Returns samples, seconds, the losses, and the first (step, loss) of the last drain that is not finite.
         """
         spec, backend, clock = self.spec, self.backend, self.clock
-        order = epoch_order(len(self.data.x_train), spec.seed, epoch)
+        order = shard(epoch_order(len(self.data.x_train), spec.seed, epoch), self.steps, spec.batch_size, self.workers)
+        world = self.workers.world  # every worker's step takes a shard: world x its samples make the global batch
         backend.synchronize()
         start = time.perf_counter()
         clock.start_epoch(start)
-        batch_at = epoch_batches(spec, backend, self.data.x_train[order], self.data.y_train[order], epoch,
+        batch_at = epoch_batches(self.local_spec, backend, self.data.x_train[order], self.data.y_train[order], epoch,
                                  self.data.num_outputs)
         buffer, losses = _StepBuffer(), []
         last_drain, samples = start, 0
         for i in range(self.steps):
             x_batch, y_batch, size = batch_at(i)
+            size *= world
             step = self.global_step + 1
             new_shape = self.shapes.first_time(tuple(x_batch.shape), step)
             clock.before_step(step, alone=new_shape)  # a new shape's step is timed alone: it may compile
@@ -197,6 +217,8 @@ class _Run:
         return samples, train_s, losses + drained, bad
 
     def _diverged(self, step: int, name: str, value: float) -> None:
+        if not self.workers.lead:
+            return  # rank 0 sees the same global loss and ends the run; it stops this worker with it
         if "diverged_at_step" not in self.summary:
             self.summary.update(diverged_at_step=step, diverged_metric=name)
         if self.spec.on_divergence == "stop":
@@ -224,7 +246,12 @@ class _Run:
         if spec.target_accuracy is not None:
             summary.setdefault("time_to_target_s", None)
         # Phases and the operator profile, then the inference benchmark: outside every timer above.
-        summary.update(calibration.after_training(spec, self.backend, self.data, artifacts))
+        if self.workers.distributed:
+            # Their steps would wait for gradients from workers that have finished: one worker's phases
+            # are measured by a one-worker run of the same spec.
+            summary["calibration_skipped"] = "multi-worker run: phases and operator profiles come from one-worker runs"
+        else:
+            summary.update(calibration.after_training(spec, self.backend, self.data, artifacts))
         if spec.inference_iters:
             summary.update(inference.benchmark(self.backend, self.data.x_test, self.data.y_test, spec.batch_size,
                                                spec.inference_iters))

@@ -35,9 +35,13 @@ class Recorder:
 
     def __init__(self, session_factory: sessionmaker[Session], run_id: int,
                  flush_interval_s: float = FLUSH_INTERVAL_S, give_up_after_s: float = GIVE_UP_AFTER_S,
-                 on_cancel: Optional[Callable[[], None]] = None) -> None:
+                 on_cancel: Optional[Callable[[], None]] = None, rank: int = 0) -> None:
+        """rank > 0: a multi-worker run's other worker, which records only its own step times and samples, named
+        by rank ("rank1/step/step_time_ms", source "rank1/host"); rank 0 records the run (engine/distributed.py)."""
         self._sessions = session_factory
         self.run_id = run_id
+        self._lead = rank == 0
+        self._prefix = "" if self._lead else f"{queries.RANK_PREFIX}{rank}/"
         self._interval = flush_interval_s
         self._give_up_after_s = give_up_after_s
         self._lock = threading.Lock()  # the buffers
@@ -61,13 +65,17 @@ class Recorder:
     # MetricSink -------------------------------------------------------------------------
     def step_metrics(self, name: str, points: list[tuple[int, int, float, float]]) -> None:
         """Per-step values (step, epoch, value, unix time the step ended), stored as "step/<name>"."""
-        rows = [dict(run_id=self.run_id, name=f"{queries.STEP_PREFIX}{name}", step=step, epoch=epoch,
+        if not self._lead and name == "train_loss":
+            return  # the global batch's loss is the same on every worker: rank 0 records it
+        rows = [dict(run_id=self.run_id, name=f"{self._prefix}{queries.STEP_PREFIX}{name}", step=step, epoch=epoch,
                      wall_time=ended_at, value=value) for step, epoch, value, ended_at in points]
         with self._lock:
             self._metrics.extend(rows)
             self._produced["metric_points"] += len(rows)
 
     def epoch_metrics(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
+        if not self._lead:
+            return
         now = time.time()
         rows = [dict(run_id=self.run_id, name=name, step=step, epoch=epoch, wall_time=now, value=float(value))
                 for name, value in metrics.items()]
@@ -91,7 +99,7 @@ class Recorder:
         with self._lock:
             before = len(self._samples)
             self._samples.extend(
-                dict(run_id=self.run_id, time=t, source=src, name=name, value=value, unit=unit)
+                dict(run_id=self.run_id, time=t, source=f"{self._prefix}{src}", name=name, value=value, unit=unit)
                 for t, src, name, value, unit in rows
             )
             self._produced["samples"] += len(self._samples) - before
@@ -165,8 +173,10 @@ class Recorder:
                 queries.add_metric_points(s, metrics)
                 queries.add_system_samples(s, samples)
                 queries.add_tensor_stats(s, tensor_stats)
-                queries.update_run(s, self.run_id, **values)
-                requested = queries.cancel_requested(s, self.run_id)
+                requested = None
+                if self._lead:  # the other workers' progress is rank 0's; rank 0 stops them when cancelled
+                    queries.update_run(s, self.run_id, **values)
+                    requested = queries.cancel_requested(s, self.run_id)
         except Exception as exc:
             # Keep the rows for the next attempt rather than dropping recorded points.
             with self._lock:

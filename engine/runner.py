@@ -29,7 +29,7 @@ from db import queries
 from db.errors import database_error
 from db.models import CANCELLED, DIVERGED, FAILED, NON_FINITE_LOSS, OUT_OF_MEMORY, ERROR
 from db.session import make_sessionmaker, resolve_db_url
-from engine import environment, kept_weights
+from engine import distributed, environment, kept_weights
 from engine.data import load_spec
 from engine.monitor import EpochMeter, HostPeak, Monitor
 from engine.nvml import Nvml
@@ -86,14 +86,19 @@ def execute(run_id: int, db_url: Optional[str] = None) -> int:
     instruments: Optional[Instruments] = None
     backend = None
     summary: dict = {}
+    workers, children, quiet = distributed.SINGLE, [], None
     try:
         spec = RunSpec.from_dict(spec_dict)
+        if spec.workers > 1:  # rank 0 starts the others first: they load data and frameworks alongside it
+            workers, children = distributed.start_workers(run_id, url, spec.workers)
+            quiet = distributed.watch_workers(children, _fail_when_worker_lost(sessions, run_id, recorder))
         data = load_spec(spec)
         summary.update(data.info)
         from engine.backends import get_backend  # imports exactly one framework
 
         backend = get_backend(spec.framework, os.environ.get(ENV_DEVICE) or spec.device,
-                              tf_memory_growth=spec.tf_memory_growth)
+                              tf_memory_growth=spec.tf_memory_growth, threads=distributed.threads_from_env())
+        backend.join(workers)
         instruments = start_instruments(spec, backend, recorder, pid)
         env = environment.capture(backend.describe(), instruments.nvml.snapshot() if instruments.nvml else None,
                                   instruments.nvml_status)
@@ -107,10 +112,18 @@ def execute(run_id: int, db_url: Optional[str] = None) -> int:
 
         artifacts: list = []  # files training produced (the profiler's trace), stored with the run's end
         try:
-            summary.update(train(spec, backend, data, recorder, instruments.meter, artifacts))
+            summary.update(train(spec, backend, data, recorder, instruments.meter, artifacts, workers))
         except Diverged as exc:
             summary["diverged_at_step"] = exc.step
             raise
+        if workers.distributed:  # past the final barrier: every worker has written its points
+            if quiet is not None:
+                quiet()
+            summary["threads_per_worker"] = distributed.threads_from_env() or backend.describe().get("intra_op_threads")
+            recorder.flush()  # rank 0's own step times and samples, read back beside the others'
+            with sessions.begin() as s:
+                summary.update(distributed.rank_figures(s, run_id, workers.world, spec.warmup_steps,
+                                                        spec.batch_size // workers.world))
         if spec.keep_weights and "diverged_at_step" not in summary:  # trained weights, for deployment
             artifacts.append(kept_weights.artifact(backend.canonical_weights(), kept_weights.describe(spec, data, run_id)))
         _stop(instruments, recorder, summary)
@@ -131,6 +144,12 @@ def execute(run_id: int, db_url: Optional[str] = None) -> int:
     except BaseException as exc:  # noqa: BLE001 - every way out must leave the run ended, not running
         _ignore_further_sigterms()
         error = "".join(traceback.format_exception(exc))
+        if quiet is not None:
+            quiet()
+            lost = [f"worker rank {rank} {distributed.exit_words(child.poll())}"
+                    for rank, child in enumerate(children, start=1) if child.poll() not in (None, 0)]
+            if lost:  # the collective's own error below says less than which worker went
+                error = "; ".join(lost) + ": a data-parallel run needs every worker\n" + error
         try:
             _stop(instruments, recorder, summary)
         except Exception as flush_exc:  # still mark the run failed, and say that points may be missing
@@ -156,6 +175,64 @@ def execute(run_id: int, db_url: Optional[str] = None) -> int:
         if cancelled:
             return EXIT_CANCELLED
         return 130 if isinstance(exc, KeyboardInterrupt) else 1
+    finally:
+        if children:
+            distributed.stop_workers(children)
+
+
+def _fail_when_worker_lost(sessions: sessionmaker[Session], run_id: int,
+                           recorder: Recorder) -> Callable[[int, int], None]:
+    """What rank 0 does, from its watcher thread, when another worker dies: its main thread may wait in a
+    collective for a long time, so this thread keeps the points, ends the run as failed and ends the processes."""
+    def on_lost(rank: int, code: int) -> None:
+        message = (f"worker rank {rank} {distributed.exit_words(code)} during training: a data-parallel run needs "
+                   f"every worker, so the run stopped; its log above has that worker's output")
+        print(f"run {run_id}: {message}", file=sys.stderr, flush=True)
+        try:
+            recorder.close()
+        finally:
+            try:
+                with sessions.begin() as s:
+                    queries.fail_run(s, run_id, message, {"recorded": recorder.counts()}, reason=ERROR)
+            finally:
+                _exit_now(1)
+    return on_lost
+
+
+def execute_worker(run_id: int, rank: int, db_url: Optional[str] = None) -> int:
+    """Rank `rank` (>= 1) of a multi-worker run rank 0 started: train this worker's shard, record its own step
+    times and memory, meet the others at the final barrier. Rank 0 records the run and ends it."""
+    distributed.watch_parent(lambda: _exit_now(1))  # rank 0 gone: nobody will end the collectives
+    url = resolve_db_url(db_url)
+    sessions = make_sessionmaker(url)
+    with sessions.begin() as s:
+        spec = RunSpec.from_dict(dict(queries.get_run(s, run_id).spec))
+    workers = distributed.from_env()
+    recorder = Recorder(sessions, run_id, rank=rank).start()
+    monitor = None
+    try:
+        data = load_spec(spec)
+        from engine.backends import get_backend
+
+        backend = get_backend(spec.framework, os.environ.get(ENV_DEVICE) or spec.device,
+                              tf_memory_growth=spec.tf_memory_growth, threads=distributed.threads_from_env())
+        backend.join(workers)
+        if spec.sample_hz > 0:
+            monitor = Monitor(recorder.samples, os.getpid(), [(spec.framework, backend.memory_stats)],
+                              interval_s=1.0 / spec.sample_hz).start()
+        from engine.loop import train
+
+        train(spec, backend, data, recorder, None, None, workers)
+        if monitor is not None:
+            monitor.stop()
+        recorder.close()  # before the barrier: rank 0 reads every worker's points after it
+        backend.barrier()
+        return 0
+    except BaseException:  # noqa: BLE001 - rank 0 sees the exit code and ends the run with this worker's rank
+        print(f"run {run_id}, worker rank {rank}:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        with contextlib.suppress(Exception):
+            recorder.close()
+        return 1
 
 
 def _stop_when_cancelled(sessions: sessionmaker[Session], run_id: int) -> Callable[[], None]:
@@ -277,8 +354,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.runner", description=__doc__.splitlines()[0])
     parser.add_argument("run_id", type=int)
     parser.add_argument("--db", help="SQLAlchemy URL (default: ARENA_DB_URL or the embedded SQLite file)")
+    parser.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)  # set by rank 0 for the others
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if args.rank > 0:
+        _exit_now(execute_worker(args.run_id, args.rank, args.db))  # no framework teardown to wait for
     code = execute(args.run_id, args.db)
     if code == EXIT_CANCELLED:
         # Recorded: go now. A framework's teardown takes most of a second, which a canceller waiting

@@ -25,7 +25,7 @@ LAST_BATCH_CHOICES = ("drop", "keep")
 MAX_CALIBRATION_STEPS = 1000  # a calibration window is a short look, not a second training run
 MAX_PROFILE_STEPS = 100  # a trace of more steps grows to hundreds of MB without telling more
 MAX_STEPS_PER_EPOCH = 10_000_000  # the largest training set (synthetic_size) at batch size 1; a cap above it caps nothing
-MAX_WORKERS = 8  # data-parallel worker processes of one run; placed_device lists each one's device in 32 characters
+MAX_WORKERS = 8  # data-parallel worker processes of one run (runs.placed_device lists each one's device)
 
 
 class SpecError(ValueError):

@@ -12,19 +12,20 @@ _REGISTRY = {
 }
 
 
-def get_backend(framework: str, device: str, tf_memory_growth: bool = True) -> Backend:
+def get_backend(framework: str, device: str, tf_memory_growth: bool = True, threads: Optional[int] = None) -> Backend:
     """Import the framework's backend and create it on a device; unknown names fail loudly.
 
     tf_memory_growth (TensorFlow only, RunSpec.tf_memory_growth): grow GPU memory on demand
-    rather than reserve nearly all of it when TensorFlow first touches the GPU.
+    rather than reserve nearly all of it when TensorFlow first touches the GPU. threads: intra-op
+    threads (a data-parallel worker's share of the cores); None keeps the framework's default.
     """
     if framework not in _REGISTRY:
         raise ValueError(f"framework={framework!r}: expected one of {', '.join(_REGISTRY)}")
     module_name, class_name = _REGISTRY[framework]
     backend_class = getattr(importlib.import_module(module_name), class_name)
     if framework == "tensorflow":
-        return backend_class(device, memory_growth=tf_memory_growth)
-    return backend_class(device)
+        return backend_class(device, memory_growth=tf_memory_growth, threads=threads)
+    return backend_class(device, threads=threads)
 
 
 def is_out_of_memory(exc: BaseException, framework: Optional[str] = None) -> bool:

@@ -1,6 +1,7 @@
 """TensorFlow backend: eager, tf.function or XLA; the mirror image of torch_backend.py."""
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Sequence
 
@@ -13,6 +14,7 @@ import keras
 from engine.backends import tensorflow_models, tf_xplane
 from engine.backends.base import Backend, OperatorProfile, exception_chain
 from engine.catalog import DATASETS, MODELS
+from engine.distributed import COLLECTIVE_TIMEOUT_S, SINGLE, Workers
 from engine.weights import layer_shapes, trainable
 
 
@@ -34,7 +36,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
 class TensorFlowBackend(Backend):
     name = "tensorflow"
 
-    def __init__(self, device: str, memory_growth: bool = True) -> None:
+    def __init__(self, device: str, memory_growth: bool = True, threads: int | None = None) -> None:
+        if threads:  # this worker's share of the cores (engine/distributed.py); only before TensorFlow starts
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        self._workers, self._strategy = SINGLE, None
         gpus = tf.config.list_physical_devices("GPU")
         for gpu in gpus:
             # TensorFlow reserves nearly all GPU memory when it first initialises a GPU; growth on
@@ -57,6 +62,32 @@ class TensorFlowBackend(Backend):
             self._index = None
         self.device = device
 
+    def join(self, workers: Workers) -> None:
+        """Become one worker of a data-parallel run: MultiWorkerMirroredStrategy over TF_CONFIG, before build."""
+        self._workers = workers
+        if not workers.distributed:
+            return
+        os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers.addresses()},
+                                              "task": {"type": "worker", "index": workers.rank}})
+        implementation = (tf.distribute.experimental.CommunicationImplementation.NCCL if self._index is not None
+                          else tf.distribute.experimental.CommunicationImplementation.RING)
+        self._strategy = tf.distribute.MultiWorkerMirroredStrategy(
+            communication_options=tf.distribute.experimental.CommunicationOptions(
+                implementation=implementation, timeout_seconds=COLLECTIVE_TIMEOUT_S))
+        self._implementation = implementation.name.lower()
+
+    def barrier(self) -> None:
+        """Every worker waits here for the others (a multi-worker run's end: each has written its points)."""
+        if self._strategy is not None:
+            self._strategy.run(lambda: tf.distribute.get_replica_context().all_reduce("sum", tf.constant(1.0)))
+
+    def leave(self) -> None:
+        """Nothing to tear down: the strategy's servers end with the process."""
+
+    def _placement(self):
+        """Where the model, its variables and its steps live: the strategy's scope for several workers."""
+        return self._strategy.scope() if self._strategy is not None else tf.device(self._tf_device)
+
     def build(self, spec, task, weights, input_shape, num_outputs) -> int:
         self._configure(spec)
         keras.utils.set_random_seed(spec.seed)
@@ -65,12 +96,16 @@ class TensorFlowBackend(Backend):
         self._images = len(input_shape) == 3
         self._canonical_names = [name for name, _ in layer_shapes(spec.model, input_shape, num_outputs)
                                  if trainable(name)]
-        with tf.device(self._tf_device):
+        sync = self._strategy is not None and spec.sync_batchnorm
+        with self._placement(), tensorflow_models.synchronized_batch_norm(sync):
             self.module = tensorflow_models.build_model(
                 spec.model, input_shape, num_outputs,
                 data_format=self._layout if self._layout != "n/a" else "channels_last",
                 free_length=spec.variable_length,
             )
+            has_batch_norm = any(isinstance(layer, keras.layers.BatchNormalization) for layer in self.module.layers)
+            self._sync_batchnorm = ("no batch norm" if not has_batch_norm else "synchronized BatchNormalization"
+                                    if sync else "off: each worker's own statistics")
             if weights is not None:
                 tensorflow_models.load_canonical(self.module, spec.model, weights)
             if spec.optimizer == "sgd":
@@ -100,11 +135,12 @@ class TensorFlowBackend(Backend):
         # A fixed signature with a free batch dimension: a smaller batch does not retrace (XLA still
         # compiles once per concrete shape, which the loop's warm-up absorbs).
         self._xla_shapes: dict[str, set[tuple[int, ...]]] = {"step": set(), "predict": set()}
+        step = self._train_step if self._strategy is None else self._distributed_step
         if spec.mode == "eager":
-            self._step, self._predict, self._gradients = self._train_step, self._forward, self._fixed_batch_gradients
+            self._step, self._predict, self._gradients = step, self._forward, self._fixed_batch_gradients
         else:
             jit = spec.mode == "xla"
-            self._step = tf.function(self._train_step, input_signature=[input_spec, label_spec], jit_compile=jit)
+            self._step = tf.function(step, input_signature=[input_spec, label_spec], jit_compile=jit)
             self._predict = tf.function(self._forward, input_signature=[input_spec], jit_compile=jit)
             # Traced (and compiled) on first use, outside the timed epochs.
             self._gradients = tf.function(self._fixed_batch_gradients, input_signature=[input_spec, label_spec],
@@ -144,6 +180,8 @@ class TensorFlowBackend(Backend):
             "layout": self._layout,
             "deterministic": self._deterministic,
             "tf_memory_growth": self._memory_growth,
+            **({"strategy": f"MultiWorkerMirroredStrategy ({self._implementation})",
+                "sync_batchnorm": self._sync_batchnorm} if self._strategy is not None else {}),
         }
 
     def to_device(self, x, y):
@@ -159,6 +197,21 @@ class TensorFlowBackend(Backend):
         variables = self.module.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         return loss
+
+    def _distributed_step(self, x, y):
+        """One step of a multi-worker run on this worker's shard: the optimizer (Keras under the strategy)
+        sums the gradients over the workers, each computed from the shard's mean loss / workers (Keras's
+        losses divide by the replicas in sync themselves, keras.losses.loss.scale_loss_for_distribution),
+        so the step is the one a single worker takes on the whole global batch; returns that batch's loss."""
+        def replica_step(x, y):
+            with tf.GradientTape() as tape:
+                loss = self.loss_fn(y, tf.cast(self.module(x, training=True), tf.float32))
+            variables = self.module.trainable_variables
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return loss
+
+        per_worker = self._strategy.run(replica_step, args=(x, y))
+        return self._strategy.reduce(tf.distribute.ReduceOp.SUM, per_worker, axis=None)
 
     def _forward(self, x):
         return self.module(x, training=False)
@@ -176,7 +229,7 @@ class TensorFlowBackend(Backend):
     def train_step(self, x, y):
         if self._mode == "xla":
             self._xla_shapes["step"].add(tuple(x.shape))
-        with tf.device(self._tf_device):
+        with self._placement():
             return self._step(x, y)
 
     def losses_to_floats(self, losses: Sequence[Any]) -> list[float]:

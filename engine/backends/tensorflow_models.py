@@ -8,6 +8,7 @@ forbids "/" in layer names).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -67,6 +68,19 @@ class _Shortcut(layers.Layer):
         return keras.ops.pad(x[:, :, ::s, ::s], [[0, 0], [p, p], [0, 0], [0, 0]])
 
 
+_SYNCHRONIZED = [False]  # set by synchronized_batch_norm while a model is built
+
+
+@contextlib.contextmanager
+def synchronized_batch_norm(on: bool):
+    """Batch norm layers built inside take their statistics over every worker (Keras's synchronized=True)."""
+    _SYNCHRONIZED[0] = on
+    try:
+        yield
+    finally:
+        _SYNCHRONIZED[0] = False
+
+
 def _conv_bn(x, prefix: str, index: int, filters: int, stride: int, data_format: str):
     """conv{index} (3x3, no bias) then bn{index}, named under prefix."""
     if stride > 1:
@@ -76,7 +90,7 @@ def _conv_bn(x, prefix: str, index: int, filters: int, stride: int, data_format:
                       data_format=data_format, use_bias=False, name=f"{prefix}conv{index}")(x)
     axis = -1 if data_format == "channels_last" else 1
     return layers.BatchNormalization(axis=axis, momentum=BN_MOMENTUM, epsilon=NORM_EPSILON,
-                                     name=f"{prefix}bn{index}")(x)
+                                     synchronized=_SYNCHRONIZED[0], name=f"{prefix}bn{index}")(x)
 
 
 def _resnet(inputs, num_outputs: int, data_format: str):

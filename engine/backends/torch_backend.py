@@ -14,6 +14,7 @@ from torch.profiler import ProfilerActivity
 from engine.backends import torch_models
 from engine.backends.base import Backend, OperatorProfile, exception_chain
 from engine.catalog import MODELS
+from engine.distributed import COLLECTIVE_TIMEOUT_S, HOST, SINGLE, Workers
 from engine.weights import layer_shapes, trainable
 
 
@@ -39,7 +40,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)  # this worker's share of the cores (engine/distributed.py)
+        self._workers = SINGLE
         if device == "auto":
             device = "cuda:0" if torch.cuda.is_available() else "cpu"
         if device.startswith("cuda"):
@@ -49,6 +53,32 @@ class TorchBackend(Backend):
                     f"device {device!r} requested but PyTorch sees {torch.cuda.device_count()} CUDA device(s)"
                 )
         self.device = torch.device(device)
+
+    def join(self, workers: Workers) -> None:
+        """Become one rank of a data-parallel run: the process group (gloo on CPUs, NCCL on GPUs), before build."""
+        self._workers = workers
+        if workers.distributed:
+            import datetime
+
+            import torch.distributed as dist
+
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
+                                    init_method=f"tcp://{HOST}:{workers.ports[0]}", rank=workers.rank,
+                                    world_size=workers.world, timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+
+    def barrier(self) -> None:
+        """Every rank waits here for the others (a multi-worker run's end: each has written its points)."""
+        if self._workers.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def leave(self) -> None:
+        if self._workers.distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
     def build(self, spec, task, weights, input_shape, num_outputs) -> int:
         self._configure(spec)
@@ -66,6 +96,7 @@ class TorchBackend(Backend):
         self._memory_format = torch.channels_last if self._layout == "channels_last" else torch.contiguous_format
         if self._images:
             self.module.to(memory_format=self._memory_format)
+        self._train_module = self._data_parallel(spec)
         params = [p for p in self.module.parameters() if p.requires_grad]
         if spec.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=spec.lr)
@@ -77,8 +108,33 @@ class TorchBackend(Backend):
         # torch.compile wraps the model (the idiomatic use); it compiles on the first call of each
         # mode (train, eval) and input shape, which the loop times apart as warm-up.
         self._forward = torch.compile(self.module) if spec.mode == "compiled" else self.module
+        self._train_forward = (self._forward if self._train_module is self.module else
+                               torch.compile(self._train_module) if spec.mode == "compiled" else self._train_module)
+        self._pending_losses: list = []  # (tensor, all-reduce work) of a multi-worker run's losses
         self._scaler = torch.amp.GradScaler(self.device.type) if self._dtype == torch.float16 else None
         return torch_models.trainable_parameter_count(self.module)
+
+    def _data_parallel(self, spec) -> torch.nn.Module:
+        """The module a training step runs: DistributedDataParallel around the model in a multi-worker run.
+
+        DDP averages the gradients over the workers during backward, so each rank's optimizer takes the
+        same step a single worker takes on the whole global batch (equal shards, mean losses).
+        """
+        self._sync_batchnorm = "no batch norm"
+        if not self._workers.distributed:
+            return self.module
+        from torch.nn.parallel import DistributedDataParallel
+
+        batch_norms = [m for m in self.module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if batch_norms:
+            self._sync_batchnorm = "off: each worker's own statistics"
+            if spec.sync_batchnorm:
+                if self.device.type != "cuda":
+                    raise ValueError("sync_batchnorm=True: PyTorch's SyncBatchNorm runs on GPUs only (it refuses CPU "
+                                     "tensors); on CPU workers launch with sync_batchnorm off")
+                self.module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.module)
+                self._sync_batchnorm = "SyncBatchNorm"
+        return DistributedDataParallel(self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def _configure(self, spec) -> None:
         """Set TF32, determinism and the mixed-precision dtype before any model exists."""
@@ -113,7 +169,15 @@ class TorchBackend(Backend):
             "tf32": self._tf32 if self.device.type == "cuda" else False,
             "layout": self._layout,
             "deterministic": self._deterministic,
+            **self._worker_settings(),
         }
+
+    def _worker_settings(self) -> dict[str, Any]:
+        if not self._workers.distributed:
+            return {}
+        import torch.distributed as dist
+
+        return {"strategy": f"DistributedDataParallel ({dist.get_backend()})", "sync_batchnorm": self._sync_batchnorm}
 
     def to_device(self, x, y):
         x_tensor = torch.from_numpy(np.ascontiguousarray(x))
@@ -129,7 +193,7 @@ class TorchBackend(Backend):
             self.module.train()
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            loss = self.loss_fn(self._forward(x).float(), y)
+            loss = self.loss_fn(self._train_forward(x).float(), y)
         if self._scaler is not None:
             self._scaler.scale(loss).backward()
             self._scaler.step(self.optimizer)
@@ -137,10 +201,23 @@ class TorchBackend(Backend):
         else:
             loss.backward()
             self.optimizer.step()
+        if self._workers.distributed:
+            # The global batch's loss, as one worker computes it: the mean of the equal shards' means,
+            # summed over the workers without waiting (losses_to_floats waits when it reads them).
+            import torch.distributed as dist
+
+            total = loss.detach().clone()
+            self._pending_losses.append(dist.all_reduce(total, async_op=True))
+            return total  # a sum until losses_to_floats divides it, after the all-reduce is done
         return loss.detach()
 
     def losses_to_floats(self, losses: Sequence[Any]) -> list[float]:
-        return torch.stack(list(losses)).cpu().tolist() if losses else []
+        pending, self._pending_losses = self._pending_losses, []
+        for work in pending:
+            work.wait()
+        if not losses:
+            return []
+        return (torch.stack(list(losses)) / self._workers.world).cpu().tolist()
 
     @torch.no_grad()
     def evaluate(self, x, y, batch_size):

@@ -220,10 +220,10 @@ def _linear(prefix: str, layer: nn.Linear | nn.Conv2d) -> dict[str, _Slot]:
     return slots
 
 
-def _norm(prefix: str, layer: nn.BatchNorm2d | nn.LayerNorm) -> dict[str, _Slot]:
+def _norm(prefix: str, layer: nn.modules.batchnorm._BatchNorm | nn.LayerNorm) -> dict[str, _Slot]:
     slots = {f"{prefix}/gamma": _Slot(layer.weight, None, _same, _same),
              f"{prefix}/beta": _Slot(layer.bias, None, _same, _same)}
-    if isinstance(layer, nn.BatchNorm2d):
+    if isinstance(layer, nn.modules.batchnorm._BatchNorm):  # SyncBatchNorm too (a multi-worker run's)
         slots[f"{prefix}/moving_mean"] = _Slot(layer.running_mean, None, _same, _same)
         slots[f"{prefix}/moving_variance"] = _Slot(layer.running_var, None, _same, _same)
     return slots
