@@ -144,6 +144,26 @@ def run_frame(runs: Sequence[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
+AGREEMENT_STEPS = 20  # the first steps whose losses a multi-worker run is checked against its 1-worker run over
+
+
+def loss_agreement(losses: pd.DataFrame, frame: pd.DataFrame) -> dict[int, float]:
+    """Per multi-worker run: the largest relative difference of its first AGREEMENT_STEPS per-step losses from
+    its 1-worker run's (the same seed's; losses: run_id, step, value of step/train_loss). With deterministic
+    kernels and no dropout or batch norm, data parallelism computes the same steps: about 1e-7 in float32."""
+    agreement = {}
+    for row in frame.itertuples():
+        if row.workers <= 1 or not row.baseline or "," in row.baseline:
+            continue  # one 1-worker run of the same seed, or nothing to check against
+        single_id = int(row.baseline.lstrip("#"))
+        mine = losses[(losses["run_id"] == row.run_id) & (losses["step"] <= AGREEMENT_STEPS)].set_index("step")["value"]
+        single = losses[(losses["run_id"] == single_id) & (losses["step"] <= AGREEMENT_STEPS)].set_index("step")["value"]
+        common = mine.index.intersection(single.index)
+        if len(common):
+            agreement[row.run_id] = float(((mine[common] - single[common]).abs() / single[common].abs()).max())
+    return agreement
+
+
 def study_colors(runs: Sequence[Run]) -> dict[int, str]:
     """Each run in its study's colour: the framework's own for its first study, so PyTorch is red on every chart."""
     return {run.id: study.color for study in studies(runs) for run in study.runs}
@@ -376,8 +396,10 @@ def _rate(samples_per_s: Optional[float]) -> str:
     return "—" if samples_per_s is None or pd.isna(samples_per_s) else f"{samples_per_s:,.0f}"
 
 
-def table(frame: pd.DataFrame, runs: Sequence[Run]) -> pd.DataFrame:
-    """The per-run table as shown: samples/s, ideal, efficiency, straggling and what ran, in words."""
+def table(frame: pd.DataFrame, runs: Sequence[Run], agreement: Optional[dict[int, float]] = None) -> pd.DataFrame:
+    """The per-run table as shown: samples/s, ideal, efficiency, straggling, the losses' agreement with the
+    1-worker run (loss_agreement) and what ran, in words."""
+    agreement = agreement or {}
     by_id = {run.id: run for run in runs}
     rows = []
     for row in frame.itertuples():
@@ -396,5 +418,7 @@ def table(frame: pd.DataFrame, runs: Sequence[Run]) -> pd.DataFrame:
             "batch per worker": rs.summary_value(run, "per_worker_batch")
             or (int(rs.spec_value(run, "batch_size")) // row.workers if rs.spec_value(run, "batch_size") else "—"),
             "1-worker run": row.baseline or "—",
+            f"loss vs 1 worker, first {AGREEMENT_STEPS} steps": (f"{agreement[row.run_id]:.1e} relative"
+                                                                 if row.run_id in agreement else "—"),
         })
     return pd.DataFrame(rows).astype(str)

@@ -149,3 +149,22 @@ def test_the_line_says_what_ran_and_what_was_held_equal():
     assert "the global batch of 64 samples per step (32 per worker at 2 workers, 16 per worker at 4 workers)" in held
     assert "the sample order and initial weights (seed 0)" in held and "the optimizer (Adam, learning rate" in held
     assert scaling.workers_differ(runs) and not scaling.workers_differ([runs[1], runs[3]])
+
+
+def test_loss_agreement_is_the_largest_relative_difference_from_the_same_seeds_one_worker_run_over_20_steps():
+    runs = [make_run(1, "torch", 1, 1000.0), make_run(2, "torch", 2, 1800.0), make_run(3, "tensorflow", 2, 1200.0)]
+    frame = scaling.run_frame(runs)
+    steps = list(range(1, 31))
+    single = [2.0 - 0.01 * step for step in steps]
+    double = list(single)
+    double[4] *= 1 + 3e-7  # step 5: inside the first 20
+    double[25] *= 1.5  # step 26: after them, not checked
+    losses = pd.DataFrame({"run_id": [1] * 30 + [2] * 30, "step": steps * 2, "value": single + double})
+
+    agreement = scaling.loss_agreement(losses, frame)
+
+    assert set(agreement) == {2}  # the TensorFlow run has no 1-worker run to be checked against
+    assert agreement[2] == pytest.approx(3e-7, rel=1e-3)
+    shown = scaling.table(frame, runs, agreement).set_index("run")
+    assert shown.loc["#2 PyTorch", "loss vs 1 worker, first 20 steps"] == "3.0e-07 relative"
+    assert shown.loc["#3 TensorFlow", "loss vs 1 worker, first 20 steps"] == "—"
