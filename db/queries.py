@@ -452,12 +452,12 @@ def sample_frame(
 
 
 def final_metrics(s: Session, run_ids: Sequence[int]) -> dict[int, dict[str, float]]:
-    """Last recorded value of every per-epoch metric, per run."""
+    """Last recorded value of every per-epoch metric, per run (not a multi-worker run's per-rank step times)."""
     frame = metric_frame(s, run_ids)
     result: dict[int, dict[str, float]] = {int(r): {} for r in run_ids}
     if frame.empty:
         return result
-    epoch_rows = frame[~frame["name"].str.startswith(STEP_PREFIX)]
+    epoch_rows = frame[~frame["name"].str.startswith(STEP_PREFIX) & ~frame["name"].str.startswith(RANK_PREFIX)]
     for (run_id, name), group in epoch_rows.groupby(["run_id", "name"], sort=False):
         result[int(run_id)][name] = float(group["value"].iloc[-1])
     return result
