@@ -406,12 +406,14 @@ def table(frame: pd.DataFrame, runs: Sequence[Run], agreement: Optional[dict[int
         run = by_id[row.run_id]
         communication = rs.summary_value(run, "communication") or {}
         share = communication.get("share") if isinstance(communication, dict) else None
+        exchange_ms = communication.get("all_reduce_ms") if isinstance(communication, dict) else None
         rows.append({
             "run": f"#{run.id} {framework_label(run.framework)}", "workers": row.workers,
             "samples/s": _rate(row.samples_per_s), "ideal samples/s": _rate(row.ideal_samples_per_s),
             "efficiency": "—" if pd.isna(row.efficiency) else f"{100 * row.efficiency:.0f} %",
             "straggling": "—" if pd.isna(row.straggling) else f"{format_number(row.straggling, 3)}×",
-            "sync share of step": "—" if share is None else f"{100 * float(share):.0f} %",
+            "gradient all-reduce": "—" if exchange_ms is None else f"{float(exchange_ms):.2f} ms",
+            "share of a step": "—" if share is None else f"{100 * float(share):.0f} %",
             "strategy": rs.summary_value(run, "strategy") or ("one process" if row.workers == 1 else "—"),
             "threads per worker": rs.summary_value(run, "threads_per_worker")
             or ("framework's default" if row.workers == 1 else "—"),

@@ -98,6 +98,8 @@ def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, mete
         run = _Run(spec, backend, data, sink, meter, workers)
         for epoch in range(1, spec.epochs + 1):
             run.epoch(epoch)
+        if workers.distributed:  # every worker at once: the exchange needs them all
+            run.summary["communication"] = _communication(backend, run.summary, _timing_summary(spec, run.clock))
         if not workers.lead:
             return _timing_summary(spec, run.clock)
         if workers.distributed:
@@ -270,6 +272,21 @@ def _record_layer_stats(spec: RunSpec, backend: Backend, sink: MetricSink, batch
     grads = backend.fixed_batch_gradients(*batch) if batch is not None else []
     sink.tensor_stats(layer_rows(epoch, step, weights, grads, spec.histogram_bins))
     return time.perf_counter() - start
+
+
+COMMUNICATION_REPEATS = 20  # all-reduces of the gradients' bytes timed after training, the median kept
+
+
+def _communication(backend: Backend, summary: dict, timing: dict) -> dict:
+    """What a multi-worker step spends exchanging gradients, measured after training on every worker at once:
+    the gradients' bytes all-reduced alone, COMMUNICATION_REPEATS times (the same buffer in both frameworks),
+    against this worker's median step."""
+    times = backend.all_reduce_ms(COMMUNICATION_REPEATS)
+    ms = statistics.median(times)
+    step_ms = timing.get("step_time_p50_ms")
+    return {"method": f"the gradients' {summary['param_count']:,} float32 values all-reduced alone, "
+                      f"{len(times)} times after training, each after a barrier; median",
+            "all_reduce_ms": ms, "share": ms / step_ms if step_ms else None}
 
 
 def _timing_summary(spec: RunSpec, clock: StepClock) -> dict:

@@ -71,6 +71,12 @@ def section(runs: Sequence[Run], rank_steps: pd.DataFrame, losses: Optional[pd.D
         column.plotly_chart(figure, key=key)
     agreement = scaling.loss_agreement(losses, frame) if losses is not None and not losses.empty else {}
     st.dataframe(scaling.table(frame, runs, agreement), hide_index=True, key="scaling_table")
+    methods = sorted({(run.summary or {}).get("communication", {}).get("method") for run in runs
+                      if isinstance((run.summary or {}).get("communication"), dict)} - {None})
+    if methods:
+        st.caption("Gradient all-reduce: " + "; ".join(methods) + ". Share of a step: that time over rank 0's median "
+                   "step after warm-up, the part of each step the exchange takes where it does not overlap the "
+                   "backward pass (DDP overlaps it bucket by bucket; TensorFlow's strategy exchanges after it).")
     if agreement:
         st.caption(f"Loss vs 1 worker: the largest relative difference of the first {scaling.AGREEMENT_STEPS} "
                    "per-step losses from the 1-worker run of the same seed. With deterministic kernels and a model "

@@ -81,6 +81,32 @@ class TensorFlowBackend(Backend):
         if self._strategy is not None:
             self._strategy.run(lambda: tf.distribute.get_replica_context().all_reduce("sum", tf.constant(1.0)))
 
+    def all_reduce_ms(self, repeats: int) -> list[float]:
+        """Milliseconds of one all-reduce of the gradients' bytes (one float32 buffer), each after a barrier so a
+        late worker's wait is not counted: what a step's gradient exchange costs on this strategy's collectives."""
+        import time
+
+        size = sum(int(np.prod(v.shape)) for v in self.module.trainable_variables)
+        with self._placement():
+            # A variable of the strategy (mirrored on every worker's device), read in the replica: a plain
+            # tensor handed to strategy.run has no device the collective can reduce to.
+            buffer = tf.Variable(tf.zeros([size], tf.float32), trainable=False)
+
+            @tf.function
+            def all_reduce():
+                return self._strategy.run(
+                    lambda: tf.distribute.get_replica_context().all_reduce("sum", buffer.read_value()))
+
+            all_reduce()  # traced here, outside the timings
+            times = []
+            for _ in range(repeats):
+                self.barrier()
+                start = time.perf_counter()
+                result = all_reduce()
+                self._strategy.experimental_local_results(result)[0].numpy()  # the value is here: the exchange is done
+                times.append((time.perf_counter() - start) * 1e3)
+        return times
+
     def leave(self) -> None:
         """Nothing to tear down: the strategy's servers end with the process."""
 

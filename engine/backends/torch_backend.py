@@ -73,6 +73,25 @@ class TorchBackend(Backend):
 
             dist.barrier()
 
+    def all_reduce_ms(self, repeats: int) -> list[float]:
+        """Milliseconds of one all-reduce of the gradients' bytes (one float32 buffer), each after a barrier so a
+        late worker's wait is not counted: what a step's gradient exchange costs on this process group."""
+        import time
+
+        import torch.distributed as dist
+
+        size = sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+        buffer = torch.zeros(size, dtype=torch.float32, device=self.device)
+        times = []
+        for _ in range(repeats):
+            dist.barrier()
+            self.synchronize()
+            start = time.perf_counter()
+            dist.all_reduce(buffer)
+            self.synchronize()
+            times.append((time.perf_counter() - start) * 1e3)
+        return times
+
     def leave(self) -> None:
         if self._workers.distributed:
             import torch.distributed as dist

@@ -86,6 +86,9 @@ def test_two_workers_take_the_steps_one_worker_takes_on_the_same_global_batch(fr
         assert entry["steps"] == STEPS - 2 and entry["step_time_p50_ms"] > 0 and entry["peak_rss_bytes"] > 0
     assert summary["straggling"] >= 1.0
     assert summary["calibration_skipped"]
+    communication = summary["communication"]  # the gradients' exchange, measured apart after training
+    assert communication["all_reduce_ms"] > 0 and 0 < communication["share"]
+    assert f"{summary['param_count']:,} float32 values all-reduced" in communication["method"]
     with sessions.begin() as s:
         names = queries.metric_names(s, [two.id])
         rank1 = queries.metric_frame(s, [two.id], ["rank1/step/step_time_ms"])

@@ -54,7 +54,7 @@ def store_scaling_study(url: str) -> dict[tuple[str, int], int]:
                     ranks=[{"rank": rank, "step_time_p50_ms": ms, "step_time_p95_ms": ms * 1.1,
                             "steady_samples_per_s": BATCH // workers * 1000 / ms,
                             "peak_rss_bytes": (380.0 + 10 * rank) * MIB} for rank, ms in enumerate(rank_ms)],
-                    communication={"method": "no_sync", "sync_ms_per_step": 1.0, "no_sync_ms_per_step": 0.5,
+                    communication={"method": "the gradients' values all-reduced alone", "all_reduce_ms": 1.0,
                                    "share": 0.25})
             queries.update_run(s, run.id, status=FINISHED, epoch=1, step=STEPS, summary=summary,
                                placed_device=",".join(["cpu"] * workers))
@@ -107,7 +107,7 @@ def test_scaling_tab_draws_throughput_with_the_ideal_line_efficiency_ranks_and_m
     assert table.loc[f"#{scaling_db[('torch', 2)]} PyTorch", "efficiency"] == "83 %"
     assert table.loc[f"#{scaling_db[('torch', 2)]} PyTorch", "straggling"] == "1.03×"  # 6 ms over 5.85 ms
     assert table.loc[f"#{scaling_db[('torch', 1)]} PyTorch", "ideal samples/s"] == "—"
-    assert table.loc[f"#{scaling_db[('tensorflow', 2)]} TensorFlow", "sync share of step"] == "25 %"
+    assert table.loc[f"#{scaling_db[('tensorflow', 2)]} TensorFlow", "share of a step"] == "25 %"
 
 
 def test_scaling_tab_without_multi_worker_runs_says_how_to_launch_a_study(scaling_db, open_page):
