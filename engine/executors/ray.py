@@ -18,6 +18,11 @@ A run waiting in Ray's queue stays queued in Arena, placed on "ray:gpu" or "ray:
 yet; on every tick the executor checks that its actor still exists and puts the run back in the queue
 if Ray lost it. Actor names are unique per run and database, so a run is never submitted twice.
 
+A multi-worker run (spec.workers = N) asks one actor for N GPUs, or N x ARENA_RAY_CPUS_PER_RUN CPUs, so Ray
+gives it all of them on one node or none: its rank 0 starts the other ranks beside it and they meet on
+127.0.0.1 (engine/distributed.py), each rank on one of the GPUs Ray assigned. Spreading one run's workers
+over several nodes (a placement group of N bundles, rank 0's address handed to the others) is not done yet.
+
 A deployment job goes the same way as a CPU run, asking for as many CPUs as its runtimes' threads
 (its setting), and its actor starts `python -m engine.deploy.job JOB_ID --db URL` on that node. Ray
 shares a node between actors whose CPUs fit, so the job itself waits, before it measures, until no
@@ -26,6 +31,7 @@ run is active on its node (engine/deploy/job.py): its figures are never taken be
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import threading
@@ -80,16 +86,17 @@ class Request:
     num_gpus: int
 
 
-def request_for(device: str, cluster_gpus: float, cpus: float) -> Request | str:
-    """The resources for a run's device setting, or why it cannot run on Ray.
+def request_for(device: str, cluster_gpus: float, cpus: float, workers: int = 1) -> Request | str:
+    """The resources for a run's device setting and workers, or why it cannot run on Ray.
 
-    "auto" takes a GPU when the cluster has any (waiting for one to be free), else CPUs; "cpu" takes
-    CPUs; a pin to one GPU index ("cuda:1") names a device of one machine, which a cluster cannot honour.
+    "auto" takes a GPU per worker when the cluster has any (waiting for them to be free), else CPUs;
+    "cpu" takes CPUs (`cpus` per worker); a pin to one GPU index ("cuda:1") names a device of one machine,
+    which a cluster cannot honour.
     """
     if device == "cpu" or (device == "auto" and cluster_gpus == 0):
-        return Request(RAY_CPU, cpus, 0)
+        return Request(RAY_CPU, cpus * workers, 0)
     if device == "auto":
-        return Request(RAY_GPU, cpus, 1)
+        return Request(RAY_GPU, cpus * workers, workers)
     return (f"device {device!r} pins a GPU of one machine; with the Ray executor choose auto (a free GPU "
             f"anywhere in the cluster) or cpu")
 
@@ -104,9 +111,10 @@ def actor_name(db_url: str, run_id: int, kind: str = RUN) -> str:
 class WorkActor:
     """Lives on the node Ray chose for one run or deployment job, holding its resources while its process works."""
 
-    def run(self, kind: str, item_id: int, db_url: str) -> int:
+    def run(self, kind: str, item_id: int, db_url: str, threads: Optional[int] = None) -> int:
         """Start the run's runner (or the job's process) as a local one gets it, wait for it, end this actor;
-        the process's exit code, -1 when there was nothing to start."""
+        the process's exit code, -1 when there was nothing to start. threads: each CPU worker's, in a
+        multi-worker run."""
         import ray
 
         sessions = make_sessionmaker(db_url)
@@ -116,19 +124,33 @@ class WorkActor:
                 row = deployments.get(s, item_id) if job else queries.get_run(s, item_id)
                 if row is None or row.status != QUEUED:
                     return -1  # cancelled or deleted while it waited in Ray's queue: nothing to start
+                workers = 1 if job else int((row.spec or {}).get("workers", 1))
             start = start_deployment if job else start_runner
-            return start(sessions, item_id, db_url, extra_env=runner_env(ray.get_gpu_ids())).wait()
+            return start(sessions, item_id, db_url, extra_env=runner_env(ray.get_gpu_ids(), workers, threads)).wait()
         finally:
             sessions.kw["bind"].dispose()
             ray.actor.exit_actor()  # frees its GPU/CPUs in Ray's accounting
 
 
-def runner_env(gpu_ids: list) -> dict[str, str]:
-    """The placement a runner sees, from the GPU Ray assigned (Ray has set CUDA_VISIBLE_DEVICES to it).
+def runner_env(gpu_ids: list, workers: int = 1, threads: Optional[int] = None) -> dict[str, str]:
+    """The placement a runner sees, from the GPUs Ray assigned (Ray has set CUDA_VISIBLE_DEVICES to them).
 
     Ray numbers a node's GPUs 0..n-1; with CUDA_DEVICE_ORDER=PCI_BUS_ID that number is the GPU's
-    NVML index too, which the runner's memory trace needs (NVML ignores CUDA_VISIBLE_DEVICES).
+    NVML index too, which the runner's memory trace needs (NVML ignores CUDA_VISIBLE_DEVICES). A
+    multi-worker run's rank 0 also gets every rank's environment (ARENA_WORKER_ENVS): one GPU each, or
+    the CPU with `threads` threads each.
     """
+    if workers > 1:
+        ranks = []
+        for rank in range(workers):
+            if gpu_ids:
+                index = str(gpu_ids[rank])
+                ranks.append({"CUDA_VISIBLE_DEVICES": index, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "ARENA_DEVICE": "cuda:0",
+                              "ARENA_NVML_INDEX": index})
+            else:
+                ranks.append({"CUDA_VISIBLE_DEVICES": "", "ARENA_DEVICE": "cpu", "ARENA_THREADS": str(threads or 1)})
+        devices = [f"cuda:{index}" for index in gpu_ids[:workers]] or ["cpu"] * workers
+        return {**ranks[0], "ARENA_PLACED_DEVICE": ",".join(devices), "ARENA_WORKER_ENVS": json.dumps(ranks)}
     if not gpu_ids:
         return {"CUDA_VISIBLE_DEVICES": "", "ARENA_DEVICE": "cpu", "ARENA_PLACED_DEVICE": "cpu"}
     index = str(gpu_ids[0])
@@ -217,7 +239,9 @@ class RayExecutor(Executor):
                 if job:
                     request = Request(RAY_CPU, float(deployments.get(s, item.id).settings.get("threads", 1)), 0)
                 else:
-                    request = request_for(item.device, cluster_gpus, cpus)
+                    request = request_for(item.device, cluster_gpus, cpus, item.workers)
+                if not isinstance(request, str) and item.workers > 1:
+                    request = _fits_a_node(ray, request, item.workers)
                 if isinstance(request, str):
                     queries.fail_run(s, item.id, f"cannot be placed: {request}")
                     continue
@@ -230,7 +254,7 @@ class RayExecutor(Executor):
                     name=actor_name(db_url, item.id, item.kind), namespace=NAMESPACE, lifetime="detached",
                     max_restarts=0, num_cpus=request.num_cpus, num_gpus=request.num_gpus,
                 ).remote()
-                handle.run.remote(item.kind, item.id, db_url)
+                handle.run.remote(item.kind, item.id, db_url, max(1, int(cpus)))
             except ValueError:
                 pass  # its actor exists already (a scheduler before this one submitted it): it is on its way
             except Exception as exc:
@@ -252,6 +276,17 @@ class RayExecutor(Executor):
                 ray.kill(ray.get_actor(actor_name(self._db_url, run_id), namespace=NAMESPACE), no_restart=True)
             except ValueError:
                 pass  # never submitted, or already ended
+
+
+def _fits_a_node(ray: Any, request: Request, workers: int) -> Request | str:
+    """A multi-worker run's request, or why no node of the cluster can ever hold all its workers at once."""
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    kind, needed = ("GPU", request.num_gpus) if request.num_gpus else ("CPU", request.num_cpus)
+    largest = max((node.get(kind, 0) for node in nodes), default=0)
+    if largest < needed:
+        return (f"{workers} workers need {needed:g} {kind}s on one node (Ray's one-node packing; spreading a run "
+                f"over nodes is not supported yet) and the largest node has {largest:g}")
+    return request
 
 
 def _actor_exists(ray: Any, name: str) -> bool:

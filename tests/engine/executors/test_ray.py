@@ -32,7 +32,7 @@ from engine.devices import check_available
 from engine.deploy import jobs
 from engine.executors import DEPLOYMENT
 from engine.executors import ray as arena_ray
-from engine.executors.ray import RAY_CPU, RAY_GPU, Request, RayExecutor, actor_name, request_for
+from engine.executors.ray import RAY_CPU, RAY_GPU, Request, RayExecutor, actor_name, request_for, runner_env
 from engine.launch import cancel_runs, queue_runs
 from engine.scheduler import Scheduler
 from engine.spec import RunSpec, SpecError
@@ -145,6 +145,20 @@ def test_auto_asks_ray_for_a_gpu_when_the_cluster_has_one_and_cpu_runs_ask_for_c
     assert request_for("auto", cluster_gpus=0, cpus=2) == Request(RAY_CPU, 2, 0)
     assert request_for("cpu", cluster_gpus=4, cpus=1.5) == Request(RAY_CPU, 1.5, 0)
     assert "pins a GPU of one machine" in request_for("cuda:1", cluster_gpus=4, cpus=1)
+    # A multi-worker run asks one actor for every worker's share: Ray gives it one node with all of them, or waits.
+    assert request_for("auto", cluster_gpus=4, cpus=2, workers=2) == Request(RAY_GPU, 4, 2)
+    assert request_for("cpu", cluster_gpus=4, cpus=1, workers=3) == Request(RAY_CPU, 3, 0)
+
+
+def test_a_multi_worker_run_on_ray_hands_each_rank_one_of_the_gpus_ray_assigned():
+    env = runner_env([3, 5], workers=2)
+    ranks = json.loads(env["ARENA_WORKER_ENVS"])
+    assert env["ARENA_PLACED_DEVICE"] == "cuda:3,cuda:5" and env["CUDA_VISIBLE_DEVICES"] == "3"
+    assert [rank["CUDA_VISIBLE_DEVICES"] for rank in ranks] == ["3", "5"]
+    assert {rank["ARENA_DEVICE"] for rank in ranks} == {"cuda:0"}
+    cpu = runner_env([], workers=2, threads=1)
+    assert cpu["ARENA_PLACED_DEVICE"] == "cpu,cpu"
+    assert [rank["ARENA_THREADS"] for rank in json.loads(cpu["ARENA_WORKER_ENVS"])] == ["1", "1"]
 
 
 def test_actor_names_are_one_per_run_and_database_whatever_the_url_s_spelling():
@@ -250,6 +264,27 @@ def test_cancel_stops_a_running_ray_run_and_takes_a_waiting_one_out_of_rays_queu
     finally:
         ray.util.remove_placement_group(taken)
     wait_until(lambda: ray.available_resources().get("CPU") == 2, 60, "the cancelled run's CPU to be free")
+
+
+def test_a_two_worker_run_takes_both_cpus_of_a_node_at_once_and_trains_there(on_ray):
+    sessions, scheduler = on_ray["sessions"], on_ray["scheduler"]
+    run_id = queue(sessions, "torch", workers=2, batch_size=64)
+    scheduler.start()
+    run = wait_until(lambda: ended(sessions, run_id), 240, "the 2-worker run to end")
+    assert run.status == FINISHED, run.error
+    assert run.placed_device == "cpu,cpu" and run.summary["workers"] == 2
+    assert [rank["rank"] for rank in run.summary["ranks"]] == [0, 1]
+    assert run.summary["strategy"] == "DistributedDataParallel (gloo)"
+    wait_until(lambda: ray.available_resources().get("CPU") == 2, 60, "Ray to get both CPUs back")
+
+
+def test_a_run_with_more_workers_than_any_node_holds_fails_at_once_saying_so(on_ray):
+    sessions, scheduler = on_ray["sessions"], on_ray["scheduler"]
+    run_id = queue(sessions, "torch", workers=4, batch_size=64)
+    scheduler.start()
+    run = wait_until(lambda: ended(sessions, run_id), 60, "the run to be refused")
+    assert run.status == FAILED
+    assert "4 workers need 4 CPUs on one node" in run.error and "the largest node has 2" in run.error
 
 
 def test_a_killed_ray_runner_is_lost_like_a_local_one_and_ray_frees_its_cpu(on_ray):
