@@ -18,7 +18,7 @@ from db.models import RUNNING
 from db.run_table import ENDED_EARLY
 from engine.catalog import framework_label
 
-COLUMNS = ["id", "name", "tags", "status", "framework", "experiment", "mode", "precision", "device", "epochs",
+COLUMNS = ["id", "name", "tags", "status", "framework", "experiment", "workers", "mode", "precision", "device", "epochs",
            "progress", "eta", "duration", "result", "train_loss", "throughput", "weights", "created", "error"]
 PICKER_COLUMNS = ["id", "name", "framework", "experiment", "mode", "precision", "seed", "status", "group", "tags",
                   "created"]
@@ -39,6 +39,8 @@ def runs_table(frame: pd.DataFrame, now: datetime) -> pd.DataFrame:
         "status": facts["status"],
         "framework": frame["framework"].map(framework_label),
         "experiment": frame["model"] + " / " + frame["dataset"],
+        # Blank for one worker: the column gives way on a page of single-worker runs (ui/run_selection.py).
+        "workers": [f"{int(n)}" if n == n and int(n) > 1 else "" for n in frame.get("workers", 1 + 0 * frame["id"])],
         "mode": facts["mode"],
         "precision": facts["precision"],
         "device": facts["device"],

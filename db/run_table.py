@@ -39,6 +39,8 @@ RUN_COLUMNS = {
     "precision": func.coalesce(Run.precision, Run.spec["precision"].as_string()),
     "seed": func.coalesce(Run.seed, Run.spec["seed"].as_integer()),
     "placed_device": Run.placed_device,
+    # Data-parallel workers (spec.workers; runs stored before it had one).
+    "workers": func.coalesce(Run.spec["workers"].as_integer(), 1),
     # Read only where the table shows them: each JSON field read parses the whole document again
     # (SQLite), a millisecond per thousand runs. The device a queued run asked for; the device
     # the environment recorded for a run the scheduler never placed; where a diverged run stopped.

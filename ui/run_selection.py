@@ -27,6 +27,7 @@ COLUMNS = {
                                                                      "reporting (killed, machine gone)"),
     "framework": st.column_config.TextColumn("Framework", width=95),
     "experiment": st.column_config.TextColumn("Model / data", width=120),
+    "workers": st.column_config.TextColumn("Workers", width=70, help="Data-parallel worker processes; blank: one"),
     "mode": st.column_config.TextColumn("Mode", width=70, help="How the training step ran (eager, graph, "
                                                                 "compiled, xla)"),
     "precision": st.column_config.TextColumn("Precision", width=70),
@@ -52,10 +53,10 @@ COLUMNS = {
 
 # Left to right: the run, what it is, how it did, how far it got; the settings after. Results sit
 # beside the run so they are on screen at 1500 px, not cut off at the right edge.
-COLUMN_ORDER = ["id", "name", "framework", "experiment", "status", "result", "progress", "epochs", "eta",
+COLUMN_ORDER = ["id", "name", "framework", "experiment", "workers", "status", "result", "progress", "epochs", "eta",
                 "duration", "train_loss", "throughput", "weights", "mode", "precision", "device", "tags", "created", "error"]
 # Columns a user fills in (or that only failures fill): left out while every shown row has them empty.
-GIVE_WAY_WHEN_EMPTY = ("name", "tags", "weights", "error")
+GIVE_WAY_WHEN_EMPTY = ("name", "tags", "weights", "error", "workers")
 
 
 def column_order(table: pd.DataFrame) -> list[str]:

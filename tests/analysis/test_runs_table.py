@@ -138,3 +138,19 @@ def test_the_weights_column_shows_the_kept_weights_size_and_nothing_without(aren
     with sessions.begin() as s:
         table = runs_table(run_table.runs_overview(s), queries.utcnow()).set_index("id")
     assert table.loc[kept, "weights"] == "4.2 KiB" and table.loc[bare, "weights"] == ""
+
+
+def test_a_multi_worker_run_says_its_workers_and_the_column_gives_way_when_every_run_has_one(tmp_path):
+    from ui.run_selection import column_order
+
+    sessions = make_sessionmaker(f"sqlite:///{tmp_path / 'workers.db'}")
+    with sessions.begin() as s:
+        for workers in (1, 2):
+            spec = RunSpec(framework="torch", model="mlp", dataset="digits", batch_size=64, workers=workers)
+            queries.create_run(s, spec.to_dict())
+        frame = run_table.runs_overview(s)
+    table = runs_table(frame, queries.utcnow()).set_index("id")
+
+    assert table["workers"].to_dict() == {1: "", 2: "2"}
+    assert "workers" in column_order(table.reset_index())
+    assert "workers" not in column_order(table.loc[[1]].reset_index())  # one-worker runs only: no column
