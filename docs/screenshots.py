@@ -1,6 +1,9 @@
 """Take the README's Launch, Runs, Compare-speed and Deploy screenshots from a real dashboard on real runs.
 
-`.venv/bin/python docs/screenshots.py [--out docs/screenshots] [--keep DIR]`
+`.venv/bin/python docs/screenshots.py [--out docs/screenshots] [--keep DIR] [--scaling-only]`
+
+--scaling-only: the Compare page's Scaling tab alone, on a scaling study trained for it (both
+frameworks, 1 and 2 workers, about a minute): compare-scaling.png.
 
 Trains a few tiny runs through the real CLI into a temporary database (both frameworks, two
 seeds, one run that diverges, one left queued), deploys the seed-0 pair in every format and serves
@@ -86,10 +89,36 @@ def shoot(base: str, out: Path) -> None:
         browser.close()
 
 
+SCALING_FLAGS = ["--framework", "both", "--model", "mlp", "--dataset", "digits", "--epochs", "5", "--batch-size", "64",
+                 "--workers", "1", "2", "--deterministic", "--max-steps-per-epoch", "20", "--target-accuracy", "0.6",
+                 "--calibration-steps", "0", "--profile-steps", "0"]
+
+
+def train_scaling(url: str, env: dict[str, str]) -> None:
+    """A scaling study as the CLI queues it: PyTorch and TensorFlow, 1 and 2 workers, one group (runs 1-4)."""
+    subprocess.run([sys.executable, "-m", "engine", "run", *SCALING_FLAGS, "--db", url], cwd=ROOT, env=env,
+                   check=True, capture_output=True, timeout=1800)
+
+
+def shoot_scaling(base: str, out: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+        page.goto(f"{base}/compare?runs=1,2,3,4&tab=Scaling")
+        expect(page.get_by_text("Throughput against workers")).to_be_visible(timeout=60_000)
+        page.wait_for_timeout(2500)
+        page.get_by_text("What ran:").scroll_into_view_if_needed()
+        page.screenshot(path=str(out / "compare-scaling.png"))
+        browser.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     parser.add_argument("--keep", type=Path, help="train into this directory and keep it (default: a temporary one)")
+    parser.add_argument("--scaling-only", action="store_true", help="only the Scaling tab, on a scaling study")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="arena-screenshots-") as scratch:
         home = args.keep or Path(scratch)
@@ -97,13 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         url = f"sqlite:///{home / 'arena.db'}"
         env = dashboard.arena_env(home, url)
         if not (home / "arena.db").exists():
-            train(url, env)
+            (train_scaling if args.scaling_only else train)(url, env)
         server, base = dashboard.start_dashboard(home / "streamlit.log", {**env, "ARENA_SCHEDULER": "off"})
         try:
-            shoot(base, args.out)
+            (shoot_scaling if args.scaling_only else shoot)(base, args.out)
         finally:
             dashboard.stop_dashboard(server)
-    print(f"wrote launch.png, runs.png, compare-speed.png, compare-profile.png and deploy.png to {args.out}")
+    print(f"wrote {'compare-scaling.png' if args.scaling_only else 'launch.png, runs.png, compare-speed.png, compare-profile.png and deploy.png'} to {args.out}")
     return 0
 
 
