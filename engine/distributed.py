@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -88,18 +89,39 @@ def shard(order: np.ndarray, steps: int, global_batch: int, workers: Workers) ->
     return used[:, workers.rank, :].reshape(-1)
 
 
+EPHEMERAL_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+
+
 def free_ports(count: int) -> list[int]:
-    """Ports free on this machine now, for the workers' rendezvous."""
-    sockets = []
+    """Ports free on this machine now, for the workers' rendezvous, drawn from below the kernel's ephemeral range.
+
+    A port is only known free until someone binds it; the workers bind theirs a second or two later.
+    The kernel hands out ephemeral ports (32768-60999 by default) to every outgoing connection and every
+    `bind(0)` (Ray, the dashboard, a browser), so a free one there is soon taken; below it, only a
+    process asking for that very number takes it.
+    """
     try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind((HOST, 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+        with open(EPHEMERAL_FILE) as ports_file:
+            low = int(ports_file.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    candidates = range(20000, max(20001 + count, low))
+    chosen: list[int] = []
+    draw = random.SystemRandom()
+    while len(chosen) < count:
+        port = draw.choice(candidates)
+        if port not in chosen and _bindable(port):
+            chosen.append(port)
+    return chosen
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return False
+    return True
 
 
 def threads_from_env() -> Optional[int]:
