@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
 from db.errors import database_error
+from engine.distributed import metric_prefix
 
 FLUSH_INTERVAL_S = 0.5
 # Long enough to ride out a database server's restart or a writer holding the lock; short enough
@@ -41,7 +42,7 @@ class Recorder:
         self._sessions = session_factory
         self.run_id = run_id
         self._lead = rank == 0
-        self._prefix = "" if self._lead else f"{queries.RANK_PREFIX}{rank}/"
+        self._prefix = metric_prefix(rank)
         self._interval = flush_interval_s
         self._give_up_after_s = give_up_after_s
         self._lock = threading.Lock()  # the buffers
