@@ -6,7 +6,7 @@ from typing import Any, Optional, Sequence
 
 from engine import datafiles
 from engine.catalog import DATASETS, MODE_LABELS, framework_label
-from engine.matrix import MAX_MATRIX_RUNS, expand, parse_seeds
+from engine.matrix import MAX_MATRIX_RUNS, expand, parse_seeds, with_tf_strategy
 from engine.executors import executor_name
 from engine.executors.local import cpu_slots, runs_per_gpu
 from engine.scheduler import scheduling_enabled
@@ -24,6 +24,7 @@ FIELD_LABELS = {
     "tf_memory_growth": "TensorFlow memory growth", "on_divergence": "NaN or infinite loss",
     "layer_stats": "Layer statistics", "histogram_bins": "Histogram bins", "keep_weights": "Keep the trained weights",
     "workers": "Workers", "sync_batchnorm": "Sync batch norm", "last_batch": "Last, smaller batch",
+    "tf_strategy": "TensorFlow strategy",
 }
 PRECISION_LABELS = {"fp32": "fp32", "mixed": "mixed (bf16 or fp16)"}
 
@@ -63,8 +64,11 @@ def build_matrix(base: dict[str, Any], modes: dict[str, Sequence[str]], precisio
     """Validated specs: for each framework, its chosen modes x precisions x seeds x worker counts; raises SpecError.
 
     One engine.matrix.expand call per framework and worker count, because a mode name can exist in both
-    frameworks ("eager") while the form picks modes per framework, and expand knows no workers axis.
+    frameworks ("eager") while the form picks modes per framework, and expand knows no workers axis. The form's
+    TensorFlow strategy (base["tf_strategy"]) goes to the TensorFlow runs of 2 or more workers only.
     """
+    base = dict(base)
+    strategy = base.pop("tf_strategy", None)
     if not modes:
         raise SpecError("frameworks", "none", "choose PyTorch, TensorFlow or both")
     seeds = parse_seeds(seeds_text)
@@ -75,6 +79,7 @@ def build_matrix(base: dict[str, Any], modes: dict[str, Sequence[str]], precisio
             raise SpecError("modes", "none", f"choose at least one {framework_label(framework)} mode")
         for workers in counts:
             specs += expand({**base, "workers": workers}, [framework], list(chosen), list(precisions), seeds)
+    specs = with_tf_strategy(specs, strategy)
     if len(specs) > MAX_MATRIX_RUNS:
         raise SpecError("matrix", len(specs), f"at most {MAX_MATRIX_RUNS} runs at once; "
                                               "pick fewer seeds, modes, precisions or worker counts")
@@ -108,6 +113,14 @@ def parse_workers(text: str) -> list[int]:
     return counts
 
 
+def worker_counts(text: str) -> list[int]:
+    """The worker counts the form's text names, [] while it names none validly (build_matrix says why)."""
+    try:
+        return parse_workers(text)
+    except SpecError:
+        return []
+
+
 def format_seeds(seeds: Sequence[int]) -> str:
     """Seeds in short form: [0, 1, 2, 3, 7] -> "0-3, 7"."""
     parts, ordered = [], sorted(set(seeds))
@@ -124,7 +137,8 @@ def format_seeds(seeds: Sequence[int]) -> str:
 
 def describe_matrix(specs: Sequence[RunSpec]) -> str:
     """"PyTorch eager fp32 × seeds 0-4 · TensorFlow tf.function (graph) fp32 × seeds 0-4", with "× workers 1, 2"
-    when a run of the matrix trains with several workers."""
+    when a run of the matrix trains with several workers ("(MirroredStrategy: one process)" when in one process)."""
+    mirrored = {(spec.framework, spec.mode, spec.precision) for spec in specs if spec.tf_strategy == "mirrored"}
     cells: dict[tuple[str, str, str], tuple[list[int], list[int]]] = {}
     for spec in specs:
         seeds, counts = cells.setdefault((spec.framework, spec.mode, spec.precision), ([], []))
@@ -136,6 +150,7 @@ def describe_matrix(specs: Sequence[RunSpec]) -> str:
         seed_words = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {format_seeds(seeds)}"
         worker_words = "" if counts == [1] else (
             f" × {counts[0]} workers" if len(counts) == 1 else f" × workers {', '.join(map(str, counts))}")
+        worker_words += " (MirroredStrategy: one process)" if (framework, mode, precision) in mirrored else ""
         parts.append(f"{framework_label(framework)} {MODE_LABELS.get(mode, mode)} {precision} × {seed_words}"
                      + worker_words)
     return " · ".join(parts)

@@ -24,7 +24,9 @@ from analysis.run_styles import FRAMEWORK_DASHES, FRAMEWORK_PALETTES, SYMBOLS, U
 from db.models import Run
 from engine.catalog import FRAMEWORKS, MODE_LABELS, framework_label
 
-STUDY_FREE_FIELDS = ("workers", "seed", "sync_batchnorm")  # what the runs of one study may differ in
+# What the runs of one study may differ in. tf_strategy: a MirroredStrategy run (one process, N devices) scales
+# from the same 1-worker run as a MultiWorkerMirroredStrategy one; the table and "what ran" name each run's strategy.
+STUDY_FREE_FIELDS = ("workers", "seed", "sync_batchnorm", "tf_strategy")
 IDEAL_DASH = "dot"
 # The summary's sync_batchnorm as words ("SyncBatchNorm", "synchronized BatchNormalization" name themselves).
 SYNC_WORDS = {"off": "sync batch norm off", "on": "sync batch norm on"}
@@ -243,9 +245,15 @@ def time_to_target_figure(runs: Sequence[Run]) -> go.Figure:
                             "%{y:.1f} s", ideal=False)
 
 
+def one_process(run: Run) -> bool:
+    """Whether the run's workers were replicas in one process (TensorFlow's MirroredStrategy): no rank of its own."""
+    return rs.spec_value(run, "tf_strategy") == "mirrored"
+
+
 def _run_label(run: Run, workers: Optional[int] = None) -> str:
     workers = workers_of(run) if workers is None else workers
-    return f"#{run.id} {framework_label(run.framework)}<br>{workers} worker{'s' if workers > 1 else ''}"
+    where = ", one process" if one_process(run) else ""
+    return f"#{run.id} {framework_label(run.framework)}<br>{workers} worker{'s' if workers > 1 else ''}{where}"
 
 
 def efficiency_figure(frame: pd.DataFrame, runs: Sequence[Run]) -> go.Figure:
@@ -300,14 +308,14 @@ def rank_step_time_figure(rank_steps: pd.DataFrame, runs: Sequence[Run]) -> go.F
 
 
 def rank_memory_frame(runs: Sequence[Run]) -> pd.DataFrame:
-    """Peak host RSS per rank (run_id, rank, peak_rss_bytes): the summary's ranks, or a 1-worker run's own peak."""
+    """Peak host RSS per rank (run_id, rank, peak_rss_bytes): the summary's ranks, or a one-process run's own peak."""
     rows = []
     for run in runs:
         ranks = _ranks(run)
         if ranks:
             rows += [dict(run_id=run.id, rank=int(rank.get("rank", index)), peak_rss_bytes=float(rank["peak_rss_bytes"]))
                      for index, rank in enumerate(ranks) if isinstance(rank.get("peak_rss_bytes"), (int, float))]
-        elif workers_of(run) == 1:
+        elif workers_of(run) == 1 or one_process(run):
             peak = (rs.summary_value(run, "peak_bytes") or {}).get("host_rss")
             if isinstance(peak, (int, float)):
                 rows.append(dict(run_id=run.id, rank=0, peak_rss_bytes=float(peak)))

@@ -26,9 +26,9 @@ from engine.export import FORMATS as EXPORT_FORMATS, open_tensorboard_command, w
 from engine.launch import default_url_for, queue_runs, reap
 from engine.launch import ALREADY_ENDED, CANCEL_GRACE_S, CANCEL_REQUESTED, cancel_runs
 from engine.scheduler import LEASE_NAME, NOT_SCHEDULING, Scheduler, scheduling_enabled, wake
-from engine.matrix import MAX_MATRIX_RUNS, expand, parse_seeds
+from engine.matrix import MAX_MATRIX_RUNS, expand, parse_seeds, with_tf_strategy
 from engine.run_ids import run_id_argument
-from engine.spec import MAX_WORKERS, RunSpec, SpecError
+from engine.spec import MAX_WORKERS, TF_STRATEGIES, RunSpec, SpecError
 from engine.traces import viewer_hint, write_trace
 
 POLL_INTERVAL_S = 0.5
@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"data-parallel worker processes per run, 1..{MAX_WORKERS} (default 1): PyTorch DDP, "
                           "TensorFlow MultiWorkerMirroredStrategy; --batch-size stays the global batch, split evenly. "
                           "Several counts (--workers 1 2 4) queue a scaling study as one group")
+    run.add_argument("--tf-strategy", choices=TF_STRATEGIES,
+                     help="TensorFlow with 2 or more workers: one process per worker (multi_worker, default: "
+                          "MultiWorkerMirroredStrategy) or one process holding every worker's device (mirrored: "
+                          "MirroredStrategy; without GPUs, logical CPU devices: a functional check)")
     run.add_argument("--sync-batchnorm", action="store_true", default=None,
                      help="with several workers, batch norm statistics over the global batch (SyncBatchNorm)")
     run.add_argument("--max-steps-per-epoch", type=int)
@@ -257,8 +261,8 @@ def build_specs(args: argparse.Namespace) -> list[RunSpec]:
     # expand knows no workers axis: one call per count, framework-major as expand orders the rest.
     per_count = [expand({**base, "workers": n}, frameworks, args.mode, args.precision or ["fp32"], seeds)
                  for n in counts]
-    specs = [spec for framework in dict.fromkeys(frameworks) for specs in per_count for spec in specs
-             if spec.framework == framework]
+    specs = with_tf_strategy([spec for framework in dict.fromkeys(frameworks) for specs in per_count for spec in specs
+                              if spec.framework == framework], args.tf_strategy)
     if len(specs) > MAX_MATRIX_RUNS:
         raise SpecError("matrix", len(specs), f"at most {MAX_MATRIX_RUNS} runs at once")
     return specs
@@ -294,6 +298,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_ids = queue_runs(sessions, specs)
     for run_id, spec in zip(run_ids, specs):
         workers = f", {spec.workers} workers" if spec.workers > 1 else ""
+        workers += " in one process (MirroredStrategy)" if spec.tf_strategy == "mirrored" else ""
         print(f"run {run_id}: {framework_label(spec.framework)} {spec.mode} {spec.precision} {spec.model} on "
               f"{spec.dataset}, seed {spec.seed}, {spec.epochs} epochs{workers} (db {url})", file=sys.stderr)
     scheduler = wake(sessions, url)

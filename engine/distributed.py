@@ -12,6 +12,10 @@ averaged gradients, so two workers compute what one does up to floating-point su
 Nothing hangs: the collectives have a timeout (COLLECTIVE_TIMEOUT_S); rank 0 ends the run as failed
 within a second or two of a worker dying (watch_workers); a worker whose rank 0 died exits at once
 (watch_parent).
+
+TensorFlow's MirroredStrategy (spec.tf_strategy "mirrored") is the other shape: one process holding every
+worker's device, a replica of the model on each (hold_every_device); the backend splits each global batch
+between its replicas as the ranks' shards split it.
 """
 from __future__ import annotations
 
@@ -49,10 +53,23 @@ class Workers:
     rank: int = 0
     world: int = 1
     ports: tuple[int, ...] = ()
+    replicas: int = 1  # devices this one process trains on, a replica of the model each (MirroredStrategy)
 
     @property
     def distributed(self) -> bool:
+        """Several processes: each trains its shard of every global batch."""
         return self.world > 1
+
+    @property
+    def replicas_in_sync(self) -> int:
+        """Replicas of the model training together, in every process: the run's workers."""
+        return self.world * self.replicas
+
+    @property
+    def parallel(self) -> bool:
+        """Several replicas, in several processes or in this one: their gradients are exchanged every step."""
+        return self.replicas_in_sync > 1
+
 
     @property
     def lead(self) -> bool:
@@ -140,6 +157,27 @@ def worker_envs(world: int) -> list[dict[str, str]]:
         return [{str(k): str(v) for k, v in e.items()} for e in envs]
     threads = str(max(1, (os.cpu_count() or 1) // world))
     return [{"CUDA_VISIBLE_DEVICES": "", "ARENA_DEVICE": "cpu", ENV_THREADS: threads} for _ in range(world)]
+
+
+def one_process_env(envs: list[dict[str, str]]) -> dict[str, str]:
+    """The environment of one process holding every rank's device (envs: each rank's, worker_envs): all their GPUs
+    visible in rank order (the first is cuda:0, whose NVML index the memory trace follows), or the CPU with the
+    threads of all of them."""
+    visible = [env.get("CUDA_VISIBLE_DEVICES", "") for env in envs]
+    if all(visible):
+        merged = {**envs[0], "CUDA_VISIBLE_DEVICES": ",".join(visible), "ARENA_DEVICE": "cuda:0"}
+        merged.pop(ENV_THREADS, None)
+        return merged
+    threads = sum(int(env.get(ENV_THREADS) or 1) for env in envs)
+    return {"CUDA_VISIBLE_DEVICES": "", "ARENA_DEVICE": "cpu", ENV_THREADS: str(threads)}
+
+
+def hold_every_device(world: int) -> Workers:
+    """A one-process run of `world` replicas (TensorFlow's MirroredStrategy): take every rank's device the executor
+    chose, before a framework starts, and start no other process."""
+    os.environ.update(one_process_env(worker_envs(world)))
+    os.environ.pop(ENV_WORKER_ENVS, None)
+    return Workers(replicas=world)
 
 
 def start_workers(run_id: int, db_url: str, world: int) -> tuple[Workers, list[subprocess.Popen]]:

@@ -98,7 +98,7 @@ def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, mete
         run = _Run(spec, backend, data, sink, meter, workers)
         for epoch in range(1, spec.epochs + 1):
             run.epoch(epoch)
-        if workers.distributed:  # every worker at once: the exchange needs them all
+        if workers.parallel:  # every worker at once: the exchange needs them all
             run.summary["communication"] = _communication(backend, run.summary, _timing_summary(spec, run.clock))
         if not workers.lead:
             return _timing_summary(spec, run.clock)
@@ -126,9 +126,9 @@ class _Run:
         self.steps = steps_per_epoch(spec, len(data.x_train))
         self.summary: dict = {"param_count": param_count, "steps_per_epoch": self.steps, "same_init": spec.same_init,
                               **backend.settings(), "numpy_blas_threads": numpy_blas_threads(),
-                              "workers": workers.world}
-        if workers.distributed:
-            self.summary["per_worker_batch"] = self.local_spec.batch_size
+                              "workers": workers.replicas_in_sync}
+        if workers.parallel:  # a replica's batch: this process's shard, split again between its devices
+            self.summary["per_worker_batch"] = self.local_spec.batch_size // workers.replicas
         every_step = spec.step_timing == "every_step" or (spec.step_timing == "auto" and not backend.asynchronous)
         self.clock = StepClock(backend.synchronize, every_step, spec.warmup_steps)
         self.summary["step_timing"] = self.clock.describe()
@@ -248,7 +248,7 @@ class _Run:
         if spec.target_accuracy is not None:
             summary.setdefault("time_to_target_s", None)
         # Phases and the operator profile, then the inference benchmark: outside every timer above.
-        if self.workers.distributed:
+        if self.workers.parallel:
             # Their steps would wait for gradients from workers that have finished: one worker's phases
             # are measured by a one-worker run of the same spec.
             summary["calibration_skipped"] = "multi-worker run: phases and operator profiles come from one-worker runs"

@@ -1,11 +1,12 @@
 """Matrix launch: frameworks x modes x precisions x seeds from one set of settings, as one group."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any, Optional, Sequence
 
 from engine.catalog import FRAMEWORKS, MODES, PRECISIONS, framework_installed, framework_label
-from engine.spec import RunSpec, SpecError
+from engine.spec import TF_STRATEGIES, RunSpec, SpecError
 
 MAX_MATRIX_RUNS = 200  # a typo like 1000 seeds should be an error, not a day of queued work
 
@@ -60,6 +61,19 @@ def expand(
                         framework, model, dataset, mode=mode, precision=precision, seed=seed, **framework_free
                     ))
     return specs
+
+
+def with_tf_strategy(specs: Sequence[RunSpec], strategy: Optional[str]) -> list[RunSpec]:
+    """The specs with TensorFlow's multi-worker strategy set where it applies (TensorFlow, 2 or more workers), so a
+    matrix of both frameworks or of 1, 2, 4 workers can ask for it; where it applies nowhere, an error."""
+    if strategy is None:
+        return list(specs)
+    if strategy not in TF_STRATEGIES:
+        raise SpecError("tf_strategy", strategy, f"expected one of {', '.join(TF_STRATEGIES)}")
+    applies = [spec.framework == "tensorflow" and spec.workers > 1 for spec in specs]
+    if strategy != TF_STRATEGIES[0] and not any(applies):
+        raise SpecError("tf_strategy", strategy, "applies to TensorFlow runs of 2 or more workers; none is asked for")
+    return [dataclasses.replace(spec, tf_strategy=strategy) if apply else spec for spec, apply in zip(specs, applies)]
 
 
 def check_installed(frameworks: Sequence[str]) -> None:

@@ -89,7 +89,9 @@ def execute(run_id: int, db_url: Optional[str] = None) -> int:
     workers, children, quiet = distributed.SINGLE, [], None
     try:
         spec = RunSpec.from_dict(spec_dict)
-        if spec.workers > 1:  # rank 0 starts the others first: they load data and frameworks alongside it
+        if spec.workers > 1 and spec.tf_strategy == "mirrored":  # one process, every worker's device: no ranks
+            workers = distributed.hold_every_device(spec.workers)
+        elif spec.workers > 1:  # rank 0 starts the others first: they load data and frameworks alongside it
             workers, children = distributed.start_workers(run_id, url, spec.workers)
             quiet = distributed.watch_workers(children, _fail_when_worker_lost(sessions, run_id, recorder))
         data = load_spec(spec)

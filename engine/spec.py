@@ -26,6 +26,9 @@ MAX_CALIBRATION_STEPS = 1000  # a calibration window is a short look, not a seco
 MAX_PROFILE_STEPS = 100  # a trace of more steps grows to hundreds of MB without telling more
 MAX_STEPS_PER_EPOCH = 10_000_000  # the largest training set (synthetic_size) at batch size 1; a cap above it caps nothing
 MAX_WORKERS = 8  # data-parallel worker processes of one run (runs.placed_device lists each one's device)
+# How a TensorFlow run of several workers spreads them: one process per worker (MultiWorkerMirroredStrategy) or
+# one process holding every worker's device (MirroredStrategy).
+TF_STRATEGIES = ("multi_worker", "mirrored")
 
 
 class SpecError(ValueError):
@@ -104,6 +107,9 @@ class RunSpec:
     # Data-parallel worker processes (engine/distributed.py): PyTorch DistributedDataParallel, TensorFlow
     # MultiWorkerMirroredStrategy. batch_size stays the global batch, split evenly between the workers.
     workers: int = 1
+    # TensorFlow with workers > 1 (TF_STRATEGIES): "mirrored" trains the N replicas in one process holding the N
+    # devices (MirroredStrategy); the default elsewhere, ignored, so specs stored before the field load unchanged.
+    tf_strategy: str = "multi_worker"
     # Multi-worker runs with batch norm: statistics synchronised across the workers (SyncBatchNorm, Keras's
     # synchronized BatchNormalization) instead of each worker's own.
     sync_batchnorm: bool = False
@@ -177,6 +183,18 @@ class RunSpec:
         _check_int("workers", self.workers, low=1, high=MAX_WORKERS)
         if not isinstance(self.sync_batchnorm, bool):
             raise SpecError("sync_batchnorm", self.sync_batchnorm, "expected true or false")
+        _check_choice("tf_strategy", self.tf_strategy, TF_STRATEGIES)
+        if self.tf_strategy == "mirrored" and self.framework != "tensorflow":
+            raise SpecError("tf_strategy", self.tf_strategy, f"MirroredStrategy is TensorFlow's; {self.framework} "
+                            f"runs one process per worker (keep multi_worker)")
+        if self.tf_strategy == "mirrored" and self.workers == 1:
+            raise SpecError("tf_strategy", self.tf_strategy, "MirroredStrategy spreads a run over several devices; "
+                            "set workers to 2 or more, or keep multi_worker")
+        if self.tf_strategy == "mirrored" and self.mode == "xla":
+            # XLA's known issue "tf.Variable on a different device": one compiled step cannot span the N devices'
+            # variables (Keras turns XLA off under tf.distribute for the same reason).
+            raise SpecError("mode", self.mode, "one XLA-compiled step cannot reach the variables MirroredStrategy "
+                            "keeps on every device; use graph or eager, or tf_strategy multi_worker")
         if self.workers == 1:
             return
         if self.batch_size % self.workers:

@@ -7,7 +7,7 @@ from analysis.device_labels import device_labels
 from analysis.formatting import escape_markdown
 from analysis.launch_plan import (
     PRECISION_LABELS, build_matrix, data_files_note, describe_matrix, run_names, setting_problem, spec_error_message,
-    whole,
+    whole, worker_counts,
 )
 from analysis.run_ids import format_run_ids
 from db import queries
@@ -18,7 +18,7 @@ from engine.catalog import (
 from engine.devices import check_available, on_cluster
 from engine.launch import launch
 from engine.executors.local import cpu_slots, runs_per_gpu
-from engine.spec import LAST_BATCH_CHOICES, MAX_WORKERS, STEP_TIMINGS, RunSpec, SpecError
+from engine.spec import LAST_BATCH_CHOICES, MAX_WORKERS, STEP_TIMINGS, TF_STRATEGIES, RunSpec, SpecError
 from ui.database import db_url, sessions
 from ui.router import COMPARE_PAGE, RUNS_PAGE, ensure_router
 from ui.widgets import LAUNCHED_KEY, RUNS_PARAM
@@ -27,6 +27,7 @@ BOTH = "both"
 FRAMEWORK_CHOICES = (*FRAMEWORKS, BOTH)
 STEP_TIMING_LABELS = {"auto": "auto (windows on a GPU)", "every_step": "every step", "windows": "windows of steps"}
 OPTIMIZER_LABELS = {"sgd": "SGD", "momentum": "SGD + momentum 0.9", "adam": "Adam"}
+TF_STRATEGY_LABELS = {"multi_worker": "One process per worker", "mirrored": "One process, every device (Mirrored)"}
 LAUNCHED_GROUP_KEY = "launched_group_tag"
 CONV_MODELS = ", ".join(name for name, info in MODELS.items() if info.conv)
 WHOLE = {"step": 1.0, "format": "%.0f"}  # counting inputs: float inputs shown as whole numbers (see the form)
@@ -144,7 +145,7 @@ with st.container(border=True):
                                            "Off: each framework's own initialisers.")
     # Text, not a number input: several counts ("1, 2, 4") queue a scaling study, and RunSpec names a count
     # outside 1..8 or a batch that does not split evenly, as for the other fields.
-    c1, c2, _, _ = st.columns(4)
+    c1, c2, c3, _ = st.columns(4)
     workers_text = c1.text_input(
         "Workers", value="1", key="workers",
         help=f"Data-parallel worker processes per run, 1 to {MAX_WORKERS}: PyTorch DistributedDataParallel, "
@@ -157,6 +158,13 @@ with st.container(border=True):
              "Keras's synchronized BatchNormalization) instead of each worker's shard. Slower; no effect on "
              "one worker or on models without batch norm.")
     c2.caption("Only matters with 2 or more workers.")
+    if "tensorflow" in frameworks and max(worker_counts(workers_text), default=1) > 1:
+        settings["tf_strategy"] = c3.selectbox(
+            "TensorFlow strategy", TF_STRATEGIES, key="tf_strategy", format_func=TF_STRATEGY_LABELS.get,
+            help="How a TensorFlow run of several workers spreads them. One process per worker: "
+                 "MultiWorkerMirroredStrategy, as PyTorch's DDP runs. One process, every device: MirroredStrategy "
+                 "over the run's GPUs (on a machine without GPUs, logical CPU devices: a check that it computes "
+                 "the same steps, not a speed figure).")
 
 with st.container(border=True):
     st.markdown("**Measurement**")

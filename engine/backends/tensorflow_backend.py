@@ -63,8 +63,12 @@ class TensorFlowBackend(Backend):
         self.device = device
 
     def join(self, workers: Workers) -> None:
-        """Become one worker of a data-parallel run: MultiWorkerMirroredStrategy over TF_CONFIG, before build."""
+        """Become one worker of a data-parallel run: MultiWorkerMirroredStrategy over TF_CONFIG, before build; or,
+        holding every worker's device (workers.replicas), MirroredStrategy over them in this process."""
         self._workers = workers
+        if workers.replicas > 1:
+            self._strategy, self._strategy_name = self._mirrored(workers.replicas)
+            return
         if not workers.distributed:
             return
         os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers.addresses()},
@@ -74,7 +78,28 @@ class TensorFlowBackend(Backend):
         self._strategy = tf.distribute.MultiWorkerMirroredStrategy(
             communication_options=tf.distribute.experimental.CommunicationOptions(
                 implementation=implementation, timeout_seconds=COLLECTIVE_TIMEOUT_S))
-        self._implementation = implementation.name.lower()
+        self._strategy_name = f"MultiWorkerMirroredStrategy ({implementation.name.lower()})"
+
+    def _mirrored(self, replicas: int) -> tuple[tf.distribute.Strategy, str]:
+        """MirroredStrategy over this process's GPUs (NCCL all-reduce), or, without a GPU, over as many logical CPU
+        devices carved from the one CPU: the same arithmetic, a functional check only (they share the cores)."""
+        if self._index is not None:
+            gpus = tf.config.list_physical_devices("GPU")
+            if len(gpus) < replicas:
+                raise RuntimeError(f"tf_strategy='mirrored' with {replicas} workers needs {replicas} GPUs in this "
+                                   f"process; TensorFlow sees {len(gpus)} (CUDA_VISIBLE_DEVICES="
+                                   f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+            devices = [f"/GPU:{index}" for index in range(replicas)]
+            return (tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.NcclAllReduce()),
+                    f"MirroredStrategy over {replicas} GPUs in one process (NCCL all-reduce)")
+        # Only before TensorFlow's runtime starts (the backend creates no tensor before join).
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+        devices = [f"/CPU:{index}" for index in range(replicas)]
+        # ReductionToOneDevice: NCCL needs GPUs, and HierarchicalCopyAllReduce is laid out for DGX-1 GPU links.
+        return (tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice()),
+                f"MirroredStrategy over {replicas} logical CPU devices in one process (ReductionToOneDevice): "
+                f"a functional check, not a speed figure")
 
     def barrier(self) -> None:
         """Every worker waits here for the others (a multi-worker run's end: each has written its points)."""
@@ -206,7 +231,7 @@ class TensorFlowBackend(Backend):
             "layout": self._layout,
             "deterministic": self._deterministic,
             "tf_memory_growth": self._memory_growth,
-            **({"strategy": f"MultiWorkerMirroredStrategy ({self._implementation})",
+            **({"strategy": self._strategy_name,
                 "sync_batchnorm": self._sync_batchnorm} if self._strategy is not None else {}),
         }
 
@@ -228,7 +253,12 @@ class TensorFlowBackend(Backend):
         """One step of a multi-worker run on this worker's shard: the optimizer (Keras under the strategy)
         sums the gradients over the workers, each computed from the shard's mean loss / workers (Keras's
         losses divide by the replicas in sync themselves, keras.losses.loss.scale_loss_for_distribution),
-        so the step is the one a single worker takes on the whole global batch; returns that batch's loss."""
+        so the step is the one a single worker takes on the whole global batch; returns that batch's loss.
+        Holding every device (MirroredStrategy), this process has the whole global batch: replica r takes its
+        r-th slice, as rank r would (engine/distributed.py shard), cut where the batch is: each device gets its own."""
+        if self._workers.replicas > 1:
+            x, y = self._per_replica(x), self._per_replica(y)
+
         def replica_step(x, y):
             with tf.GradientTape() as tape:
                 loss = self.loss_fn(y, tf.cast(self.module(x, training=True), tf.float32))
@@ -238,6 +268,12 @@ class TensorFlowBackend(Backend):
 
         per_worker = self._strategy.run(replica_step, args=(x, y))
         return self._strategy.reduce(tf.distribute.ReduceOp.SUM, per_worker, axis=None)
+
+    def _per_replica(self, value):
+        """Replica r's part of a global batch: its r-th equal slice."""
+        parts = tf.split(value, self._workers.replicas)
+        return self._strategy.experimental_distribute_values_from_function(
+            lambda context: parts[context.replica_id_in_sync_group])
 
     def _forward(self, x):
         return self.module(x, training=False)

@@ -150,3 +150,20 @@ def test_several_worker_counts_make_a_scaling_study_and_json_lifts_the_worker_fi
     assert {key: records[1][key] for key in ("workers", "strategy", "threads_per_worker", "straggling")} == {
         "workers": 2, "strategy": "DistributedDataParallel (gloo)", "threads_per_worker": 1, "straggling": 1.1}
     assert records[1]["ranks"] == ranks
+
+
+def test_tf_strategy_mirrored_goes_to_the_tensorflow_runs_of_several_workers_only():
+    from engine.cli import build_parser, build_specs
+    from engine.spec import SpecError
+
+    def specs(*flags):
+        return build_specs(build_parser().parse_args(["run", "--model", "mlp", "--dataset", "digits", *flags]))
+
+    assert [(spec.framework, spec.workers, spec.tf_strategy) for spec in specs(
+        "--framework", "both", "--workers", "1", "2", "--tf-strategy", "mirrored")] == [
+        ("torch", 1, "multi_worker"), ("torch", 2, "multi_worker"), ("tensorflow", 1, "multi_worker"),
+        ("tensorflow", 2, "mirrored")]
+    with pytest.raises(SpecError, match=r"tf_strategy='mirrored': applies to TensorFlow runs of 2 or more workers"):
+        specs("--framework", "torch", "--workers", "2", "--tf-strategy", "mirrored")
+    with pytest.raises(SpecError, match=r"mode='xla': one XLA-compiled step cannot reach"):
+        specs("--framework", "tensorflow", "--mode", "xla", "--workers", "2", "--tf-strategy", "mirrored")

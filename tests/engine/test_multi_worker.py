@@ -165,3 +165,28 @@ def test_a_spec_the_workers_cannot_split_is_refused_with_the_numbers():
         spec("torch", 3, batch_size=32)
     with pytest.raises(ValueError, match=r"workers=9: must be <= 8"):
         spec("torch", 9)
+
+
+def test_tensorflow_mirrored_strategy_takes_the_same_steps_in_one_process_over_logical_cpu_devices(arena_db, sessions):
+    one = run_to_end(sessions, arena_db, queue(sessions, spec("tensorflow", 1)))
+    mirrored = run_to_end(sessions, arena_db, queue(sessions, spec("tensorflow", 2, tf_strategy="mirrored")))
+    assert one.status == FINISHED, log_of(one)
+    assert mirrored.status == FINISHED, log_of(mirrored)
+    single, replicated = losses(sessions, one.id), losses(sessions, mirrored.id)
+    assert len(single) == len(replicated) == STEPS
+    relative = np.abs(replicated - single) / np.abs(single)
+    assert relative.max() <= EXACT, relative
+    assert single[-1] < single[0] - 0.1
+
+    summary = mirrored.summary
+    assert summary["strategy"] == ("MirroredStrategy over 2 logical CPU devices in one process "
+                                   "(ReductionToOneDevice): a functional check, not a speed figure")
+    assert summary["workers"] == 2 and summary["per_worker_batch"] == 32
+    assert summary["communication"]["all_reduce_ms"] > 0 and summary["calibration_skipped"]
+    assert "ranks" not in summary and "straggling" not in summary  # one process: no rank of its own to record
+    with sessions.begin() as s:
+        names = queries.metric_names(s, [mirrored.id])
+        sources = set(queries.sample_frame(s, [mirrored.id])["source"])
+    assert not any(name.startswith("rank") for name in names) and "rank1/host" not in sources
+    # Both workers' CPU shares (cores // 2 each) in the one process.
+    assert mirrored.environment["intra_op_threads"] == 2 * max(1, (os.cpu_count() or 1) // 2)

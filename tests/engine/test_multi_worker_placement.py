@@ -2,6 +2,7 @@
 it waits for, impossible ones failed at once, each listed device counted, and the env rank 0 hands its ranks.
 The rules alone through plan(); the scheduler and the database through a launcher that starts no process."""
 import json
+import os
 from collections import Counter
 
 import pytest
@@ -12,7 +13,9 @@ from db import queries
 from db.models import FAILED
 from db.session import make_sessionmaker
 from engine.executors.base import device_label, placed_devices
+from engine.distributed import Workers, hold_every_device, one_process_env
 from engine.executors.local import CPU, Gpu, LocalExecutor, plan, workers_placement_env
+from engine.executors.ray import runner_env
 from engine.launch import queue_runs
 from engine.scheduler import Scheduler
 from engine.spec import RunSpec
@@ -99,6 +102,24 @@ def test_gpu_workers_each_see_their_own_gpu():
                       "ARENA_DEVICE": "cuda:0", "ARENA_NVML_INDEX": str(index)} for index, letter in enumerate("ab")]
     assert placement.env["ARENA_PLACED_DEVICE"] == "cuda:0,cuda:1" and placement.env["CUDA_VISIBLE_DEVICES"] == "GPU-a"
     assert "ARENA_THREADS" not in placement.env
+
+
+def test_a_mirrored_run_is_one_process_that_sees_every_gpu_or_every_cpu_workers_threads(monkeypatch):
+    """TensorFlow's MirroredStrategy: the scheduler places N devices as for N workers; the one runner takes them all."""
+    (placement,), _ = plan([(1, "auto", 2)], TWO_GPUS, Counter(), set(), 1, 1)
+    monkeypatch.setattr(os, "environ", dict(placement.env))
+    assert hold_every_device(2) == Workers(replicas=2)
+    assert os.environ == {"CUDA_VISIBLE_DEVICES": "GPU-a,GPU-b", "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+                          "ARENA_DEVICE": "cuda:0", "ARENA_NVML_INDEX": "0", "ARENA_PLACED_DEVICE": "cuda:0,cuda:1"}
+    monkeypatch.setattr("engine.executors.local.os.cpu_count", lambda: 8)
+    (placement,), _ = plan([(1, "cpu", 2)], [], Counter(), set(), 1, 1)
+    monkeypatch.setattr(os, "environ", dict(placement.env))
+    hold_every_device(2)
+    assert os.environ == {"CUDA_VISIBLE_DEVICES": "", "ARENA_DEVICE": "cpu", "ARENA_THREADS": "8",
+                          "ARENA_PLACED_DEVICE": "cpu,cpu"}
+    # Ray's placement of the same run: its two GPUs, or its CPUs' threads, in the one process.
+    assert one_process_env(json.loads(runner_env([3, 5], 2)["ARENA_WORKER_ENVS"]))["CUDA_VISIBLE_DEVICES"] == "3,5"
+    assert one_process_env(json.loads(runner_env([], 2, threads=3)["ARENA_WORKER_ENVS"]))["ARENA_THREADS"] == "6"
 
 
 def test_a_one_worker_run_keeps_its_env():

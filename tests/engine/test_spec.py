@@ -122,3 +122,17 @@ def test_regression_has_no_target_accuracy():
 def test_target_accuracy_zero_switches_the_model_default_off():
     assert RunSpec.with_model_defaults("torch", "mlp", "digits").target_accuracy == 0.95
     assert RunSpec.with_model_defaults("torch", "mlp", "digits", target_accuracy=0).target_accuracy is None
+
+
+def test_tf_strategy_mirrored_is_for_tensorflow_with_several_workers_and_named_otherwise():
+    mirrored = RunSpec("tensorflow", "mlp", "digits", workers=2, tf_strategy="mirrored")
+    assert RunSpec.from_dict(mirrored.to_dict()) == mirrored
+    assert RunSpec("torch", "mlp", "digits", workers=2).tf_strategy == "multi_worker"  # the default, ignored by torch
+    with pytest.raises(SpecError, match=r"tf_strategy='mirrored': MirroredStrategy is TensorFlow's; torch"):
+        RunSpec("torch", "mlp", "digits", workers=2, tf_strategy="mirrored")
+    with pytest.raises(SpecError, match=r"tf_strategy='mirrored': MirroredStrategy spreads a run over several"):
+        RunSpec("tensorflow", "mlp", "digits", tf_strategy="mirrored")
+    with pytest.raises(SpecError, match=r"tf_strategy='ring': expected one of multi_worker, mirrored"):
+        RunSpec("tensorflow", "mlp", "digits", workers=2, tf_strategy="ring")
+    with pytest.raises(SpecError, match=r"mode='xla': one XLA-compiled step cannot reach"):
+        RunSpec("tensorflow", "mlp", "digits", workers=2, mode="xla", tf_strategy="mirrored")

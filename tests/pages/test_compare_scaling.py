@@ -119,3 +119,39 @@ def test_scaling_tab_without_multi_worker_runs_says_how_to_launch_a_study(scalin
     message = " ".join(info.value for info in at.info)
     assert "None of these runs trained with more than one worker" in message and "`1, 2`" in message
     assert "Launch a scaling study" in [link.proto.label for link in at.get("page_link")]
+
+
+def test_a_one_process_mirrored_run_has_no_ranks_of_its_own_and_the_tab_still_draws_it(scaling_db, arena_db, open_page):
+    """TensorFlow's MirroredStrategy: 2 replicas in one process record rank 0's series only, no ranks or straggling."""
+    spec = RunSpec.with_model_defaults("tensorflow", "mlp", "digits", epochs=1, batch_size=BATCH, workers=2,
+                                       tf_strategy="mirrored", warmup_steps=WARMUP, target_accuracy=0.9)
+    sessions = make_sessionmaker(arena_db)
+    with sessions.begin() as s:
+        run = queries.create_run(s, spec.to_dict(), group_tag="scaling", total_steps=STEPS)
+        queries.add_metric_points(s, [dict(run_id=run.id, name=name, step=step, epoch=1, wall_time=1.7e9 + step,
+                                           value=value) for step in range(1, STEPS + 1)
+                                      for name, value in (("step/train_loss", 1.0 / step), ("step/step_time_ms", 9.0))])
+        strategy = ("MirroredStrategy over 2 logical CPU devices in one process (ReductionToOneDevice): a functional "
+                    "check, not a speed figure")
+        queries.update_run(s, run.id, status=FINISHED, epoch=1, step=STEPS, placed_device="cpu,cpu", summary={
+            "workers": 2, "warmup_steps": WARMUP, "steady_samples_per_s": BATCH * 1000 / 9.0, "step_time_p50_ms": 9.0,
+            "peak_bytes": {"host_rss": 500.0 * MIB}, "strategy": strategy, "per_worker_batch": BATCH // 2,
+            "sync_batchnorm": "no batch norm", "communication": {"method": "all-reduced alone", "all_reduce_ms": 0.7,
+                                                                 "share": 0.08}})
+        mirrored = run.id
+    sessions.kw["bind"].dispose()
+    single = scaling_db[("tensorflow", 1)]
+    at = open_page(COMPARE_PAGE, runs=f"{single},{mirrored}", tab="Scaling")
+
+    assert not failures(at)
+    specs = chart_specs(at)
+    (bars,) = specs["chart_scaling_efficiency"]["data"]
+    assert bars["text"] == ["67 %"]  # 64000/9 / (2 x 64000/12): against the TensorFlow 1-worker run of its study
+    boxes = [trace["name"] for trace in specs["chart_scaling_rank_step_time"]["data"]]
+    assert boxes == [f"#{single} rank 0", f"#{mirrored} rank 0"]
+    (memory,) = specs["chart_scaling_rank_memory"]["data"]
+    assert array(memory["y"]) == pytest.approx([400.0, 500.0])  # its one process's own peak
+    assert f"**TensorFlow**: {strategy}" in text_of(at)
+    table = at.dataframe[0].value.set_index("run")
+    row = table.loc[f"#{mirrored} TensorFlow"]
+    assert (row["straggling"], row["strategy"], row["gradient all-reduce"]) == ("—", strategy, "0.70 ms")

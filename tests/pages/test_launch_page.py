@@ -220,6 +220,26 @@ def test_a_workers_matrix_queues_a_scaling_study_as_one_group(arena_db, open_pag
     assert "Queued 2 runs" in at.success[0].value
 
 
+def test_several_tensorflow_workers_offer_mirrored_strategy_for_those_runs_only(arena_db, open_page, monkeypatch):
+    monkeypatch.setenv("ARENA_SCHEDULER", "off")  # the runs only need queuing: nothing here may start a runner
+    at = open_page()
+    tiny(at)
+    assert "tf_strategy" not in [box.key for box in at.selectbox]  # one worker: nothing to spread
+    at.text_input(key="workers").set_value("1, 2").run()
+    at.selectbox(key="tf_strategy").set_value("mirrored").run()
+    assert ("TensorFlow tf.function (graph) fp32 × seed 0 × workers 1, 2 (MirroredStrategy: one process)"
+            in preview(at))
+    at.button(key="queue").click().run()
+
+    assert not failures(at) and not at.error
+    runs = stored_runs(arena_db)
+    assert sorted((run.framework, run.spec["workers"], run.spec["tf_strategy"]) for run in runs) == [
+        ("tensorflow", 1, "multi_worker"), ("tensorflow", 2, "mirrored"), ("torch", 1, "multi_worker"),
+        ("torch", 2, "multi_worker")]
+    at.radio(key="framework").set_value("torch").run()
+    assert "tf_strategy" not in [box.key for box in at.selectbox]  # PyTorch runs one process per worker
+
+
 @pytest.mark.parametrize("workers, words", [
     ("3", ["**Batch size** = `32`", "split evenly between 3 workers"]),
     ("1, 9", ["**Workers** = `9`", "must be <= 8"]),
