@@ -206,6 +206,7 @@ class TensorStat(Base):
     __table_args__ = (Index("ix_tensor_stats_run_epoch", "run_id", "epoch"),)
 
 
+AUGMENT_SAMPLES_KIND = "augment_samples"  # RunArtifact.kind: a few training images after augmentation (engine/pipeline.py)
 WEIGHTS_KIND = "weights"  # RunArtifact.kind of a run's kept trained weights (engine/kept_weights.py)
 
 

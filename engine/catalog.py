@@ -19,14 +19,21 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
 # training step you write yourself (PyTorch eager; TensorFlow a tf.function, as Keras's fit does).
 MODES: dict[str, tuple[str, ...]] = {
     "torch": ("eager", "compiled"),
-    "tensorflow": ("graph", "eager", "xla"),
+    "tensorflow": ("graph", "eager", "xla", "fit"),
 }
 MODE_LABELS: dict[str, str] = {
     "eager": "eager",
     "compiled": "torch.compile",
     "graph": "tf.function (graph)",
     "xla": "tf.function + XLA (jit_compile)",
+    "fit": "Keras model.fit",
 }
+# Modes that need the native input pipeline: model.fit trains over a tf.data dataset.
+NATIVE_PIPELINE_MODES: tuple[str, ...] = ("fit",)
+# Where batches come from. "arrays": one numpy pipeline feeds both frameworks the same device arrays
+# (the step compared alone). "native": each framework's own loader, PyTorch's DataLoader against tf.data.
+PIPELINES: tuple[str, ...] = ("arrays", "native")
+MAX_LOADER_WORKERS = 16
 PRECISIONS: tuple[str, ...] = ("fp32", "mixed")
 # channels_last is the default for both: the one layout both frameworks run on every device
 # (TensorFlow's CPU convolutions are NHWC-only), so the default comparison is like for like.

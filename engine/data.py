@@ -35,6 +35,8 @@ class Dataset:
     y_test: np.ndarray
     num_outputs: int
     info: dict = field(default_factory=dict)  # recorded on the run, e.g. phi_true
+    # File datasets read by a native input pipeline: the training split's records in files (engine/pipeline.py).
+    records: Optional[datafiles.TrainingRecords] = None
 
 
 def load(
@@ -45,11 +47,13 @@ def load(
     shape: Optional[tuple[int, ...]] = None,
     num_classes: int = 10,
     size: Optional[int] = None,
+    records: bool = False,
 ) -> Dataset:
     """Load a dataset by name; the split and any generated values are fixed by the seed.
 
     shape, num_classes and size apply to the synthetic datasets only (None = catalog defaults);
-    noise applies to powerlaw only.
+    noise applies to powerlaw only. records: a file dataset also keeps its training records in files, for
+    the frameworks' own input pipelines to read (datafiles.read).
     """
     if name == "digits":
         return _digits(seed)
@@ -62,10 +66,10 @@ def load(
         make = _synthetic_images if name == "synthetic_images" else _synthetic_text
         return make(seed, shape, num_classes, size)
     if name in datafiles.FILE_DATASETS:
-        arrays = datafiles.read(name)
+        arrays = datafiles.read(name, records=records)
         return Dataset(name=name, task="classification", x_train=arrays.x_train, y_train=arrays.y_train,
                        x_test=arrays.x_test, y_test=arrays.y_test, num_outputs=DATASETS[name].num_outputs,
-                       info=arrays.info)
+                       info=arrays.info, records=arrays.records)
     raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
 
 
@@ -74,7 +78,7 @@ def load_spec(spec: "RunSpec") -> Dataset:
     return load(
         spec.dataset, spec.seed, spec.noise,
         shape=spec.input_shape() if spec.synthetic() else None,
-        num_classes=spec.num_outputs(), size=spec.synthetic_size,
+        num_classes=spec.num_outputs(), size=spec.synthetic_size, records=spec.pipeline == "native",
     )
 
 

@@ -68,12 +68,34 @@ class DataFileError(ValueError):
 
 
 @dataclass(frozen=True)
+class RecordFile:
+    """Fixed-length records in one uncompressed file: record i's `length` bytes start at header + i * stride + offset."""
+
+    path: str
+    header: int
+    stride: int
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class TrainingRecords:
+    """The training split's official bytes as a framework's own input pipeline reads them (engine/pipeline.py)."""
+
+    images: RecordFile  # uint8 pixels per record
+    labels: RecordFile  # one uint8 label per record
+    count: int
+    channels_first: bool  # CIFAR-10's records hold a channel's 1024 pixels after another (CHW)
+
+
+@dataclass(frozen=True)
 class FileArrays:
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
     info: dict
+    records: Optional[TrainingRecords] = None
 
 
 def data_dir() -> Path:
@@ -103,17 +125,23 @@ def md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read(name: str) -> FileArrays:
-    """Read a file dataset from the data directory: official split, images NHWC float32 in [0, 1]."""
+def read(name: str, records: bool = False) -> FileArrays:
+    """Read a file dataset from the data directory: official split, images NHWC float32 in [0, 1].
+
+    records=True also keeps the training split's records as uncompressed files, for the native input
+    pipelines to read record by record (FileArrays.records): the official bytes, decompressed once into
+    the dataset's records/ directory under their content digest, and read from there afterwards.
+    """
     if name not in FILE_DATASETS:
         raise ValueError(f"unknown file dataset {name!r}; expected one of {', '.join(FILE_DATASETS)}")
     directory = data_dir() / name
     verify = verification_enabled()
     content = _Content()
+    raw: dict[str, bytes] = {}
     if name == "cifar10":
-        x_train, y_train, x_test, y_test = _read_cifar(directory, verify, content)
+        x_train, y_train, x_test, y_test = _read_cifar(directory, verify, content, raw)
     else:
-        x_train, y_train, x_test, y_test = _read_mnist(name, directory, verify, content)
+        x_train, y_train, x_test, y_test = _read_mnist(name, directory, verify, content, raw)
     info = {
         "data_dir": str(directory),
         "data_sha256": content.hexdigest(),
@@ -122,7 +150,40 @@ def read(name: str) -> FileArrays:
         "train_size": len(y_train),
         "test_size": len(y_test),
     }
-    return FileArrays(x_train, y_train, x_test, y_test, info)
+    kept = _training_records(name, directory / RECORDS_FOLDER / content.hexdigest()[:16], raw, len(y_train)) \
+        if records else None
+    return FileArrays(x_train, y_train, x_test, y_test, info, kept)
+
+
+RECORDS_FOLDER = "records"
+IDX_IMAGE_HEADER, IDX_LABEL_HEADER = 16, 8  # magic and sizes of a 3-d and a 1-d IDX file
+
+
+def _training_records(name: str, directory: Path, raw: dict[str, bytes], count: int) -> TrainingRecords:
+    """Write (once) and describe the training split's record files; raw holds the decompressed official bytes."""
+    if name == "cifar10":
+        path = directory / "data_batches_1-5.bin"
+        _write_once(path, lambda: b"".join(raw[member] for member in CIFAR_TRAIN))
+        images = RecordFile(str(path), 0, CIFAR_RECORD_BYTES, 1, CIFAR_RECORD_BYTES - 1)
+        labels = RecordFile(str(path), 0, CIFAR_RECORD_BYTES, 0, 1)
+        return TrainingRecords(images, labels, count, channels_first=True)
+    height, width, channels = DATASETS[name].input_shape
+    image_path, label_path = directory / IDX_FILES[0], directory / IDX_FILES[1]
+    _write_once(image_path, lambda: raw[IDX_FILES[0]])
+    _write_once(label_path, lambda: raw[IDX_FILES[1]])
+    pixels = height * width * channels
+    return TrainingRecords(RecordFile(str(image_path), IDX_IMAGE_HEADER, pixels, 0, pixels),
+                           RecordFile(str(label_path), IDX_LABEL_HEADER, 1, 0, 1), count, channels_first=False)
+
+
+def _write_once(path: Path, content) -> None:
+    """Write content() to path unless it is there: into a temporary name first, so no reader sees half a file."""
+    if path.is_file():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(content())
+    os.replace(temporary, path)
 
 
 class _Content:
@@ -205,7 +266,7 @@ def missing_message(name: str) -> str | None:
     return str(_missing_error(name, data_dir() / name, absent)) if absent else None
 
 
-def _read_mnist(name: str, directory: Path, verify: bool, content: _Content):
+def _read_mnist(name: str, directory: Path, verify: bool, content: _Content, raw: dict[str, bytes]):
     found, missing_files = _locate_mnist(directory)
     if missing_files:
         raise _missing_error(name, directory, missing_files)
@@ -221,6 +282,7 @@ def _read_mnist(name: str, directory: Path, verify: bool, content: _Content):
         else:
             data = path.read_bytes()
         content.add(base, data)
+        raw[base] = data
         arrays[base] = parse_idx(data, path)
     height, width, _ = DATASETS[name].input_shape
     split = []
@@ -323,7 +385,7 @@ def _cifar_members(data: bytes, archive: Path) -> dict[str, bytes]:
     return found
 
 
-def _read_cifar(directory: Path, verify: bool, content: _Content):
+def _read_cifar(directory: Path, verify: bool, content: _Content, raw: dict[str, bytes]):
     archive, absent = _locate_cifar(directory)
     if absent:
         raise _missing_error("cifar10", directory, absent)
@@ -343,6 +405,7 @@ def _read_cifar(directory: Path, verify: bool, content: _Content):
     parts = []
     for name in (*CIFAR_TRAIN, CIFAR_TEST):
         content.add(name, files[name])  # the batches' bytes: the same digest from the archive or unpacked
+        raw[name] = files[name]
         parts.append(read_cifar_batch(files[name], where[name]))
     x_train = _to_unit_float(np.concatenate([images for images, _ in parts[:-1]]))
     y_train = np.concatenate([labels for _, labels in parts[:-1]])

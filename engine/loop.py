@@ -7,9 +7,11 @@ import statistics
 import time
 from typing import Optional, Protocol
 
-from engine import calibration, inference
+import numpy as np
+
+from engine import calibration, inference, pipeline
 from engine.backends.base import Backend
-from engine.batches import epoch_batches, steps_per_epoch
+from engine.batches import steps_per_epoch
 from engine.data import Dataset, epoch_order
 from engine.distributed import SINGLE, Workers, shard
 from engine.host_threads import numpy_blas_single_threaded, numpy_blas_threads
@@ -57,13 +59,17 @@ class _StepBuffer:
         self.steps: list[int] = []
         self.ended_at: list[float] = []  # unix time each step ended: memory can be plotted against step
         self.timed: list[tuple[int, float, float]] = []  # (step, milliseconds, ended at) of steps timed alone
+        self.waits: list[tuple[int, float, float]] = []  # (step, milliseconds blocked on its batch, ended at)
 
-    def add(self, step: int, ended_at: float, timed_s: Optional[float]) -> None:
-        """Note step `step` (its loss already appended), ended at unix time ended_at, and its seconds if timed alone."""
+    def add(self, step: int, ended_at: float, timed_s: Optional[float], wait_s: Optional[float] = None) -> None:
+        """Note step `step` (its loss already appended), ended at unix time ended_at, and its seconds if timed alone;
+        wait_s: the seconds the loop waited for its batch (recorded with the steps timed alone)."""
         self.steps.append(step)
         self.ended_at.append(ended_at)
         if timed_s is not None:
             self.timed.append((step, timed_s * 1e3, ended_at))
+            if wait_s is not None:
+                self.waits.append((step, wait_s * 1e3, ended_at))
 
     def drain(self, backend: Backend, sink: MetricSink, epoch: int) -> tuple[list[float], Optional[tuple[int, float]]]:
         """Send buffered steps; return their losses and the first (step, loss) that is not finite."""
@@ -72,7 +78,9 @@ class _StepBuffer:
         sink.step_metrics("train_loss", [(s, epoch, loss, t) for s, loss, t in rows])
         if self.timed:
             sink.step_metrics("step_time_ms", [(s, epoch, ms, t) for s, ms, t in self.timed])
-        self.losses, self.steps, self.ended_at, self.timed = [], [], [], []
+        if self.waits:
+            sink.step_metrics("data_wait_ms", [(s, epoch, ms, t) for s, ms, t in self.waits])
+        self.losses, self.steps, self.ended_at, self.timed, self.waits = [], [], [], [], []
         bad = next(((step, loss) for step, loss, _ in rows if not math.isfinite(loss)), None)
         return losses, bad
 
@@ -96,15 +104,21 @@ def train(spec: RunSpec, backend: Backend, data: Dataset, sink: MetricSink, mete
     """
     with numpy_blas_single_threaded():
         run = _Run(spec, backend, data, sink, meter, workers)
-        for epoch in range(1, spec.epochs + 1):
-            run.epoch(epoch)
-        if workers.parallel:  # every worker at once: the exchange needs them all
-            run.summary["communication"] = _communication(backend, run.summary, _timing_summary(spec, run.clock))
-        if not workers.lead:
-            return _timing_summary(spec, run.clock)
-        if workers.distributed:
-            backend.barrier()  # the other workers have written their points (engine/runner.py)
-        return run.finish(artifacts)
+        try:
+            if spec.mode == "fit":
+                run.fit()
+            else:
+                for epoch in range(1, spec.epochs + 1):
+                    run.epoch(epoch)
+            if workers.parallel:  # every worker at once: the exchange needs them all
+                run.summary["communication"] = _communication(backend, run.summary, _timing_summary(spec, run.clock))
+            if not workers.lead:
+                return _timing_summary(spec, run.clock)
+            if workers.distributed:
+                backend.barrier()  # the other workers have written their points (engine/runner.py)
+            return run.finish(artifacts)
+        finally:
+            run.pipeline.close()
 
 
 class _Run:
@@ -124,6 +138,8 @@ class _Run:
         if param_count != expected:
             raise RuntimeError(f"{backend.name} built {spec.model} with {param_count} parameters, expected {expected}")
         self.steps = steps_per_epoch(spec, len(data.x_train))
+        self.pipeline = pipeline.make(self.local_spec, backend, data)
+        self.waits: list[tuple[int, float]] = []  # (step, seconds blocked on its batch)
         self.summary: dict = {"param_count": param_count, "steps_per_epoch": self.steps, "same_init": spec.same_init,
                               **backend.settings(), "numpy_blas_threads": numpy_blas_threads(),
                               "workers": workers.replicas_in_sync}
@@ -150,6 +166,11 @@ class _Run:
             self.meter.start()
         before = self.clock.snapshot()
         samples, train_s, losses, bad = self._train_steps(epoch)
+        self._end_epoch(epoch, before, samples, train_s, losses, bad)
+
+    def _end_epoch(self, epoch: int, before: tuple, samples: int, train_s: float, losses: list[float],
+                   bad: Optional[tuple[int, float]]) -> None:
+        """After an epoch's steps (timed since the clock's snapshot `before`): its metrics, untimed."""
         self.train_total_s += train_s
         energy = self.meter.train_done(samples) if self.meter is not None else {}
         if "energy_j" in energy:
@@ -185,18 +206,19 @@ class _Run:
 
         Returns samples, seconds, the losses, and the first (step, loss) of the last drain that is not finite.
         """
-        spec, backend, clock = self.spec, self.backend, self.clock
-        order = shard(epoch_order(len(self.data.x_train), spec.seed, epoch), self.steps, spec.batch_size, self.workers)
+        backend, clock = self.backend, self.clock
+        order = self._order(epoch)
         world = self.workers.world  # every worker's step takes a shard: world x its samples make the global batch
         backend.synchronize()
         start = time.perf_counter()
         clock.start_epoch(start)
-        batch_at = epoch_batches(self.local_spec, backend, self.data.x_train[order], self.data.y_train[order], epoch,
-                                 self.data.num_outputs)
+        batches = self.pipeline.batches(epoch, order, self.steps)  # the arrays pipeline copies the epoch here
         buffer, losses = _StepBuffer(), []
         last_drain, samples = start, 0
         for i in range(self.steps):
-            x_batch, y_batch, size = batch_at(i)
+            wait_start = time.perf_counter()
+            x_batch, y_batch, size = next(batches)
+            waited = time.perf_counter() - wait_start
             size *= world
             step = self.global_step + 1
             new_shape = self.shapes.first_time(tuple(x_batch.shape), step)
@@ -204,7 +226,8 @@ class _Run:
             buffer.losses.append(backend.train_step(x_batch, y_batch))
             step_s = clock.after_step(step, size)  # synchronises only where this step is timed alone
             step_end = time.perf_counter()
-            buffer.add(step, time.time(), step_s)
+            buffer.add(step, time.time(), step_s, waited)
+            self.waits.append((step, waited))
             self.global_step, samples = step, samples + size
             if step_end - last_drain >= DRAIN_INTERVAL_S:
                 drained, bad = buffer.drain(backend, self.sink, epoch)
@@ -217,6 +240,20 @@ class _Run:
         train_s = time.perf_counter() - start
         drained, bad = buffer.drain(backend, self.sink, epoch)
         return samples, train_s, losses + drained, bad
+
+    def _order(self, epoch: int) -> np.ndarray:
+        """This worker's samples of the epoch, in step order."""
+        return shard(epoch_order(len(self.data.x_train), self.spec.seed, epoch), self.steps, self.spec.batch_size,
+                     self.workers)
+
+    def fit(self) -> None:
+        """Every epoch through Keras's model.fit (spec.mode "fit"): one call over a tf.data dataset holding every
+        epoch's keys; a callback times each step with the clock and ends each epoch as epoch() does."""
+        size = self.steps * self.local_spec.batch_size
+        orders = [self._order(epoch)[:size] for epoch in range(1, self.spec.epochs + 1)]
+        epochs = np.concatenate([np.full(len(order), epoch) for epoch, order in enumerate(orders, start=1)])
+        dataset = self.pipeline.dataset(epochs, np.concatenate(orders))
+        self.backend.fit(dataset, self.spec.epochs, self.steps, _FitEpochs(self, [len(order) for order in orders]))
 
     def _diverged(self, step: int, name: str, value: float) -> None:
         if not self.workers.lead:
@@ -233,11 +270,32 @@ class _Run:
             self.summary.update(time_to_target_s=self.train_total_s, epochs_to_target=epoch,
                                 steps_to_target=self.global_step)
 
+    def _input_summary(self) -> dict:
+        """The pipeline as it ran, the time steps waited for their batches, and (after training, untimed) the
+        loader alone and the step alone: whether the run was input-bound."""
+        spec = self.spec
+        result = {**pipeline.describe(spec, self.data), **self.pipeline.settings()}
+        steady = [seconds for step, seconds in self.waits if step > spec.warmup_steps]
+        if spec.mode == "fit":
+            result["data_wait"] = "inside model.fit's step: Keras takes the next batch within its train function"
+        elif steady:
+            steady_s = self.clock.totals.steady_s + self.clock.totals.sampled_steady_s  # every steady window
+            result.update(data_wait_p50_ms=statistics.median(steady) * 1e3,
+                          data_wait_mean_ms=statistics.fmean(steady) * 1e3,
+                          data_wait_share=min(1.0, sum(steady) / steady_s) if steady_s > 0 else None)
+        if self.workers.parallel:
+            result["figures_skipped"] = "multi-worker run: the loader and the step alone are measured by one-worker runs"
+        elif spec.calibration_steps:
+            result.update(pipeline.input_figures(self.local_spec, self.backend, self.pipeline, self.data,
+                                                 self._order(spec.epochs + 1), self.steps, spec.calibration_steps))
+        return result
+
     def finish(self, artifacts: Optional[list[calibration.Artifact]]) -> dict:
         """The run's summary: timing, shapes, compiles, peaks, energy, target; then calibration and inference."""
         spec, summary = self.spec, self.summary
         summary.update(_timing_summary(spec, self.clock))
         summary["shapes"] = self.shapes.summary(self.clock.totals, summary.get("step_time_p50_ms"))
+        summary["input"] = self._input_summary()
         summary["compile_events"] = self.backend.compile_events()
         if self.meter is not None:
             summary["peak_bytes"] = self.meter.run_peaks()
@@ -318,3 +376,51 @@ def _timing_summary(spec: RunSpec, clock: StepClock) -> dict:
         step_time_p99_ms=inference.percentile_ms(steady, 99),
     )
     return result
+
+
+class _FitEpochs:
+    """What model.fit calls back (TensorFlowBackend.fit): the loop's clock, buffers and epoch ends, driven from
+    Keras's callbacks instead of the loop's own for-loop. Keras takes each batch inside its train function, so
+    a fit run has no data wait of its own."""
+
+    def __init__(self, run: _Run, epoch_samples: list[int]) -> None:
+        self.run, self.epoch_samples = run, epoch_samples
+
+    def epoch_begin(self, epoch: int) -> None:
+        run = self.run
+        if run.meter is not None:
+            run.meter.start()
+        self.epoch, self.before = epoch, run.clock.snapshot()
+        self.buffer, self.losses, self.samples, self.previous_mean = _StepBuffer(), [], 0, 0.0
+        run.backend.synchronize()
+        self.start = self.last_drain = time.perf_counter()
+        run.clock.start_epoch(self.start)
+
+    def step_begin(self, index: int) -> None:
+        run, batch = self.run, self.run.local_spec.batch_size
+        self.size = min(batch, self.epoch_samples[self.epoch - 1] - index * batch)
+        step = run.global_step + 1
+        run.clock.before_step(step, alone=run.shapes.first_time((self.size, *run.data.x_train.shape[1:]), step))
+
+    def step_end(self, index: int, mean_loss: float) -> None:
+        """Keras reports the epoch's running mean of the loss: the step's own loss is what it added to the sum."""
+        run = self.run
+        step = run.global_step + 1
+        self.buffer.losses.append((index + 1) * mean_loss - index * self.previous_mean)
+        self.previous_mean = mean_loss
+        self.buffer.add(step, time.time(), run.clock.after_step(step, self.size))
+        run.global_step, self.samples = step, self.samples + self.size
+        if time.perf_counter() - self.last_drain >= DRAIN_INTERVAL_S:
+            drained, bad = self.buffer.drain(run.backend, run.sink, self.epoch)
+            self.losses += drained
+            run.sink.progress(self.epoch - 1, run.global_step)
+            if bad:
+                run._diverged(bad[0], "train_loss", bad[1])
+            self.last_drain = time.perf_counter()
+
+    def epoch_end(self, epoch: int) -> None:
+        run = self.run
+        run.clock.end_epoch()
+        train_s = time.perf_counter() - self.start
+        drained, bad = self.buffer.drain(run.backend, run.sink, epoch)
+        run._end_epoch(epoch, self.before, self.samples, train_s, self.losses + drained, bad)

@@ -30,7 +30,7 @@ from db.errors import database_error
 from db.models import CANCELLED, DIVERGED, FAILED, NON_FINITE_LOSS, OUT_OF_MEMORY, ERROR
 from db.session import make_sessionmaker, resolve_db_url
 from engine import distributed, environment, kept_weights
-from engine.data import load_spec
+from engine.data import epoch_order, load_spec
 from engine.monitor import EpochMeter, HostPeak, Monitor
 from engine.nvml import Nvml
 from engine.recorder import Recorder
@@ -113,6 +113,10 @@ def execute(run_id: int, db_url: Optional[str] = None) -> int:
         from engine.loop import Diverged, train
 
         artifacts: list = []  # files training produced (the profiler's trace), stored with the run's end
+        if spec.augment:  # a few images as the run's pipeline augments them, for the Compare page
+            from engine.pipeline import augmentation_artifact
+
+            artifacts.append(augmentation_artifact(spec, data, epoch_order(len(data.x_train), spec.seed, 1)))
         try:
             summary.update(train(spec, backend, data, recorder, instruments.meter, artifacts, workers))
         except Diverged as exc:

@@ -6,8 +6,10 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
+from engine.augment import parse_augment
 from engine.catalog import (
-    DATASETS, FRAMEWORKS, LAYOUTS, MODELS, MODES, OPTIMIZERS, PRECISIONS, SYNTHETIC_TEXT_VOCAB, default_mode,
+    DATASETS, FRAMEWORKS, LAYOUTS, MAX_LOADER_WORKERS, MODELS, MODES, NATIVE_PIPELINE_MODES, OPTIMIZERS, PIPELINES,
+    PRECISIONS, SYNTHETIC_TEXT_VOCAB, default_mode,
 )
 
 # Used with fullmatch: "$" would also match before a trailing newline ("cpu\n"); [0-9], not \d, which
@@ -113,6 +115,13 @@ class RunSpec:
     # Multi-worker runs with batch norm: statistics synchronised across the workers (SyncBatchNorm, Keras's
     # synchronized BatchNormalization) instead of each worker's own.
     sync_batchnorm: bool = False
+    # Where batches come from (catalog.PIPELINES): "arrays", one numpy pipeline feeding both frameworks the
+    # same device arrays, or "native", each framework's own loader (DataLoader against tf.data, engine/pipeline.py).
+    pipeline: str = "arrays"
+    # Native pipeline only: loader processes (DataLoader num_workers) = parallel map calls and threads (tf.data).
+    loader_workers: int = 2
+    # Image augmentations applied to training batches (engine/augment.py): any of crop, flip, noise; () = none.
+    augment: tuple = ()
 
     def __post_init__(self) -> None:
         _check_choice("framework", self.framework, FRAMEWORKS)
@@ -174,6 +183,7 @@ class RunSpec:
         if not isinstance(self.variable_length, bool):
             raise SpecError("variable_length", self.variable_length, "expected true or false")
         self._check_workers()
+        self._check_pipeline()
         if self.variable_length and DATASETS[self.dataset].modality != "sequence":
             raise SpecError("variable_length", self.variable_length,
                             f"{self.dataset} holds no sequences; variable lengths are for lstm and transformer "
@@ -206,6 +216,26 @@ class RunSpec:
         if self.device.startswith("cuda:"):
             raise SpecError("device", self.device, f"{self.workers} workers need {self.workers} devices: use auto "
                             f"(GPUs when the machine has them) or cpu")
+
+    def _check_pipeline(self) -> None:
+        _check_choice("pipeline", self.pipeline, PIPELINES)
+        _check_int("loader_workers", self.loader_workers, low=0, high=MAX_LOADER_WORKERS)
+        try:
+            object.__setattr__(self, "augment", parse_augment(self.augment))
+        except ValueError as exc:
+            raise SpecError("augment", self.augment, str(exc)) from None
+        if self.augment and DATASETS[self.dataset].modality != "image":
+            raise SpecError("augment", ",".join(self.augment), f"{self.dataset} holds no images; augmentations "
+                            f"(crop, flip, noise) are for image datasets")
+        if self.mode in NATIVE_PIPELINE_MODES and self.pipeline != "native":
+            raise SpecError("pipeline", self.pipeline, f"mode {self.mode} trains over the framework's own input "
+                            f"pipeline (tf.data); use pipeline native")
+        if self.pipeline == "native" and self.variable_length:
+            raise SpecError("variable_length", self.variable_length, "variable lengths are cut by the arrays "
+                            "pipeline; use pipeline arrays")
+        if self.mode == "fit" and self.workers > 1:
+            raise SpecError("workers", self.workers, "mode fit trains on one worker here; use mode graph for "
+                            "multi-worker runs")
 
     def _check_synthetic(self) -> None:
         _check_int("synthetic_classes", self.synthetic_classes, low=2, high=1000)

@@ -28,6 +28,14 @@ def get_backend(framework: str, device: str, tf_memory_growth: bool = True, thre
     return backend_class(device, threads=threads)
 
 
+_AUGMENTERS = {"torch": "engine.backends.torch_augment", "tensorflow": "engine.backends.tensorflow_augment"}
+
+
+def augmented_samples(framework: str, x_nhwc, seed: int, epoch: int, indices, augment):
+    """Samples x_nhwc[i] for i in indices augmented as the framework's native pipeline does it, per sample."""
+    return importlib.import_module(_AUGMENTERS[framework]).augmented_samples(x_nhwc, seed, epoch, indices, augment)
+
+
 def is_out_of_memory(exc: BaseException, framework: Optional[str] = None) -> bool:
     """Whether exc means an allocation failed, by the rules of the framework's backend module.
 

@@ -37,6 +37,10 @@ class Backend(ABC):
         """Move (already ordered) inputs and targets onto the device, in the run's layout."""
 
     @abstractmethod
+    def native_pipeline(self, spec: RunSpec, data: Any) -> Any:
+        """The framework's own input pipeline over data (an engine.data.Dataset), as engine.pipeline.Pipeline."""
+
+    @abstractmethod
     def train_step(self, x: Any, y: Any) -> Any:
         """One optimizer step on a batch; return the loss as a device scalar (no host sync)."""
 

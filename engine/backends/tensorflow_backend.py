@@ -196,7 +196,22 @@ class TensorFlowBackend(Backend):
             # Traced (and compiled) on first use, outside the timed epochs.
             self._gradients = tf.function(self._fixed_batch_gradients, input_signature=[input_spec, label_spec],
                                           jit_compile=jit)
+        if spec.mode == "fit":
+            # Keras's defaults otherwise: jit_compile "auto" (XLA on a GPU where the model allows, not on a CPU),
+            # one step per execution. The loop's own step (self._step, a tf.function) serves calibration only.
+            with self._placement():
+                self.module.compile(optimizer=self.optimizer, loss=self.loss_fn, steps_per_execution=1)
         return tensorflow_models.trainable_parameter_count(self.module)
+
+    def fit(self, dataset, epochs: int, steps_per_epoch: int, hooks) -> None:
+        """Train with Keras's model.fit over a tf.data dataset: verbose=0, one callback that hands every epoch and
+        step to hooks (engine.loop's clock and recorder): epoch_begin(epoch), step_begin(i), step_end(i, mean loss),
+        epoch_end(epoch), epochs counted from 1."""
+        with self._placement():
+            # shuffle=False: the dataset holds every epoch's order already (Keras ignores shuffle for a tf.data
+            # dataset anyway, with a warning).
+            self.module.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0, shuffle=False,
+                            callbacks=[_FitCallback(hooks)])
 
     def _configure(self, spec) -> None:
         """Set TF32, determinism and the mixed-precision policy before any model exists."""
@@ -231,6 +246,10 @@ class TensorFlowBackend(Backend):
             "layout": self._layout,
             "deterministic": self._deterministic,
             "tf_memory_growth": self._memory_growth,
+            **({"fit": f"model.fit(tf.data dataset, steps_per_epoch, verbose=0), steps_per_execution="
+                       f"{self.module.steps_per_execution}, jit_compile={self.module.jit_compile}; callbacks: Arena's "
+                       f"per-step recorder (reads the logs every step) and Keras's History; the step's loss is "
+                       f"recovered from Keras's running mean"} if self._mode == "fit" else {}),
             **({"strategy": self._strategy_name,
                 "sync_batchnorm": self._sync_batchnorm} if self._strategy is not None else {}),
         }
@@ -240,6 +259,12 @@ class TensorFlowBackend(Backend):
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         with tf.device(self._tf_device):
             return tf.constant(x), tf.constant(y)
+
+    def native_pipeline(self, spec, data):
+        """TensorFlow's own loader: tf.data (engine/backends/tensorflow_pipeline.py)."""
+        from engine.backends.tensorflow_pipeline import TfDataPipeline
+
+        return TfDataPipeline(spec, self, data)
 
     def _train_step(self, x, y):
         with tf.GradientTape() as tape:
@@ -504,3 +529,23 @@ class TensorFlowBackend(Backend):
 def _compute_capability(index: int) -> tuple[int, int]:
     details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[index])
     return tuple(details.get("compute_capability", (0, 0)))
+
+
+class _FitCallback(keras.callbacks.Callback):
+    """Hands model.fit's epochs and steps to the loop (TensorFlowBackend.fit)."""
+
+    def __init__(self, hooks) -> None:
+        super().__init__()
+        self.hooks = hooks
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.hooks.epoch_begin(epoch + 1)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.hooks.step_begin(batch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.hooks.step_end(batch, float(logs["loss"]))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.hooks.epoch_end(epoch + 1)

@@ -14,7 +14,7 @@ from torch.profiler import ProfilerActivity
 from engine.backends import torch_models
 from engine.backends.base import Backend, OperatorProfile, exception_chain
 from engine.catalog import MODELS
-from engine.distributed import COLLECTIVE_TIMEOUT_S, HOST, SINGLE, Workers
+from engine.distributed import COLLECTIVE_TIMEOUT_S, SINGLE, Workers
 from engine.weights import layer_shapes, trainable
 
 
@@ -55,7 +55,8 @@ class TorchBackend(Backend):
         self.device = torch.device(device)
 
     def join(self, workers: Workers) -> None:
-        """Become one rank of a data-parallel run: the process group (gloo on CPUs, NCCL on GPUs), before build."""
+        """Become one rank of a data-parallel run: the process group (gloo on CPUs, NCCL on GPUs), met at rank 0's
+        address, before build."""
         self._workers = workers
         if workers.distributed:
             import datetime
@@ -63,7 +64,7 @@ class TorchBackend(Backend):
             import torch.distributed as dist
 
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
-                                    init_method=f"tcp://{HOST}:{workers.ports[0]}", rank=workers.rank,
+                                    init_method=f"tcp://{workers.addresses()[0]}", rank=workers.rank,
                                     world_size=workers.world, timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
 
     def barrier(self) -> None:
@@ -199,13 +200,23 @@ class TorchBackend(Backend):
         return {"strategy": f"DistributedDataParallel ({dist.get_backend()})", "sync_batchnorm": self._sync_batchnorm}
 
     def to_device(self, x, y):
-        x_tensor = torch.from_numpy(np.ascontiguousarray(x))
+        return self.host_tensors_to_device(torch.from_numpy(np.ascontiguousarray(x)),
+                                           torch.from_numpy(np.ascontiguousarray(y)))
+
+    def host_tensors_to_device(self, x: torch.Tensor, y: torch.Tensor, non_blocking: bool = False):
+        """Host tensors (images NHWC) onto the device in the run's layout; non_blocking from pinned memory."""
         if self._images:
             # NHWC arrays viewed as NCHW already have channels_last strides; .to() keeps or changes them.
-            x_tensor = x_tensor.permute(0, 3, 1, 2).to(self.device, memory_format=self._memory_format)
+            x = x.permute(0, 3, 1, 2).to(self.device, memory_format=self._memory_format, non_blocking=non_blocking)
         else:
-            x_tensor = x_tensor.to(self.device)
-        return x_tensor, torch.from_numpy(np.ascontiguousarray(y)).to(self.device)
+            x = x.to(self.device, non_blocking=non_blocking)
+        return x, y.to(self.device, non_blocking=non_blocking)
+
+    def native_pipeline(self, spec, data):
+        """PyTorch's own loader: a DataLoader over a map-style Dataset (engine/backends/torch_pipeline.py)."""
+        from engine.backends.torch_pipeline import DataLoaderPipeline
+
+        return DataLoaderPipeline(spec, self, data)
 
     def train_step(self, x, y):
         if not self.module.training:  # evaluate() leaves eval mode; train() walks every submodule

@@ -48,8 +48,9 @@ def test_the_loop_adds_phases_and_an_operator_profile_and_hands_the_trace_to_its
     assert (trace.kind, trace.name, trace.media_type) == (TRACE_KIND, "trace.json.gz", "application/gzip")
     raw = gzip.decompress(trace.data)
     assert trace.size_bytes == len(raw) and json.loads(raw)["traceEvents"][0]["name"] == "fake::step"
-    # 5 training steps; then 1 + 6 unsplit calibration steps and 3 profiled ones, none of them in the step times.
-    assert backend.steps == 5 + 7 + 3
+    # 5 training steps; then the step alone on one batch (engine.pipeline.input_figures: 1 untimed + as many as the
+    # epoch's 5 steps), 1 + 6 unsplit calibration steps and 3 profiled ones, none of them in the step times.
+    assert backend.steps == 5 + 6 + 7 + 3
     assert summary["steady_steps"] + summary["warmup_steps"] == 5
 
 

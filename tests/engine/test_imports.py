@@ -12,6 +12,8 @@ from tests.conftest import REPO_ROOT
 FRAMEWORK_MODULES = {
     "engine.backends.torch_backend", "engine.backends.torch_models", "engine.backends.tensorflow_backend",
     "engine.backends.tensorflow_models", "engine.backends.tf_xplane",
+    # The native input pipelines, DataLoader and tf.data, loaded by their backend only.
+    "engine.backends.torch_pipeline", "engine.backends.tensorflow_pipeline",
     # Deployment: each exporter runs in its framework's process, each loader in its runtime's.
     "engine.deploy.torch_formats", "engine.deploy.tensorflow_formats", "engine.deploy.runtime_torch",
     "engine.deploy.runtime_tensorflow",

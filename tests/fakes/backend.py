@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from engine.backends.base import Backend, OperatorProfile
+from engine.pipeline import ArraysPipeline
 from engine.weights import layer_shapes, parameter_count, trainable
 
 
@@ -22,7 +23,8 @@ class FakeBackend(Backend):
     name = "fake"
 
     def __init__(self, device: str = "cpu", asynchronous: bool = False, step_s: float = 0.0005,
-                 losses: Optional[Sequence[float]] = None, slow_steps: Optional[dict[int, float]] = None) -> None:
+                 losses: Optional[Sequence[float]] = None, slow_steps: Optional[dict[int, float]] = None,
+                 batch_s: float = 0.0) -> None:
         self.device = device
         self._asynchronous = asynchronous
         self.step_s = step_s
@@ -31,6 +33,7 @@ class FakeBackend(Backend):
         self.steps = 0
         self.synchronizations = 0
         self.step_shapes: list[tuple[int, ...]] = []
+        self.batch_s = batch_s  # the native pipeline's seconds per batch, as a slow loader's
 
     def build(self, spec, task, weights, input_shape, num_outputs) -> int:
         self._spec, self._task = spec, task
@@ -44,6 +47,10 @@ class FakeBackend(Backend):
 
     def to_device(self, x, y):
         return x, y
+
+    def native_pipeline(self, spec, data):
+        """The arrays pipeline, each batch `batch_s` late: a loader the step must wait for."""
+        return _SlowPipeline(ArraysPipeline(spec, self, data), self.batch_s)
 
     def train_step(self, x, y):
         self.steps += 1
@@ -155,3 +162,19 @@ class RecordingSink:
 
     def tensor_stats(self, rows: list[dict]) -> None:
         self.stats.extend(rows)
+
+
+class _SlowPipeline:
+    def __init__(self, inner: ArraysPipeline, batch_s: float) -> None:
+        self.inner, self.batch_s = inner, batch_s
+
+    def batches(self, epoch, order, steps):
+        for batch in self.inner.batches(epoch, order, steps):
+            time.sleep(self.batch_s)
+            yield batch
+
+    def settings(self):
+        return {"pipeline": "native", "loader": f"the arrays, {self.batch_s * 1e3:g} ms late per batch"}
+
+    def close(self) -> None:
+        self.closed = True
