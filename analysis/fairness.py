@@ -45,6 +45,8 @@ def _spec_text(field: str, value: Any) -> str:
         return "all" if value is None else f"at most {value}"
     if field == "lr":
         return f"{value:g}"
+    if field == "augment":
+        return ", ".join(value) if value else "none"
     return str(value)
 
 
@@ -75,6 +77,13 @@ SETTINGS = (
     Setting("workers", "workers", _spec("workers", "1")),
     Setting("sync_batchnorm", "synchronised batch norm", _spec("sync_batchnorm", "False"),
             _any(lambda run: int((run.spec or {}).get("workers", 1)) > 1)),
+    Setting("tf_strategy", "TensorFlow strategy", _spec("tf_strategy", "multi_worker"),
+            _any(lambda run: run.framework == "tensorflow" and int((run.spec or {}).get("workers", 1)) > 1)),
+    # Stored before input pipelines existed: the arrays, no augmentation.
+    Setting("pipeline", "input pipeline", _spec("pipeline", "arrays")),
+    Setting("loader_workers", "loader workers", _spec("loader_workers", "2"),
+            _any(lambda run: (run.spec or {}).get("pipeline") == "native")),
+    Setting("augment", "augmentation", _spec("augment", "none")),
     Setting("lr", "learning rate", _spec("lr")),
     Setting("optimizer", "optimizer", _spec("optimizer")),
     Setting("seed", "seed", _spec("seed")),
