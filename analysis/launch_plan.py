@@ -25,6 +25,7 @@ FIELD_LABELS = {
     "layer_stats": "Layer statistics", "histogram_bins": "Histogram bins", "keep_weights": "Keep the trained weights",
     "workers": "Workers", "sync_batchnorm": "Sync batch norm", "last_batch": "Last, smaller batch",
     "tf_strategy": "TensorFlow strategy",
+    "pipeline": "Pipeline", "loader_workers": "Loader workers", "augment": "Augmentation",
 }
 PRECISION_LABELS = {"fp32": "fp32", "mixed": "mixed (bf16 or fp16)"}
 
@@ -154,6 +155,21 @@ def describe_matrix(specs: Sequence[RunSpec]) -> str:
         parts.append(f"{framework_label(framework)} {MODE_LABELS.get(mode, mode)} {precision} × {seed_words}"
                      + worker_words)
     return " · ".join(parts)
+
+
+def describe_input(specs: Sequence[RunSpec]) -> str:
+    """The matrix's input in words ("" for the shared arrays without augmentation): "each framework's own pipeline
+    (DataLoader against tf.data) with 2 loader workers; augmentation crop, flip"."""
+    if not specs:
+        return ""
+    spec = specs[0]  # the form sets one pipeline and one list of augmentations for every run
+    parts = []
+    if spec.pipeline == "native":
+        workers = f"{spec.loader_workers} loader worker{'s' if spec.loader_workers != 1 else ''}"
+        parts.append(f"each framework's own pipeline (DataLoader against tf.data) with {workers}")
+    if spec.augment:
+        parts.append(f"augmentation {', '.join(spec.augment)}")
+    return "; ".join(parts)
 
 
 def run_names(run_ids: Sequence[int]) -> str:

@@ -6,14 +6,15 @@ import streamlit as st
 from analysis.device_labels import device_labels
 from analysis.formatting import escape_markdown
 from analysis.launch_plan import (
-    PRECISION_LABELS, build_matrix, data_files_note, describe_matrix, run_names, setting_problem, spec_error_message,
-    whole, worker_counts,
+    PRECISION_LABELS, build_matrix, data_files_note, describe_input, describe_matrix, run_names, setting_problem,
+    spec_error_message, whole, worker_counts,
 )
 from analysis.run_ids import format_run_ids
 from db import queries
+from engine.augment import AUGMENTATIONS
 from engine.catalog import (
-    DATASETS, FRAMEWORKS, LAYOUTS, MODE_LABELS, MODELS, MODES, OPTIMIZERS, PRECISIONS, SYNTHETIC_DEFAULT_SIZE,
-    default_mode, framework_label,
+    DATASETS, FRAMEWORKS, LAYOUTS, MAX_LOADER_WORKERS, MODE_LABELS, MODELS, MODES, OPTIMIZERS, PIPELINES, PRECISIONS,
+    SYNTHETIC_DEFAULT_SIZE, default_mode, framework_label,
 )
 from engine.devices import check_available, on_cluster
 from engine.launch import launch
@@ -27,6 +28,8 @@ BOTH = "both"
 FRAMEWORK_CHOICES = (*FRAMEWORKS, BOTH)
 STEP_TIMING_LABELS = {"auto": "auto (windows on a GPU)", "every_step": "every step", "windows": "windows of steps"}
 OPTIMIZER_LABELS = {"sgd": "SGD", "momentum": "SGD + momentum 0.9", "adam": "Adam"}
+PIPELINE_LABELS = {"arrays": "arrays (the same in both)", "native": "native (DataLoader / tf.data)"}
+AUGMENT_LABELS = {"crop": "random crop (zero padding)", "flip": "horizontal flip", "noise": "Gaussian noise"}
 TF_STRATEGY_LABELS = {"multi_worker": "One process per worker", "mirrored": "One process, every device (Mirrored)"}
 LAUNCHED_GROUP_KEY = "launched_group_tag"
 CONV_MODELS = ", ".join(name for name, info in MODELS.items() if info.conv)
@@ -111,6 +114,34 @@ with st.container(border=True):
         settings["noise"] = c2.number_input("Noise", value=0.0, step=0.01, format="%g",
                                             key=f"{prefix}.noise",
                                             help="Standard deviation of Gaussian noise added to the targets.")
+
+with st.container(border=True):
+    st.markdown("**Input** · where each step's batch comes from")
+    c1, c2, c3 = st.columns(3)
+    settings["pipeline"] = c1.radio(
+        "Pipeline", PIPELINES, horizontal=True, key="pipeline", format_func=PIPELINE_LABELS.get,
+        help="arrays: one numpy pipeline feeds both frameworks the same device arrays, so only the training step "
+             "differs: a comparison of steps. native: each framework loads its batches its own way, a PyTorch "
+             "DataLoader over a Dataset against a tf.data pipeline (file datasets read from their files), with "
+             "the same samples in the same order and as many loader workers on both sides: a comparison of "
+             "training the way each framework's tutorials write it. Keras model.fit needs native.")
+    if settings["pipeline"] == "native":
+        settings["loader_workers"] = whole(c2.number_input(
+            "Loader workers", value=2.0, **WHOLE, key="loader_workers",
+            help=f"0 to {MAX_LOADER_WORKERS}: DataLoader worker processes (num_workers) in PyTorch, parallel map "
+                 "calls on a private thread pool of that size in tf.data. 0 loads in the training process "
+                 "(tf.data's prefetch still runs ahead on a background thread)."))
+    else:
+        c2.caption("Loader workers apply to the native pipeline.")
+    if info.modality == "image":
+        settings["augment"] = tuple(c3.multiselect(
+            "Augmentation", AUGMENTATIONS, default=[], key="augment", format_func=AUGMENT_LABELS.get,
+            placeholder="none",
+            help="Applied to training batches, seeded from (seed, epoch, sample): defined once and implemented "
+                 "in numpy (arrays pipeline, the same draws in both frameworks) and in each framework's own ops "
+                 "(native pipeline). Compare's Data tab shows a few images before and after."))
+    else:
+        c3.caption(f"Augmentation is for image datasets; {dataset} holds none.")
 
 with st.container(border=True):
     st.markdown("**Execution** · pick several modes, precisions or worker counts to queue every combination")
@@ -258,9 +289,10 @@ preview = st.empty()
 submitted = st.button(label, type="primary", key="queue")
 
 if problem is None:
+    input_words = describe_input(specs)
     preview.info(f"This will queue **{count} run{'s' if count > 1 else ''}**"
-                 + (" as one group" if count > 1 else "") + f": {describe_matrix(specs)}.",
-                 icon=":material/playlist_add_check:")
+                 + (" as one group" if count > 1 else "") + f": {describe_matrix(specs)}."
+                 + (f" Input: {input_words}." if input_words else ""), icon=":material/playlist_add_check:")
 if submitted and problem is None:
     try:
         check_available(specs[0].device)

@@ -62,3 +62,16 @@ def test_file_datasets_are_looked_for_in_the_data_directory(tmp_path, monkeypatc
     monkeypatch.setenv("ARENA_DATA_VERIFY", "0")  # ...so it counts only when checking is off
     present, note = launch_plan.data_files_note("mnist")
     assert present and str(mnist) in note
+
+
+def test_the_input_is_described_only_where_it_differs_from_the_shared_arrays():
+    modes = {"torch": ["eager"], "tensorflow": ["graph", "fit"]}
+    native = launch_plan.build_matrix({**BASE, "pipeline": "native", "loader_workers": 1, "augment": ("noise",)},
+                                      modes, ["fp32"], "0")
+    assert launch_plan.describe_input(native) == ("each framework's own pipeline (DataLoader against tf.data) with "
+                                                  "1 loader worker; augmentation noise")
+    arrays = launch_plan.build_matrix(BASE, {"torch": ["eager"]}, ["fp32"], "0")
+    assert launch_plan.describe_input(arrays) == ""
+    with pytest.raises(SpecError, match="use pipeline native") as caught:
+        launch_plan.build_matrix(BASE, modes, ["fp32"], "0")
+    assert launch_plan.spec_error_message(caught.value, submitted=False).startswith("**Pipeline** = `arrays`")

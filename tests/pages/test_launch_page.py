@@ -256,3 +256,60 @@ def test_bad_worker_counts_are_refused_at_the_form_naming_the_value(arena_db, op
     message = at.error[0].value
     assert all(word in message for word in words), message
     assert "Nothing was queued" in message and stored_runs(arena_db) == []
+
+
+def test_native_pipeline_with_augmentation_queues_fit_beside_graph_in_one_group(arena_db, open_page, monkeypatch):
+    """Issue 19: a fit run sits next to a graph run of the same spec; the input settings reach every run."""
+    monkeypatch.setenv("ARENA_SCHEDULER", "off")  # the runs only need queuing: nothing here may start a runner
+    at = open_page()
+    tiny(at)
+    assert "loader_workers" not in [box.key for box in at.number_input]  # arrays: nothing to load in parallel
+    assert "Keras model.fit" in at.multiselect(key="modes.tensorflow").options
+    at.radio(key="pipeline").set_value("native").run()
+    at.number_input(key="loader_workers").set_value(3)
+    at.multiselect(key="augment").set_value(["flip", "crop"])
+    at.multiselect(key="modes.tensorflow").set_value(["graph", "fit"]).run()
+
+    text = preview(at)
+    assert "This will queue **3 runs** as one group" in text
+    assert "TensorFlow tf.function (graph) fp32 × seed 0 · TensorFlow Keras model.fit fp32 × seed 0" in text
+    assert ("Input: each framework's own pipeline (DataLoader against tf.data) with 3 loader workers; "
+            "augmentation crop, flip.") in text
+    at.button(key="queue").click().run()
+
+    assert not failures(at) and not at.error
+    runs = stored_runs(arena_db)
+    assert sorted((run.framework, run.spec["mode"]) for run in runs) == [
+        ("tensorflow", "fit"), ("tensorflow", "graph"), ("torch", "eager")]
+    assert {(run.spec["pipeline"], run.spec["loader_workers"], tuple(run.spec["augment"])) for run in runs} == {
+        ("native", 3, ("crop", "flip"))}
+    assert len({run.group_tag for run in runs}) == 1
+    fit, graph = sorted((run for run in runs if run.framework == "tensorflow"), key=lambda run: run.spec["mode"])
+    assert {k: v for k, v in fit.spec.items() if k != "mode"} == {k: v for k, v in graph.spec.items() if k != "mode"}
+
+
+def test_fit_with_the_arrays_pipeline_is_refused_at_the_form_naming_the_fix(arena_db, open_page):
+    at = open_page()
+    at.multiselect(key="modes.tensorflow").set_value(["graph", "fit"]).run()
+
+    assert not failures(at)
+    warning = at.warning[0].value
+    assert "**Pipeline** = `arrays` can't be used: mode fit trains over the framework's own input pipeline" in warning
+    assert "use pipeline native" in warning
+    assert at.button(key="queue").label == "Queue runs"
+    at.button(key="queue").click().run()
+    assert "Nothing was queued" in at.error[0].value and stored_runs(arena_db) == []
+    at.radio(key="pipeline").set_value("native").run()  # the fix the message names
+    assert not at.warning and at.button(key="queue").label == "Queue 3 runs"
+
+
+def test_input_fields_follow_the_dataset_and_name_bad_loader_workers(arena_db, open_page):
+    at = open_page()
+    at.radio(key="pipeline").set_value("native").run()
+    at.number_input(key="loader_workers").set_value(17).run()
+    assert "**Loader workers** = `17` can't be used" in at.warning[0].value
+
+    at.selectbox(key="model").select("powerlaw").run()
+    assert not failures(at)
+    assert "augment" not in [box.key for box in at.multiselect]  # no images: nothing to crop or flip
+    assert "Augmentation is for image datasets; powerlaw holds none." in [c.value for c in at.caption]
