@@ -19,7 +19,11 @@ from db.models import ACTIVE_STATUSES, FINISHED
 from db.session import make_sessionmaker, resolve_db_url
 from db.urls import DatabaseURLError
 from engine import PROJECT_ROOT, child_env, datafiles, devices, specfile
-from engine.catalog import DATASETS, FRAMEWORKS, LAYOUTS, MODELS, MODES, OPTIMIZERS, PRECISIONS, framework_label
+from engine.augment import AUGMENTATIONS
+from engine.catalog import (
+    DATASETS, FRAMEWORKS, LAYOUTS, MAX_LOADER_WORKERS, MODELS, MODES, OPTIMIZERS, PIPELINES, PRECISIONS,
+    framework_label,
+)
 from engine.executors import LOCAL, RAY, executor_name, get_executor
 from engine.executors.local import cpu_slots, runs_per_gpu
 from engine.export import FORMATS as EXPORT_FORMATS, open_tensorboard_command, write_export
@@ -105,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--synthetic-shape", help="synthetic datasets: '32x32x3' (images) or '64' (sequence length)")
     run.add_argument("--synthetic-classes", type=int)
     run.add_argument("--synthetic-size", type=int, help="synthetic datasets: training samples")
+    run.add_argument("--pipeline", choices=PIPELINES,
+                     help="where batches come from: arrays (default: the same numpy arrays feed both frameworks, "
+                          "only the step differs) or native (PyTorch DataLoader against tf.data, the same samples "
+                          "in the same order; needed by --mode fit)")
+    run.add_argument("--loader-workers", type=int, metavar="N",
+                     help=f"--pipeline native: DataLoader worker processes = tf.data parallel map calls and threads, "
+                          f"0..{MAX_LOADER_WORKERS} (default 2)")
+    run.add_argument("--augment", metavar="NAMES",
+                     help=f"image datasets: augmentations applied to training batches, any of "
+                          f"{','.join(AUGMENTATIONS)} joined by ',' (default none), seeded from the run's seed")
     _common(run)
 
     runs = sub.add_parser("runs", help="list stored runs with their final metrics")
@@ -253,8 +267,12 @@ def build_specs(args: argparse.Namespace) -> list[RunSpec]:
         step_timing=args.step_timing, calibration_steps=args.calibration_steps, profile_steps=args.profile_steps,
         last_batch=args.last_batch, variable_length=args.variable_length,
         keep_weights=None if args.keep_weights is None else args.keep_weights == "on",
-        sync_batchnorm=args.sync_batchnorm,
+        sync_batchnorm=args.sync_batchnorm, pipeline=args.pipeline, loader_workers=args.loader_workers,
+        augment=args.augment,
     )
+    if args.loader_workers is not None and args.pipeline != "native":
+        raise SpecError("loader_workers", args.loader_workers, "loader workers are the native pipeline's; add "
+                                                               "--pipeline native")
     counts = args.workers or [1]
     if len(set(counts)) != len(counts):
         raise SpecError("workers", counts, "a worker count is listed twice")
@@ -452,6 +470,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 # Multi-worker figures a run's summary holds once it ran (issue 18), lifted to the top of its JSON record.
 WORKER_SUMMARY_KEYS = ("strategy", "threads_per_worker", "ranks", "straggling")
+# Input figures (issue 19): the pipeline as it ran, data wait, the loader alone and the ceiling; what fit ran with.
+INPUT_SUMMARY_KEYS = ("input", "fit")
 
 
 def _run_record(run, metrics: dict[str, float]) -> dict[str, Any]:
@@ -466,6 +486,8 @@ def _run_record(run, metrics: dict[str, float]) -> dict[str, Any]:
         # What ran once it has, else what was asked; runs stored before workers existed had one.
         "workers": summary.get("workers") or run.spec.get("workers", 1),
         **{key: summary[key] for key in WORKER_SUMMARY_KEYS if key in summary},
+        "pipeline": run.spec.get("pipeline", "arrays"), "augment": list(run.spec.get("augment") or []),
+        **{key: summary[key] for key in INPUT_SUMMARY_KEYS if key in summary},
     }
 
 

@@ -167,3 +167,48 @@ def test_tf_strategy_mirrored_goes_to_the_tensorflow_runs_of_several_workers_onl
         specs("--framework", "torch", "--workers", "2", "--tf-strategy", "mirrored")
     with pytest.raises(SpecError, match=r"mode='xla': one XLA-compiled step cannot reach"):
         specs("--framework", "tensorflow", "--mode", "xla", "--workers", "2", "--tf-strategy", "mirrored")
+
+
+def test_input_flags_reach_the_specs_and_fit_needs_the_native_pipeline():
+    from engine.cli import build_parser, build_specs
+    from engine.spec import SpecError
+
+    def specs(*flags):
+        return build_specs(build_parser().parse_args(["run", "--model", "mlp", "--dataset", "digits", *flags]))
+
+    torch_run, graph, fit = specs("--framework", "both", "--mode", "torch:eager", "graph", "fit",
+                                  "--pipeline", "native", "--loader-workers", "0", "--augment", "flip,crop")
+    assert [(spec.framework, spec.mode) for spec in (torch_run, graph, fit)] == [
+        ("torch", "eager"), ("tensorflow", "graph"), ("tensorflow", "fit")]
+    assert {(spec.pipeline, spec.loader_workers, spec.augment) for spec in (torch_run, graph, fit)} == {
+        ("native", 0, ("crop", "flip"))}
+    (default,) = specs("--framework", "torch")
+    assert (default.pipeline, default.augment) == ("arrays", ())
+    with pytest.raises(SpecError, match=r"pipeline='arrays': mode fit trains over .* use pipeline native"):
+        specs("--framework", "tensorflow", "--mode", "fit")
+    with pytest.raises(SpecError, match=r"loader_workers=4: .* add --pipeline native"):
+        specs("--framework", "torch", "--loader-workers", "4")
+    with pytest.raises(SpecError, match=r"augment='crop,blur': unknown augmentation 'blur'"):
+        specs("--framework", "torch", "--augment", "crop,blur")
+    with pytest.raises(SpecError, match=r"augment='flip': powerlaw holds no images"):
+        build_specs(build_parser().parse_args(["run", "--framework", "torch", "--model", "powerlaw", "--dataset",
+                                               "powerlaw", "--augment", "flip"]))
+
+
+def test_a_fit_run_beside_a_graph_run_reports_its_input_figures_in_json(arena_db):
+    """Real runs, tiny: the native pipeline with one loader worker, TensorFlow's graph loop and Keras model.fit."""
+    result = run_cli("run", "--framework", "tensorflow", "--mode", "graph", "fit", "--model", "mlp", "--dataset",
+                     "digits", "--pipeline", "native", "--loader-workers", "1", "--epochs", "1",
+                     "--max-steps-per-epoch", "4", "--warmup-steps", "1", "--inference-iters", "0",
+                     "--calibration-steps", "2", "--profile-steps", "0", "--db", arena_db, "--json")
+    assert result.returncode == 0, result.stderr
+    graph, fit = last_json(result.stdout)["runs"]
+    assert (graph["mode"], fit["mode"]) == ("graph", "fit")
+    for record in (graph, fit):
+        assert (record["status"], record["pipeline"], record["augment"]) == ("finished", "native", [])
+        figures = record["input"]
+        assert (figures["pipeline"], figures["loader_workers"], figures["batches"]) == ("native", 1, 2)
+        assert figures["loader"].startswith("tf.data")
+        assert figures["loader_samples_per_s"] > 0 and figures["ceiling_samples_per_s"] > 0
+    assert 0 <= graph["input"]["data_wait_share"] <= 1 and "fit" not in graph
+    assert "model.fit" in fit["input"]["data_wait"] and "steps_per_execution" in fit["fit"]
