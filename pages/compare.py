@@ -25,6 +25,7 @@ TABS = {
     "Learning": "ui.learning_section",
     "Speed": "ui.speed_section",
     "Scaling": "ui.scaling_section",
+    "Data": "ui.data_section",
     "Memory": "ui.memory_section",
     "Summary": "ui.summary_section",
     "Settings": "ui.settings_section",
