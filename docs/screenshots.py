@@ -1,9 +1,11 @@
 """Take the README's Launch, Runs, Compare-speed and Deploy screenshots from a real dashboard on real runs.
 
-`.venv/bin/python docs/screenshots.py [--out docs/screenshots] [--keep DIR] [--scaling-only]`
+`.venv/bin/python docs/screenshots.py [--out docs/screenshots] [--keep DIR] [--scaling-only | --data-only]`
 
 --scaling-only: the Compare page's Scaling tab alone, on a scaling study trained for it (both
 frameworks, 1 and 2 workers, about a minute): compare-scaling.png.
+--data-only: the Data tab alone, on PyTorch eager, TensorFlow graph and Keras model.fit runs over the
+native pipelines with augmentation (about a minute): compare-data.png and compare-data-samples.png.
 
 Trains a few tiny runs through the real CLI into a temporary database (both frameworks, two
 seeds, one run that diverges, one left queued), deploys the seed-0 pair in every format and serves
@@ -114,25 +116,61 @@ def shoot_scaling(base: str, out: Path) -> None:
         browser.close()
 
 
+DATA_FLAGS = ["--framework", "both", "--mode", "torch:eager", "graph", "fit", "--model", "cnn", "--dataset", "digits",
+              "--pipeline", "native", "--loader-workers", "1", "--augment", "crop,flip,noise", "--epochs", "2",
+              "--max-steps-per-epoch", "40", "--calibration-steps", "20", "--profile-steps", "0",
+              "--inference-iters", "0"]
+
+
+def train_data(url: str, env: dict[str, str]) -> None:
+    """PyTorch eager, TensorFlow graph and Keras model.fit over the native pipelines with augmentation (runs 1-3)."""
+    subprocess.run([sys.executable, "-m", "engine", "run", *DATA_FLAGS, "--db", url], cwd=ROOT, env=env,
+                   check=True, capture_output=True, timeout=1800)
+
+
+def shoot_data(base: str, out: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+        page.goto(f"{base}/compare?runs=1,2,3&tab=Data")
+        expect(page.get_by_text("Loader alone, training and the ceiling")).to_be_visible(timeout=60_000)
+        page.wait_for_timeout(2500)
+        page.mouse.move(750, 600)
+        page.mouse.wheel(0, 280)  # Streamlit scrolls its main block, not the window: the tab row to the top
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(out / "compare-data.png"))
+        page.get_by_text("Augmentation samples").scroll_into_view_if_needed()
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(out / "compare-data-samples.png"))
+        browser.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     parser.add_argument("--keep", type=Path, help="train into this directory and keep it (default: a temporary one)")
     parser.add_argument("--scaling-only", action="store_true", help="only the Scaling tab, on a scaling study")
+    parser.add_argument("--data-only", action="store_true", help="only the Data tab, on native-pipeline runs")
     args = parser.parse_args(argv)
+    train_runs, shoot_page, written = (
+        (train_scaling, shoot_scaling, "compare-scaling.png") if args.scaling_only else
+        (train_data, shoot_data, "compare-data.png and compare-data-samples.png") if args.data_only else
+        (train, shoot, "launch.png, runs.png, compare-speed.png, compare-profile.png and deploy.png"))
     with tempfile.TemporaryDirectory(prefix="arena-screenshots-") as scratch:
         home = args.keep or Path(scratch)
         home.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{home / 'arena.db'}"
         env = dashboard.arena_env(home, url)
         if not (home / "arena.db").exists():
-            (train_scaling if args.scaling_only else train)(url, env)
+            train_runs(url, env)
         server, base = dashboard.start_dashboard(home / "streamlit.log", {**env, "ARENA_SCHEDULER": "off"})
         try:
-            (shoot_scaling if args.scaling_only else shoot)(base, args.out)
+            shoot_page(base, args.out)
         finally:
             dashboard.stop_dashboard(server)
-    print(f"wrote {'compare-scaling.png' if args.scaling_only else 'launch.png, runs.png, compare-speed.png, compare-profile.png and deploy.png'} to {args.out}")
+    print(f"wrote {written} to {args.out}")
     return 0
 
 
