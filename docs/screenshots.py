@@ -141,8 +141,8 @@ def shoot_data(base: str, out: Path) -> None:
         page.mouse.wheel(0, 280)  # Streamlit scrolls its main block, not the window: the tab row to the top
         page.wait_for_timeout(1500)
         page.screenshot(path=str(out / "compare-data.png"))
-        page.get_by_text("Augmentation samples").scroll_into_view_if_needed()
-        page.wait_for_timeout(1000)
+        page.mouse.wheel(0, 560)  # fit's cost and the augmentation samples (already partly in view: scroll on)
+        page.wait_for_timeout(1500)
         page.screenshot(path=str(out / "compare-data-samples.png"))
         browser.close()
 
