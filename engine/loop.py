@@ -247,13 +247,11 @@ class _Run:
                      self.workers)
 
     def fit(self) -> None:
-        """Every epoch through Keras's model.fit (spec.mode "fit"): one call over a tf.data dataset holding every
-        epoch's keys; a callback times each step with the clock and ends each epoch as epoch() does."""
+        """Every epoch through Keras's model.fit (spec.mode "fit"): one call over a tf.data dataset of every epoch;
+        a callback times each step with the clock and ends each epoch as epoch() does."""
         size = self.steps * self.local_spec.batch_size
-        orders = [self._order(epoch)[:size] for epoch in range(1, self.spec.epochs + 1)]
-        epochs = np.concatenate([np.full(len(order), epoch) for epoch, order in enumerate(orders, start=1)])
-        dataset = self.pipeline.dataset(epochs, np.concatenate(orders))
-        self.backend.fit(dataset, self.spec.epochs, self.steps, _FitEpochs(self, [len(order) for order in orders]))
+        dataset = self.pipeline.fit_dataset(self.spec.epochs, lambda epoch: self._order(epoch)[:size])
+        self.backend.fit(dataset, self.spec.epochs, self.steps, _FitEpochs(self, len(self._order(1)[:size])))
 
     def _diverged(self, step: int, name: str, value: float) -> None:
         if not self.workers.lead:
@@ -383,8 +381,8 @@ class _FitEpochs:
     Keras's callbacks instead of the loop's own for-loop. Keras takes each batch inside its train function, so
     a fit run has no data wait of its own."""
 
-    def __init__(self, run: _Run, epoch_samples: list[int]) -> None:
-        self.run, self.epoch_samples = run, epoch_samples
+    def __init__(self, run: _Run, epoch_samples: int) -> None:
+        self.run, self.epoch_samples = run, epoch_samples  # every epoch's: the same samples in another order
 
     def epoch_begin(self, epoch: int) -> None:
         run = self.run
@@ -398,15 +396,17 @@ class _FitEpochs:
 
     def step_begin(self, index: int) -> None:
         run, batch = self.run, self.run.local_spec.batch_size
-        self.size = min(batch, self.epoch_samples[self.epoch - 1] - index * batch)
+        self.size = min(batch, self.epoch_samples - index * batch)
         step = run.global_step + 1
         run.clock.before_step(step, alone=run.shapes.first_time((self.size, *run.data.x_train.shape[1:]), step))
 
     def step_end(self, index: int, mean_loss: float) -> None:
-        """Keras reports the epoch's running mean of the loss: the step's own loss is what it added to the sum."""
+        """Keras reports the epoch's running mean of the loss, weighted by batch size: the step's own loss is what
+        its samples added to the sum, over its samples."""
         run = self.run
         step = run.global_step + 1
-        self.buffer.losses.append((index + 1) * mean_loss - index * self.previous_mean)
+        total = mean_loss * (self.samples + self.size)
+        self.buffer.losses.append((total - self.previous_mean * self.samples) / self.size)
         self.previous_mean = mean_loss
         self.buffer.add(step, time.time(), run.clock.after_step(step, self.size))
         run.global_step, self.samples = step, self.samples + self.size

@@ -102,24 +102,35 @@ def describe(spec: RunSpec, data: Dataset) -> dict[str, Any]:
             "augment": augment.describe(spec.augment, shape) if spec.augment else {}, "source": source}
 
 
+LOADER_BATCHES = 50  # at least this many batches iterate the loader alone (fewer when an epoch has fewer)
+
+
 def input_figures(spec: RunSpec, backend, pipeline: Pipeline, data: Dataset, order: np.ndarray, steps: int,
                   batches: int) -> dict[str, Optional[float]]:
-    """Loader-only throughput and the synthetic-data ceiling, measured after training over `batches` batches each.
+    """Loader-only throughput and the synthetic-data ceiling, measured after training.
 
-    Loader-only: the pipeline iterated without training, from a fresh iterator to its last batch on the
-    device (start-up and copies count, as in training). Ceiling: the training step repeated on one fixed batch already on the device: no loader, no
-    copy. The model's state is put back afterwards: the run keeps the weights it trained.
+    Loader-only: the pipeline iterated without training over max(batches, LOADER_BATCHES) batches (at most an
+    epoch's), each on the device as in training. Its start-up (a fresh iterator to its first batch: worker
+    start, tracing, the arrays' one copy of the epoch) is timed apart from the batches after it, whose rate is
+    the loader's throughput. Ceiling: the training step repeated `batches` times on one fixed batch already on
+    the device: no loader, no copy. The model's state is put back afterwards: the run keeps the weights it trained.
     """
     batches = max(1, min(batches, steps))
-    used = order[:batches * spec.batch_size]
-    # Loader alone: from a fresh iterator (a native pipeline's start-up, the arrays' one copy) to the last batch.
+    count = max(1, min(max(batches, LOADER_BATCHES), steps))
+    used = order[:count * spec.batch_size]
     backend.synchronize()
-    start, samples = time.perf_counter(), 0
-    for _, _, size in pipeline.batches(spec.epochs + 1, used, batches):
+    start = time.perf_counter()
+    iterator = pipeline.batches(spec.epochs + 1, used, count)
+    first = next(iterator)
+    backend.synchronize()
+    started = time.perf_counter()
+    startup_ms, samples = (started - start) * 1e3, 0
+    for _, _, size in iterator:
         samples += size
     backend.synchronize()
-    loader_s = time.perf_counter() - start
-    first = next(iter(pipeline.batches(spec.epochs + 1, used[:spec.batch_size], 1)))
+    loader_s = time.perf_counter() - started
+    if not samples:  # a one-batch epoch: its only batch, start-up and all
+        samples, loader_s = first[2], started - start
     # The step alone, on the first batch: once untimed (it may meet a fresh shape), then `batches` times.
     state = backend.snapshot_training_state()
     try:
@@ -135,7 +146,7 @@ def input_figures(spec: RunSpec, backend, pipeline: Pipeline, data: Dataset, ord
     finally:
         backend.restore_training_state(state)
     step_s = statistics.median(times)
-    return {"batches": batches,
+    return {"batches": batches, "loader_batches": count, "loader_startup_ms": startup_ms,
             "loader_samples_per_s": samples / loader_s if samples and loader_s > 0 else None,
             "ceiling_samples_per_s": size / step_s if step_s > 0 else None,
             "ceiling_step_ms": step_s * 1e3}

@@ -8,12 +8,11 @@ TensorFlow's ops and stateless random draws from (seed, epoch, index)
 private thread pool of spec.loader_workers threads, deterministic: batches come out in the order's
 order, as the DataLoader's do.
 
-Keras's model.fit trains over the same pipeline, every epoch's keys in one dataset
-(TfDataPipeline.dataset).
+Keras's model.fit trains over the same pipeline, every epoch in one dataset (TfDataPipeline.fit_dataset).
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -65,25 +64,42 @@ class TfDataPipeline:
         with tf.device("/CPU:0"):
             return tf.io.decode_raw(tf.io.read_file(record.path), tf.uint8)
 
-    def dataset(self, epochs: np.ndarray, indices: np.ndarray) -> tf.data.Dataset:
-        """Batches of the samples with these keys, in this order: the map, batch and prefetch of the pipeline."""
+    def dataset(self, epoch: int, order: np.ndarray) -> tf.data.Dataset:
+        """One epoch's batches of the samples in `order`: the map, batch and prefetch of the pipeline."""
+        return self._finish(self._batched(tf.fill([len(order)], tf.constant(epoch, tf.int64)),
+                                          tf.constant(order, tf.int64)))
+
+    def fit_dataset(self, epochs: int, order_of: Callable[[int], np.ndarray]) -> tf.data.Dataset:
+        """Every epoch's batches for model.fit, an epoch's order asked of order_of(epoch) when the pipeline reaches
+        it (never all at once in memory); batches never span two epochs, so a kept last batch stays each epoch's."""
+        def orders():
+            for epoch in range(1, epochs + 1):
+                yield epoch, np.asarray(order_of(epoch), np.int64)
+
+        keys = tf.data.Dataset.from_generator(orders, output_signature=(tf.TensorSpec((), tf.int64),
+                                                                         tf.TensorSpec((None,), tf.int64)))
+        return self._finish(keys.flat_map(lambda epoch, order: self._batched(tf.fill(tf.shape(order), epoch), order)))
+
+    def _batched(self, epochs: tf.Tensor, indices: tf.Tensor) -> tf.data.Dataset:
         workers = self.spec.loader_workers
-        keys = tf.data.Dataset.from_tensor_slices((epochs.astype(np.int64), indices.astype(np.int64)))
+        keys = tf.data.Dataset.from_tensor_slices((epochs, indices))
         # deterministic: parallel calls may finish out of order, the batches keep the keys' order.
         batches = (keys.map(self._load, num_parallel_calls=workers, deterministic=True) if workers
                    else keys.map(self._load))
         batches = batches.batch(self.spec.batch_size)
         if self._channels_first:  # the run's layout, as Backend.to_device gives it
             batches = batches.map(lambda x, y: (tf.transpose(x, [0, 3, 1, 2]), y))
+        return batches
+
+    def _finish(self, batches: tf.data.Dataset) -> tf.data.Dataset:
         options = tf.data.Options()
         options.deterministic = True
-        if workers:
-            options.threading.private_threadpool_size = workers
+        if self.spec.loader_workers:
+            options.threading.private_threadpool_size = self.spec.loader_workers
         return batches.prefetch(tf.data.AUTOTUNE).with_options(options)
 
     def batches(self, epoch: int, order: np.ndarray, steps: int) -> Iterator[Batch]:
-        used = order[:steps * self.spec.batch_size]
-        for x, y in self.dataset(np.full(len(used), epoch), used):
+        for x, y in self.dataset(epoch, order[:steps * self.spec.batch_size]):
             yield x, y, int(x.shape[0])
 
     def settings(self) -> dict[str, Any]:
