@@ -62,6 +62,22 @@ def phase_table(runs: Sequence[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def data_wait_note(table: pd.DataFrame, runs: Sequence[Run]) -> Optional[str]:
+    """What the phases' "data" does not show: in training, how long each step waited for its batch (engine.pipeline)."""
+    by_id = {run.id: run for run in runs}
+    parts = []
+    for row in table.itertuples():
+        figures = (by_id[row.run_id].summary or {}).get("input") or {}
+        median, share = figures.get("data_wait_p50_ms"), figures.get("data_wait_share")
+        if median is not None and share is not None:
+            parts.append(f"{row.label} {median:.3g} ms a step ({share * 100:.0f} % of training, "
+                         f"{figures.get('pipeline', 'arrays')} pipeline)")
+    if not parts:
+        return None
+    return ("In training, waiting for the next batch (the loop's own timer, not a phase above): " + "; ".join(parts)
+            + ". The Data tab has the loader alone and the ceiling.")
+
+
 def phase_sentence(table: pd.DataFrame) -> Optional[str]:
     """"PyTorch eager spends 41 % of a step in backward, TensorFlow graph 28 %." for the phase that takes
     the largest share on average over the runs; None without runs."""

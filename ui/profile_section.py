@@ -63,6 +63,9 @@ def _phases(runs: Sequence[Run]) -> None:
         notes.append("TensorFlow graph and XLA runs split the step into three tf.functions (forward + loss, "
                      "gradients, update): the backward is the gradients graph minus a forward, and no fusion "
                      "crosses the phases, so their phases can add up to more than the unsplit step.")
+    waits = step_profile.data_wait_note(table, runs)
+    if waits:
+        notes.append(waits)
     if without:
         notes.append(", ".join(f"#{run.id}" for run in without) + " has no phase breakdown (trained before Arena "
                      "measured one, or with 0 calibration steps).")

@@ -70,3 +70,14 @@ def test_the_operator_table_is_per_profiled_step():
     assert operator_caption(profiled) == ("torch.profiler 2.13.0+cpu, CPU self time over 5 steps: 2 ms of operators "
                                           "per step (2.5 ms wall, profiler included); top 2 of 40 operators.")
     assert operator_frame(OLD).empty
+
+
+def test_the_wait_for_the_next_batch_is_named_beside_the_phases_where_the_run_timed_it():
+    from analysis.step_profile import data_wait_note
+
+    native = run(6, "torch", "eager", {"data": 0.5, "copy": 0.5, "forward": 2.0, "backward": 4.1, "optimizer": 2.9})
+    native.summary["input"] = {"pipeline": "native", "data_wait_p50_ms": 1.25, "data_wait_share": 0.38}
+    assert data_wait_note(phase_table([native, TF]), [native, TF]) == (
+        "In training, waiting for the next batch (the loop's own timer, not a phase above): PyTorch eager 1.25 ms a "
+        "step (38 % of training, native pipeline). The Data tab has the loader alone and the ceiling.")
+    assert data_wait_note(phase_table([TORCH, TF]), [TORCH, TF]) is None  # trained before the wait was timed
