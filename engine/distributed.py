@@ -1,9 +1,12 @@
 """A run's data-parallel workers (spec.workers > 1): who is which rank, which samples each takes, how they meet.
 
 One process per worker, as PyTorch's DistributedDataParallel and TensorFlow's MultiWorkerMirroredStrategy
-both expect. The scheduler starts rank 0, the run's runner; rank 0 starts ranks 1..N-1 itself
-(`python -m engine.runner RUN_ID --rank R`), each with the environment the executor chose for it
-(ARENA_WORKER_ENVS: its device, its threads), and watches them. Held equal with a one-worker run of
+both expect. The scheduler starts rank 0, the run's runner; on this machine rank 0 starts ranks 1..N-1
+itself (`python -m engine.runner RUN_ID --rank R`), each with the environment the executor chose for it
+(ARENA_WORKER_ENVS: its device, its threads), and watches them; they meet on 127.0.0.1. On Ray each
+rank has an actor of its own, possibly on another node (engine/executors/ray_groups.py): the executor
+hands every rank the ranks' addresses (ARENA_WORKER_HOSTS, ARENA_WORKER_PORTS) and writes how each
+other rank ended into a file rank 0 reads (ARENA_WORKER_EXITS). Held equal with a one-worker run of
 the same spec: the global batch (each step's batch_size samples, split evenly: rank r takes the r-th
 slice of every global batch of the same per-epoch order), the initial weights, the optimizer, and
 averaged gradients, so two workers compute what one does up to floating-point summation order
@@ -28,7 +31,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -39,6 +42,10 @@ ENV_THREADS = "ARENA_THREADS"  # intra-op threads of this worker
 ENV_RANK = "ARENA_RANK"
 ENV_WORLD = "ARENA_WORLD_SIZE"
 ENV_PORTS = "ARENA_WORKER_PORTS"  # comma-separated: rank 0's rendezvous port (PyTorch), every rank's (TensorFlow)
+ENV_HOSTS = "ARENA_WORKER_HOSTS"  # comma-separated, each rank's node address; unset: all on HOST
+# A JSON file {rank: exit code or words} kept by whoever started ranks 1..N-1 elsewhere (a Ray actor); when set,
+# rank 0 starts none itself and reads there how they ended.
+ENV_EXITS = "ARENA_WORKER_EXITS"
 HOST = "127.0.0.1"
 # A collective waiting longer than this gives up with an error instead of hanging: longer than any
 # evaluation rank 0 runs between epochs while the other ranks wait in the next step's all-reduce.
@@ -53,6 +60,7 @@ class Workers:
     rank: int = 0
     world: int = 1
     ports: tuple[int, ...] = ()
+    hosts: tuple[str, ...] = ()  # each rank's node address; empty: every rank on HOST (one machine)
     replicas: int = 1  # devices this one process trains on, a replica of the model each (MirroredStrategy)
 
     @property
@@ -77,7 +85,9 @@ class Workers:
         return self.rank == 0
 
     def addresses(self) -> list[str]:
-        return [f"{HOST}:{port}" for port in self.ports]
+        """Each rank's host:port, rank 0's first: PyTorch meets at the first, TensorFlow's cluster lists them all."""
+        hosts = self.hosts or (HOST,) * len(self.ports)
+        return [f"{host}:{port}" for host, port in zip(hosts, self.ports)]
 
 
 SINGLE = Workers()
@@ -89,7 +99,11 @@ def from_env() -> Workers:
     if world <= 1:
         return SINGLE
     ports = tuple(int(p) for p in os.environ[ENV_PORTS].split(","))
-    return Workers(int(os.environ.get(ENV_RANK, "0")), world, ports)
+    hosts = tuple(os.environ[ENV_HOSTS].split(",")) if os.environ.get(ENV_HOSTS) else ()
+    if len(ports) != world or (hosts and len(hosts) != world):
+        raise ValueError(f"{ENV_PORTS}={os.environ[ENV_PORTS]!r}, {ENV_HOSTS}={os.environ.get(ENV_HOSTS)!r}: expected "
+                         f"one port and one host per worker ({world})")
+    return Workers(int(os.environ.get(ENV_RANK, "0")), world, ports, hosts)
 
 
 def metric_prefix(rank: int) -> str:
@@ -109,13 +123,14 @@ def shard(order: np.ndarray, steps: int, global_batch: int, workers: Workers) ->
 EPHEMERAL_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
 
 
-def free_ports(count: int) -> list[int]:
+def free_ports(count: int, host: str = HOST, exclude: tuple[int, ...] = ()) -> list[int]:
     """Ports free on this machine now, for the workers' rendezvous, drawn from below the kernel's ephemeral range.
 
     A port is only known free until someone binds it; the workers bind theirs a second or two later.
     The kernel hands out ephemeral ports (32768-60999 by default) to every outgoing connection and every
     `bind(0)` (Ray, the dashboard, a browser), so a free one there is soon taken; below it, only a
-    process asking for that very number takes it.
+    process asking for that very number takes it. host: the address probed ("0.0.0.0" for a port other
+    machines reach: free there means free on every interface); exclude: ports taken by other ranks here.
     """
     try:
         with open(EPHEMERAL_FILE) as ports_file:
@@ -127,15 +142,15 @@ def free_ports(count: int) -> list[int]:
     draw = random.SystemRandom()
     while len(chosen) < count:
         port = draw.choice(candidates)
-        if port not in chosen and _bindable(port):
+        if port not in chosen and port not in exclude and _bindable(port, host):
             chosen.append(port)
     return chosen
 
 
-def _bindable(port: int) -> bool:
+def _bindable(port: int, host: str = HOST) -> bool:
     with socket.socket() as probe:
         try:
-            probe.bind((HOST, port))
+            probe.bind((host, port))
         except OSError:
             return False
     return True
@@ -180,11 +195,19 @@ def hold_every_device(world: int) -> Workers:
     return Workers(replicas=world)
 
 
-def start_workers(run_id: int, db_url: str, world: int) -> tuple[Workers, list[subprocess.Popen]]:
+def start_workers(run_id: int, db_url: str, world: int) -> tuple[Workers, list]:
     """Rank 0: choose the rendezvous ports, take rank 0's own environment, start ranks 1..world-1.
 
-    Their output goes to this process's own (the run's log), each line as the worker wrote it.
+    Their output goes to this process's own (the run's log), each line as the worker wrote it. When an
+    executor started them elsewhere (ARENA_WORKER_EXITS set: Ray), rank 0 takes the addresses it was
+    given and starts nothing: it watches those ranks through RemoteRank.
     """
+    if os.environ.get(ENV_EXITS):
+        workers = from_env()
+        if workers.world != world or workers.rank != 0:
+            raise ValueError(f"the executor placed rank {workers.rank} of {workers.world} workers; this run has {world}")
+        parent = os.getppid()
+        return workers, [RemoteRank(os.environ[ENV_EXITS], rank, parent) for rank in range(1, world)]
     envs = worker_envs(world)
     ports = free_ports(world)
     common = {ENV_WORLD: str(world), ENV_PORTS: ",".join(map(str, ports))}
@@ -198,7 +221,79 @@ def start_workers(run_id: int, db_url: str, world: int) -> tuple[Workers, list[s
     return Workers(0, world, tuple(ports)), children
 
 
-def watch_workers(children: list[subprocess.Popen], on_lost: Callable[[int, int], None]) -> Callable[[], None]:
+class RemoteRank:
+    """A rank another process started (a Ray actor, maybe on another node), seen by rank 0 as a child is: poll()
+    is None while it runs, then its exit code, or words when its actor was lost rather than its process ending."""
+
+    def __init__(self, exits_path: str, rank: int, starter_pid: int) -> None:
+        self.exits_path, self.rank, self.starter_pid = exits_path, rank, starter_pid
+
+    def poll(self) -> Union[int, str, None]:
+        return self.ended()[0]
+
+    def ended(self) -> tuple[Union[int, str, None], Optional[float]]:
+        """(how it ended, the wall-clock time it ended at), (None, None) while it runs."""
+        try:
+            with open(self.exits_path) as exits_file:
+                entry = json.load(exits_file).get(str(self.rank))
+        except (OSError, ValueError):
+            entry = None  # not written yet (or being replaced: it is written whole, then renamed)
+        if entry is not None:
+            return entry["ended"], entry["at"]
+        if os.getppid() != self.starter_pid:
+            # Rank 0's actor, which started this process, is gone; Ray ends the ranks' actors with it.
+            return "was lost with rank 0's Ray actor", time.time()
+        return None, None
+
+
+def record_exit(exits_path: str, rank: int, ended: Union[int, str], at: float) -> None:
+    """The starter's side of RemoteRank: note how a rank ended (its exit code, or words) and when (time.time() where
+    it ran), replacing the file whole."""
+    try:
+        with open(exits_path) as exits_file:
+            exits = json.load(exits_file)
+    except (OSError, ValueError):
+        exits = {}
+    exits[str(rank)] = {"ended": ended, "at": at}
+    partial = f"{exits_path}.partial"
+    with open(partial, "w") as exits_file:
+        json.dump(exits, exits_file)
+    os.replace(partial, exits_path)  # a reader sees the old file or the new one, never half of one
+
+
+# Rank 0 hears of a rank another process started this long after it ended, at most (its starter looks every
+# WATCH_INTERVAL_S, then Ray reports); and counts one that ended up to CAUSE_SLACK_S after rank 0's own error,
+# whose collective fails the moment the other's sockets close (wall clocks of two nodes: NTP keeps them closer).
+REMOTE_NOTICE_S = 3.0
+CAUSE_SLACK_S = 1.0
+
+
+def lost_ranks(children: list, wait: bool) -> list[str]:
+    """Rank 0, its run failing: "worker rank R <how it ended>" for each other rank that ended with an error.
+
+    A rank rank 0 started is known at once. Of ranks started elsewhere (RemoteRank) rank 0 hears a moment
+    later, so when wait (the error may be theirs: not a cancel) it waits up to REMOTE_NOTICE_S for one that
+    ended before its own error; a process that ends later ended because of it, and is not named.
+    """
+    failed_at = time.time()
+    deadline = time.monotonic() + (REMOTE_NOTICE_S if wait else 0.0)
+    while True:
+        lost = []
+        for rank, child in enumerate(children, start=1):
+            if isinstance(child, RemoteRank):
+                ended, at = child.ended()
+                # Words: its actor or node was lost, which rank 0's own error does not do.
+                if ended not in (None, 0) and (isinstance(ended, str) or at <= failed_at + CAUSE_SLACK_S):
+                    lost.append(f"worker rank {rank} {exit_words(ended)}")
+            elif child.poll() not in (None, 0):
+                lost.append(f"worker rank {rank} {exit_words(child.poll())}")
+        remote = any(isinstance(child, RemoteRank) for child in children)
+        if lost or not remote or time.monotonic() >= deadline:
+            return lost
+        time.sleep(0.1)
+
+
+def watch_workers(children: list, on_lost: Callable[[int, Union[int, str]], None]) -> Callable[[], None]:
     """Call on_lost(rank, exit code) from a thread as soon as a worker exits with an error or a signal;
     returns the function that ends the watch (before rank 0 stops the workers itself).
 
@@ -220,8 +315,10 @@ def watch_workers(children: list[subprocess.Popen], on_lost: Callable[[int, int]
     return quiet.set
 
 
-def exit_words(code: int) -> str:
-    """"was killed by SIGKILL" or "exited with code 1"."""
+def exit_words(code: Union[int, str]) -> str:
+    """"was killed by SIGKILL" or "exited with code 1" (words a RemoteRank gave stay as they are)."""
+    if isinstance(code, str):
+        return code
     if code < 0:
         import signal
 
@@ -243,8 +340,10 @@ def watch_parent(on_orphaned: Callable[[], None]) -> None:
     threading.Thread(target=watch, name="arena-parent", daemon=True).start()
 
 
-def stop_workers(children: list[subprocess.Popen], grace_s: float = 3.0) -> None:
-    """End the ranks rank 0 started (its run ended, one way or another): SIGTERM, then SIGKILL."""
+def stop_workers(children: list, grace_s: float = 3.0) -> None:
+    """End the ranks rank 0 started (its run ended, one way or another): SIGTERM, then SIGKILL. Ranks started
+    elsewhere (RemoteRank) their starter ends once rank 0 has exited."""
+    children = [child for child in children if isinstance(child, subprocess.Popen)]
     for child in children:
         if child.poll() is None:
             child.terminate()
@@ -257,9 +356,11 @@ def stop_workers(children: list[subprocess.Popen], grace_s: float = 3.0) -> None
             child.wait()
 
 
-def rank_figures(s, run_id: int, world: int, warmup_steps: int, per_worker_batch: int) -> dict:
+def rank_figures(s, run_id: int, world: int, warmup_steps: int, per_worker_batch: int,
+                 hosts: tuple[str, ...] = ()) -> dict:
     """Rank 0, after the final barrier: every worker's steady step times and peak memory, from what each
-    recorded, and straggling (the slowest worker's median step time over the median worker's)."""
+    recorded, and straggling (the slowest worker's median step time over the median worker's). hosts: the
+    ranks' nodes when they were placed by a cluster (a rank on another node is a figure's context)."""
     from db import queries
 
     names = [f"{metric_prefix(rank)}{queries.STEP_PREFIX}step_time_ms" for rank in range(world)]
@@ -270,6 +371,8 @@ def rank_figures(s, run_id: int, world: int, warmup_steps: int, per_worker_batch
         times = frame.loc[(frame["name"] == name) & (frame["step"] > warmup_steps), "value"].to_numpy(dtype=float)
         rss = samples.loc[samples["source"] == f"{metric_prefix(rank)}host", "value"]
         entry: dict = {"rank": rank, "steps": int(len(times)), "peak_rss_bytes": float(rss.max()) if len(rss) else None}
+        if hosts:
+            entry["node"] = hosts[rank]
         if len(times):
             entry.update(step_time_p50_ms=float(np.percentile(times, 50)), step_time_p95_ms=float(np.percentile(times, 95)),
                          steady_samples_per_s=per_worker_batch * len(times) / (times.sum() / 1e3))

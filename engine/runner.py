@@ -129,7 +129,7 @@ def execute(run_id: int, db_url: Optional[str] = None) -> int:
             recorder.flush()  # rank 0's own step times and samples, read back beside the others'
             with sessions.begin() as s:
                 summary.update(distributed.rank_figures(s, run_id, workers.world, spec.warmup_steps,
-                                                        spec.batch_size // workers.world))
+                                                        spec.batch_size // workers.world, workers.hosts))
         if spec.keep_weights and "diverged_at_step" not in summary:  # trained weights, for deployment
             artifacts.append(kept_weights.artifact(backend.canonical_weights(), kept_weights.describe(spec, data, run_id)))
         _stop(instruments, recorder, summary)
@@ -152,8 +152,7 @@ def execute(run_id: int, db_url: Optional[str] = None) -> int:
         error = "".join(traceback.format_exception(exc))
         if quiet is not None:
             quiet()
-            lost = [f"worker rank {rank} {distributed.exit_words(child.poll())}"
-                    for rank, child in enumerate(children, start=1) if child.poll() not in (None, 0)]
+            lost = distributed.lost_ranks(children, wait=not isinstance(exc, (Stopped, KeyboardInterrupt)))
             if lost:  # the collective's own error below says less than which worker went
                 error = "; ".join(lost) + ": a data-parallel run needs every worker\n" + error
         try:

@@ -18,10 +18,12 @@ A run waiting in Ray's queue stays queued in Arena, placed on "ray:gpu" or "ray:
 yet; on every tick the executor checks that its actor still exists and puts the run back in the queue
 if Ray lost it. Actor names are unique per run and database, so a run is never submitted twice.
 
-A multi-worker run (spec.workers = N) asks one actor for N GPUs, or N x ARENA_RAY_CPUS_PER_RUN CPUs, so Ray
-gives it all of them on one node or none: its rank 0 starts the other ranks beside it and they meet on
-127.0.0.1 (engine/distributed.py), each rank on one of the GPUs Ray assigned. Spreading one run's workers
-over several nodes (a placement group of N bundles, rank 0's address handed to the others) is not done yet.
+A multi-worker run (spec.workers = N) reserves a placement group of N bundles, one worker's share each (a GPU,
+or ARENA_RAY_CPUS_PER_RUN CPUs), packed on as few nodes as possible or, with ARENA_RAY_PLACEMENT=spread, one
+per node where possible; Ray places it whole or keeps it waiting. One actor per rank, each in its bundle;
+rank 0's hands its address to the others (engine/executors/ray_groups.py). A group the cluster's nodes can
+never hold fails the run at once, naming the numbers. A run whose workers share one process (TensorFlow's
+MirroredStrategy) is one actor asking for every worker's share, so Ray gives it one node with all of them.
 
 A deployment job goes the same way as a CPU run, asking for as many CPUs as its runtimes' threads
 (its setting), and its actor starts `python -m engine.deploy.job JOB_ID --db URL` on that node. Ray
@@ -45,6 +47,7 @@ from db import deployments, queries
 from db.models import FAILED, QUEUED
 from db.session import make_sessionmaker
 from engine import PROJECT_ROOT
+from engine.executors import ray_groups
 from engine.executors.base import DEPLOYMENT, ENV_EXECUTOR, RUN, Executor, Placement, Queued
 from engine.processes import start_deployment, start_runner
 
@@ -114,7 +117,7 @@ class WorkActor:
     def run(self, kind: str, item_id: int, db_url: str, threads: Optional[int] = None) -> int:
         """Start the run's runner (or the job's process) as a local one gets it, wait for it, end this actor;
         the process's exit code, -1 when there was nothing to start. threads: each CPU worker's, in a
-        multi-worker run."""
+        multi-worker run held by one process (MirroredStrategy)."""
         import ray
 
         sessions = make_sessionmaker(db_url)
@@ -133,12 +136,10 @@ class WorkActor:
 
 
 def runner_env(gpu_ids: list, workers: int = 1, threads: Optional[int] = None) -> dict[str, str]:
-    """The placement a runner sees, from the GPUs Ray assigned (Ray has set CUDA_VISIBLE_DEVICES to them).
+    """The placement a runner sees, from the GPUs Ray assigned (ray_groups.device_env).
 
-    Ray numbers a node's GPUs 0..n-1; with CUDA_DEVICE_ORDER=PCI_BUS_ID that number is the GPU's
-    NVML index too, which the runner's memory trace needs (NVML ignores CUDA_VISIBLE_DEVICES). A
-    multi-worker run's rank 0 also gets every rank's environment (ARENA_WORKER_ENVS): one GPU each, or
-    the CPU with `threads` threads each.
+    A run of several workers in this one process (MirroredStrategy) also gets every worker's environment
+    (ARENA_WORKER_ENVS), which it merges: one GPU each, or the CPU with `threads` threads each.
     """
     if workers > 1:
         ranks = []
@@ -151,11 +152,7 @@ def runner_env(gpu_ids: list, workers: int = 1, threads: Optional[int] = None) -
                 ranks.append({"CUDA_VISIBLE_DEVICES": "", "ARENA_DEVICE": "cpu", "ARENA_THREADS": str(threads or 1)})
         devices = [f"cuda:{index}" for index in gpu_ids[:workers]] or ["cpu"] * workers
         return {**ranks[0], "ARENA_PLACED_DEVICE": ",".join(devices), "ARENA_WORKER_ENVS": json.dumps(ranks)}
-    if not gpu_ids:
-        return {"CUDA_VISIBLE_DEVICES": "", "ARENA_DEVICE": "cpu", "ARENA_PLACED_DEVICE": "cpu"}
-    index = str(gpu_ids[0])
-    return {"CUDA_VISIBLE_DEVICES": index, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "ARENA_DEVICE": "cuda:0",
-            "ARENA_PLACED_DEVICE": f"cuda:{index}", "ARENA_NVML_INDEX": index}
+    return ray_groups.device_env(gpu_ids)
 
 
 _connect_lock = threading.Lock()
@@ -208,7 +205,10 @@ class RayExecutor(Executor):
         self._address = address
 
     def requeue_lost(self) -> list[int]:
-        """Put runs and jobs Ray lost before they started (their actor is gone) back in the queue; the runs' ids."""
+        """Put runs and jobs Ray lost before they started (their actor is gone) back in the queue; the runs' ids.
+
+        A lost run's placement group goes first, and so does the group of any run that has ended.
+        """
         ray = connect(self._address)
         with self._sessions.begin() as s:
             waiting = queries.placed_unstarted(s, RAY_PLACEMENTS)
@@ -216,6 +216,9 @@ class RayExecutor(Executor):
         lost = [run_id for run_id in waiting if not _actor_exists(ray, actor_name(self._db_url, run_id))]
         lost_jobs = [job_id for job_id in waiting_jobs
                      if not _actor_exists(ray, actor_name(self._db_url, job_id, DEPLOYMENT))]
+        for run_id in lost:
+            ray_groups.remove(ray, actor_name(self._db_url, run_id))
+        ray_groups.remove_ended(ray, self._sessions, actor_name(self._db_url, 0).removesuffix("0"))
         with self._sessions.begin() as s:
             for job_id in lost_jobs:
                 deployments.unplace(s, job_id)
@@ -232,6 +235,8 @@ class RayExecutor(Executor):
         ray = connect(self._address)
         cluster_gpus = ray.cluster_resources().get("GPU", 0)
         cpus = cpus_per_run()
+        strategy = ray_groups.placement_strategy()
+        nodes: Optional[list[dict[str, float]]] = None  # the alive nodes' resources, read at the first multi-worker run
         submitted = []
         for item in queued:
             job = item.kind == DEPLOYMENT
@@ -240,8 +245,15 @@ class RayExecutor(Executor):
                     request = Request(RAY_CPU, float(deployments.get(s, item.id).settings.get("threads", 1)), 0)
                 else:
                     request = request_for(item.device, cluster_gpus, cpus, item.workers)
+                group = None
                 if not isinstance(request, str) and item.workers > 1:
-                    request = _fits_a_node(ray, request, item.workers)
+                    if nodes is None:
+                        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+                    if _one_process(s, item.id):  # every worker's device in one process: one actor, one node
+                        request = _fits_a_node(nodes, request, item.workers) or request
+                    else:  # a process per rank: a placement group, an actor per rank
+                        group = ray_groups.bundle(cpus, request.num_gpus > 0)
+                        request = ray_groups.never_fits(nodes, group, item.workers) or request
                 if isinstance(request, str):
                     queries.fail_run(s, item.id, f"cannot be placed: {request}")
                     continue
@@ -250,11 +262,15 @@ class RayExecutor(Executor):
                 if not place(s, item.id, request.placement, hostname=None):
                     continue
             try:
-                handle = ray.remote(WorkActor).options(
-                    name=actor_name(db_url, item.id, item.kind), namespace=NAMESPACE, lifetime="detached",
-                    max_restarts=0, num_cpus=request.num_cpus, num_gpus=request.num_gpus,
-                ).remote()
-                handle.run.remote(item.kind, item.id, db_url, max(1, int(cpus)))
+                if group is not None:
+                    ray_groups.submit(ray, actor_name(db_url, item.id), NAMESPACE, item.id, db_url, group, item.workers,
+                                      strategy, max(1, int(cpus)))
+                else:
+                    handle = ray.remote(WorkActor).options(
+                        name=actor_name(db_url, item.id, item.kind), namespace=NAMESPACE, lifetime="detached",
+                        max_restarts=0, num_cpus=request.num_cpus, num_gpus=request.num_gpus,
+                    ).remote()
+                    handle.run.remote(item.kind, item.id, db_url, max(1, int(cpus)))
             except ValueError:
                 pass  # its actor exists already (a scheduler before this one submitted it): it is on its way
             except Exception as exc:
@@ -269,24 +285,32 @@ class RayExecutor(Executor):
         return submitted
 
     def withdraw(self, run_ids: list[int]) -> None:
-        """Take cancelled runs' actors out of Ray's queue (a started runner stops by the cancel request)."""
+        """Take cancelled runs' actors, and placement groups, out of Ray's queue (a started runner stops by the
+        cancel request)."""
         ray = connect(self._address)
         for run_id in run_ids:
+            name = actor_name(self._db_url, run_id)
             try:
-                ray.kill(ray.get_actor(actor_name(self._db_url, run_id), namespace=NAMESPACE), no_restart=True)
+                ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
             except ValueError:
                 pass  # never submitted, or already ended
+            ray_groups.remove(ray, name)  # a pending group's actor is not ended by the group's removal: killed above
 
 
-def _fits_a_node(ray: Any, request: Request, workers: int) -> Request | str:
-    """A multi-worker run's request, or why no node of the cluster can ever hold all its workers at once."""
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+def _one_process(s: Session, run_id: int) -> bool:
+    """Whether a multi-worker run trains in one process holding every worker's device (TensorFlow's MirroredStrategy)."""
+    run = queries.get_run(s, run_id)
+    return run is not None and (run.spec or {}).get("tf_strategy") == "mirrored"
+
+
+def _fits_a_node(nodes: list[dict[str, float]], request: Request, workers: int) -> Optional[str]:
+    """Why no alive node can ever hold a one-process run's every worker at once; None when one can."""
     kind, needed = ("GPU", request.num_gpus) if request.num_gpus else ("CPU", request.num_cpus)
     largest = max((node.get(kind, 0) for node in nodes), default=0)
     if largest < needed:
-        return (f"{workers} workers need {needed:g} {kind}s on one node (Ray's one-node packing; spreading a run "
-                f"over nodes is not supported yet) and the largest node has {largest:g}")
-    return request
+        return (f"{workers} workers in one process (MirroredStrategy) need {needed:g} {kind}s on one node and the "
+                f"largest node has {largest:g}")
+    return None
 
 
 def _actor_exists(ray: Any, name: str) -> bool:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 from sqlalchemy.engine import make_url
 from streamlit.testing.v1 import AppTest
@@ -32,8 +33,9 @@ from engine.devices import check_available
 from engine.deploy import jobs
 from engine.executors import DEPLOYMENT
 from engine.executors import ray as arena_ray
-from engine.executors.ray import RAY_CPU, RAY_GPU, Request, RayExecutor, actor_name, request_for, runner_env
+from engine.executors.ray import RAY_CPU, RAY_GPU, Request, RayExecutor, actor_name, request_for
 from engine.launch import cancel_runs, queue_runs
+from engine.processes import absolute_db_url
 from engine.scheduler import Scheduler
 from engine.spec import RunSpec, SpecError
 from analysis import device_tables as devices_page
@@ -145,20 +147,9 @@ def test_auto_asks_ray_for_a_gpu_when_the_cluster_has_one_and_cpu_runs_ask_for_c
     assert request_for("auto", cluster_gpus=0, cpus=2) == Request(RAY_CPU, 2, 0)
     assert request_for("cpu", cluster_gpus=4, cpus=1.5) == Request(RAY_CPU, 1.5, 0)
     assert "pins a GPU of one machine" in request_for("cuda:1", cluster_gpus=4, cpus=1)
-    # A multi-worker run asks one actor for every worker's share: Ray gives it one node with all of them, or waits.
+    # A multi-worker run's share of the cluster, all its workers' (its placement group: engine/executors/ray_groups.py).
     assert request_for("auto", cluster_gpus=4, cpus=2, workers=2) == Request(RAY_GPU, 4, 2)
     assert request_for("cpu", cluster_gpus=4, cpus=1, workers=3) == Request(RAY_CPU, 3, 0)
-
-
-def test_a_multi_worker_run_on_ray_hands_each_rank_one_of_the_gpus_ray_assigned():
-    env = runner_env([3, 5], workers=2)
-    ranks = json.loads(env["ARENA_WORKER_ENVS"])
-    assert env["ARENA_PLACED_DEVICE"] == "cuda:3,cuda:5" and env["CUDA_VISIBLE_DEVICES"] == "3"
-    assert [rank["CUDA_VISIBLE_DEVICES"] for rank in ranks] == ["3", "5"]
-    assert {rank["ARENA_DEVICE"] for rank in ranks} == {"cuda:0"}
-    cpu = runner_env([], workers=2, threads=1)
-    assert cpu["ARENA_PLACED_DEVICE"] == "cpu,cpu"
-    assert [rank["ARENA_THREADS"] for rank in json.loads(cpu["ARENA_WORKER_ENVS"])] == ["1", "1"]
 
 
 def test_actor_names_are_one_per_run_and_database_whatever_the_url_s_spelling():
@@ -266,25 +257,150 @@ def test_cancel_stops_a_running_ray_run_and_takes_a_waiting_one_out_of_rays_queu
     wait_until(lambda: ray.available_resources().get("CPU") == 2, 60, "the cancelled run's CPU to be free")
 
 
-def test_a_two_worker_run_takes_both_cpus_of_a_node_at_once_and_trains_there(on_ray):
-    sessions, scheduler = on_ray["sessions"], on_ray["scheduler"]
-    run_id = queue(sessions, "torch", workers=2, batch_size=64)
+# Multi-worker runs: a placement group, one actor per rank --------------------------------------------
+
+def groups_named(name: str) -> list[dict]:
+    """Every placement group Ray has had of this name (removed ones too), oldest first."""
+    return [entry for entry in ray.util.placement_group_table().values() if entry["name"] == name]
+
+
+def group_removed(name: str) -> bool:
+    return bool(groups_named(name)) and all(entry["state"] == "REMOVED" for entry in groups_named(name))
+
+
+def rank_processes(url: str, run_id: int) -> list[psutil.Process]:
+    """The runner processes of this run's ranks >= 1, wherever on this machine they run."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        line = process.info["cmdline"] or []
+        if "engine.runner" in line and str(run_id) in line and "--rank" in line and absolute_db_url(url) in line:
+            found.append(process)
+    return found
+
+
+def rank_points(sessions, run_id: int, rank: int) -> int:
+    with sessions.begin() as s:
+        return len(queries.metric_frame(s, [run_id], [f"{queries.RANK_PREFIX}{rank}/{queries.STEP_PREFIX}step_time_ms"]))
+
+
+@pytest.mark.parametrize("framework, placement, strategy", [("torch", None, "PACK"), ("tensorflow", "spread", "SPREAD")],
+                         ids=["torch-pack", "tensorflow-spread"])
+def test_a_two_worker_run_is_a_placement_group_of_one_actor_per_rank_that_trains_and_is_removed(
+        on_ray, monkeypatch, framework, placement, strategy):
+    sessions, scheduler, url = on_ray["sessions"], on_ray["scheduler"], on_ray["url"]
+    if placement:
+        monkeypatch.setenv("ARENA_RAY_PLACEMENT", placement)
+    run_id = queue(sessions, framework, workers=2, batch_size=64)
     scheduler.start()
-    run = wait_until(lambda: ended(sessions, run_id), 240, "the 2-worker run to end")
+    run = wait_until(lambda: ended(sessions, run_id), 300, "the 2-worker run to end")
     assert run.status == FINISHED, run.error
     assert run.placed_device == "cpu,cpu" and run.summary["workers"] == 2
     assert [rank["rank"] for rank in run.summary["ranks"]] == [0, 1]
-    assert run.summary["strategy"] == "DistributedDataParallel (gloo)"
+    # Both ranks met at rank 0's address: its node's as Ray knows it (one node here, so both on it).
+    (node,) = [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]]
+    assert [rank["node"] for rank in run.summary["ranks"]] == [node, node]
+    assert rank_points(sessions, run_id, 1) >= 5  # rank 1 recorded its own step times, from its own actor
+    assert ("DistributedDataParallel" if framework == "torch" else "MultiWorkerMirroredStrategy") in \
+        run.summary["strategy"]
+    (group,) = groups_named(actor_name(url, run_id))
+    assert group["strategy"] == strategy and group["bundles"] == {0: {"CPU": 1.0}, 1: {"CPU": 1.0}}
+    wait_until(lambda: group_removed(actor_name(url, run_id)), 60, "rank 0's actor to remove the group")
     wait_until(lambda: ray.available_resources().get("CPU") == 2, 60, "Ray to get both CPUs back")
 
 
-def test_a_run_with_more_workers_than_any_node_holds_fails_at_once_saying_so(on_ray):
-    sessions, scheduler = on_ray["sessions"], on_ray["scheduler"]
-    run_id = queue(sessions, "torch", workers=4, batch_size=64)
+@pytest.mark.parametrize("framework, killed, words", [
+    ("torch", "process", "worker rank 1 was killed by SIGKILL"),
+    # Its actor: Ray reports the actor dead, and the rank's process, orphaned, exits.
+    ("tensorflow", "actor", "worker rank 1 was lost with its Ray actor (ActorDiedError"),
+], ids=["torch-process", "tensorflow-actor"])
+def test_a_killed_rank_on_ray_fails_the_run_within_seconds_and_its_group_goes(on_ray, framework, killed, words):
+    sessions, scheduler, url = on_ray["sessions"], on_ray["scheduler"], on_ray["url"]
+    run_id = queue(sessions, framework, workers=2, batch_size=64, **LONG)
     scheduler.start()
-    run = wait_until(lambda: ended(sessions, run_id), 60, "the run to be refused")
-    assert run.status == FAILED
-    assert "4 workers need 4 CPUs on one node" in run.error and "the largest node has 2" in run.error
+    wait_until(lambda: rank_points(sessions, run_id, 1) >= 3, 240, "rank 1 to record steps")
+    (rank_1,) = rank_processes(url, run_id)
+    victim = rank_1 if killed == "process" else rank_1.parent()  # the process, or rank 1's actor's
+    killed_at = time.monotonic()
+    victim.kill()
+    run = wait_until(lambda: ended(sessions, run_id), 30, "the run to fail")
+    noticed_s = time.monotonic() - killed_at
+    assert noticed_s < 15, noticed_s
+    # Named by the watcher or by rank 0's failing collective, whichever ends the run first: the same words.
+    assert run.status == FAILED and words in run.error, run.error
+    assert "---- worker rank 1 on" in Path(run.log_path).read_text()  # its output, added to the run's log
+    wait_until(lambda: group_removed(actor_name(url, run_id)), 60, "the group to be removed")
+    wait_until(lambda: not rank_1.is_running() or rank_1.status() == psutil.STATUS_ZOMBIE, 30, "rank 1 to end")
+    wait_until(lambda: ray.available_resources().get("CPU") == 2, 60, "Ray to get both CPUs back")
+    print(f"a killed rank ({framework}, its {killed}) failed the run {noticed_s:.2f} s later")
+
+
+def test_cancel_takes_a_waiting_group_out_of_ray_and_stops_every_rank_of_a_running_one(on_ray):
+    sessions, scheduler, url = on_ray["sessions"], on_ray["scheduler"], on_ray["url"]
+    taken = ray.util.placement_group([{"CPU": 2}])  # someone else's job holds both CPUs
+    ray.get(taken.ready(), timeout=60)
+    try:
+        waiting = queue(sessions, "torch", workers=2, batch_size=64, **LONG)
+        scheduler.start()
+        wait_until(lambda: get(sessions, waiting).placed_device == RAY_CPU, 60, "the run to be handed to Ray")
+        assert [entry["state"] for entry in groups_named(actor_name(url, waiting))] == ["PENDING"]
+        assert get(sessions, waiting).status == QUEUED  # queued in Arena while Ray waits
+        assert cancel_runs(sessions, [waiting], via="test") == {waiting: "cancelled"}
+        assert group_removed(actor_name(url, waiting))
+        with pytest.raises(ValueError):
+            ray.get_actor(actor_name(url, waiting), namespace=arena_ray.NAMESPACE)
+    finally:
+        ray.util.remove_placement_group(taken)
+
+    running = queue(sessions, "torch", workers=2, batch_size=64, **LONG)
+    scheduler.wake()
+    wait_until(lambda: rank_points(sessions, running, 1) >= 3, 240, "rank 1 to record steps")
+    ranks = [get(sessions, running).pid] + [process.pid for process in rank_processes(url, running)]
+    assert len(ranks) == 2
+    assert cancel_runs(sessions, [running], via="test")[running] in ("cancelled", "requested")
+    run = wait_until(lambda: ended(sessions, running), 30, "the run to end cancelled")
+    assert run.status == CANCELLED
+    wait_until(lambda: group_removed(actor_name(url, running)), 30, "the group to be removed")
+    wait_until(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                               for pid in ranks), 30, "every rank's process to end")
+    wait_until(lambda: ray.available_resources().get("CPU") == 2, 60, "Ray to get both CPUs back")
+
+
+def test_a_group_no_cluster_can_hold_fails_at_once_naming_the_numbers(on_ray, monkeypatch):
+    sessions, scheduler, url = on_ray["sessions"], on_ray["scheduler"], on_ray["url"]
+    packed = queue(sessions, "torch", workers=4, batch_size=64)
+    scheduler.tick()
+    monkeypatch.setenv("ARENA_RAY_PLACEMENT", "spread")  # best effort too: the same count of bundles decides
+    spread = queue(sessions, "torch", workers=3, batch_size=63)
+    scheduler.tick()
+    for run_id, workers in ((packed, 4), (spread, 3)):
+        run = get(sessions, run_id)
+        assert run.status == FAILED
+        assert (f"{workers} workers need {workers} bundles of 1 CPU, one per worker, and the cluster's 1 node(s) "
+                f"hold 2 at most (2 per node)") in run.error
+        assert groups_named(actor_name(url, run_id)) == []  # nothing was reserved
+    # Workers sharing one process (TensorFlow's MirroredStrategy) are one actor, so they need one node with room.
+    spec = RunSpec(framework="tensorflow", device="cpu", workers=3, batch_size=63, **TINY).to_dict()
+    with sessions.begin() as s:
+        one_process = queries.create_run(s, {**spec, "tf_strategy": "mirrored"}, None, 5).id
+    scheduler.tick()
+    run = get(sessions, one_process)
+    assert run.status == FAILED and ("3 workers in one process (MirroredStrategy) need 3 CPUs on one node and the "
+                                     "largest node has 2") in run.error, run.error
+    assert groups_named(actor_name(url, one_process)) == []
+
+
+def test_a_group_ray_lost_with_its_actor_is_removed_and_the_run_goes_back_to_the_queue(on_ray):
+    sessions, scheduler, url = on_ray["sessions"], on_ray["scheduler"], on_ray["url"]
+    run_id = queue(sessions, "torch", workers=2, batch_size=64)
+    with sessions.begin() as s:  # handed to Ray by a scheduler that reserved the group and died before its actor
+        assert queries.place_run(s, run_id, RAY_CPU, hostname=None)
+    stale = ray.util.placement_group([{"CPU": 1}, {"CPU": 1}], name=actor_name(url, run_id), lifetime="detached")
+    ray.get(stale.ready(), timeout=60)
+    scheduler.start()
+    run = wait_until(lambda: ended(sessions, run_id), 300, "the run to be submitted again and end")
+    assert run.status == FINISHED, run.error
+    assert len(groups_named(actor_name(url, run_id))) >= 2  # the stale group, then the run's own
+    wait_until(lambda: group_removed(actor_name(url, run_id)), 60, "both groups to be removed")
 
 
 def test_a_killed_ray_runner_is_lost_like_a_local_one_and_ray_frees_its_cpu(on_ray):
