@@ -78,7 +78,6 @@ class Workers:
         """Several replicas, in several processes or in this one: their gradients are exchanged every step."""
         return self.replicas_in_sync > 1
 
-
     @property
     def lead(self) -> bool:
         """Rank 0: records the run's metrics, evaluates, benchmarks inference, ends the run."""
