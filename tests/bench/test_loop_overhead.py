@@ -9,7 +9,7 @@ import pytest
 
 from bench import loop_overhead, loop_report
 from bench.reference_loops import CHOICE_VARIANTS, UNCHECKED_CHOICES, cross_entropy, sinusoid
-from engine.catalog import FRAMEWORKS, MODES
+from engine.catalog import FRAMEWORKS
 from engine.weights import sinusoidal_positions
 from tests.conftest import REPO_ROOT
 
@@ -17,8 +17,9 @@ from tests.conftest import REPO_ROOT
 @pytest.mark.parametrize("quick", [False, True])
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_plan_times_every_model_in_every_mode(framework, quick):
-    plan = loop_overhead.run_plan(framework, list(MODES[framework]), list(loop_overhead.MODELS), quick, {}, {})
-    assert list(plan) == list(MODES[framework])
+    plan = loop_overhead.run_plan(framework, list(loop_overhead.LOOP_MODES[framework]), list(loop_overhead.MODELS),
+                                  quick, {}, {})
+    assert list(plan) == list(loop_overhead.LOOP_MODES[framework])
     for mode, by_model in plan.items():
         assert list(by_model) == list(loop_overhead.MODELS)
         for model, entry in by_model.items():

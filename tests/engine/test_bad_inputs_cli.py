@@ -76,7 +76,7 @@ FLAG_CASES = [
     (RUN + ["--sample-hz", "1000"], "sample_hz=1000.0: must be <= 100"),
     (RUN + ["--device", "cuda:99"], "device='cuda:99'"),
     (RUN + ["--device", "gpu0"], "device='gpu0': expected 'auto', 'cpu' or 'cuda:N'"),
-    (RUN + ["--mode", "jit"], "modes='jit': expected some of compiled, eager, graph, xla"),
+    (RUN + ["--mode", "jit"], "modes='jit': expected some of compiled, eager, fit, graph, xla"),
     (RUN + ["--optimizer", "rmsprop"], "optimizer='rmsprop': expected one of sgd, momentum, adam"),
     (RUN + ["--seeds", "0-100000"], "more than 200 seeds"),
     (["run", "--framework", "torch", "--model", "resnet", "--dataset", "synthetic_images",

@@ -19,7 +19,8 @@ from tests.pages.helpers import failures
 from tests.pages.test_compare_page import array, chart_specs, text_of
 from ui.router import COMPARE_PAGE
 
-# Tiny: 12 steps of mlp on digits, the loader and the ceiling measured over 4 batches, no profile or inference.
+# Tiny: 12 steps of mlp on digits, the ceiling measured over 4 batches, the loader alone over the epoch's 12; no
+# profile or inference.
 FLAGS = ["--framework", "both", "--mode", "torch:eager", "graph", "fit", "--model", "mlp", "--dataset", "digits",
          "--pipeline", "native", "--loader-workers", "1", "--augment", "crop,flip", "--epochs", "1",
          "--max-steps-per-epoch", "12", "--warmup-steps", "2", "--calibration-steps", "4", "--profile-steps", "0",
@@ -80,7 +81,7 @@ def test_data_tab_draws_each_runs_loader_training_ceiling_wait_fit_cost_and_samp
     text = text_of(at)
     assert f"model.fit (#{runs.fit_id}) trains" in text and "steps_per_execution" in text
     assert f"**#{runs.fit_id} TensorFlow Keras model.fit**: the wait for data happens inside model.fit's step" in text
-    assert "over 4 batches" in text
+    assert "over 12 batches" in text
     assert "crops, flips and noise differ between the frameworks" in text
 
     images = at.get("image")
