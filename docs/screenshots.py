@@ -15,10 +15,12 @@ Debian's Chromium at 1500x1100. Nothing here is a test: it writes PNG files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -60,12 +62,29 @@ def train(url: str, env: dict[str, str]) -> None:
     sessions.kw["bind"].dispose()
 
 
-def shoot(base: str, out: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+@contextlib.contextmanager
+def browser_page() -> Iterator:
+    """A page of Debian's Chromium at 1500x1100, closed afterwards."""
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+        try:
+            yield browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+        finally:
+            browser.close()
+
+
+def train_cli(flags: list[str], url: str, env: dict[str, str]) -> None:
+    """`python -m engine run FLAGS` into the database: runs as a user queues them from the command line."""
+    subprocess.run([sys.executable, "-m", "engine", "run", *flags, "--db", url], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=1800)
+
+
+def shoot(base: str, out: Path) -> None:
+    from playwright.sync_api import expect
+
+    with browser_page() as page:
         page.goto(base)
         expect(page.get_by_role("heading", name="Launch", exact=True)).to_be_visible(timeout=60_000)
         page.wait_for_timeout(1500)
@@ -88,7 +107,6 @@ def shoot(base: str, out: Path) -> None:
         expect(page.get_by_text("Latency of one call against batch size")).to_be_visible(timeout=60_000)
         page.wait_for_timeout(2500)
         page.screenshot(path=str(out / "deploy.png"))
-        browser.close()
 
 
 SCALING_FLAGS = ["--framework", "both", "--model", "mlp", "--dataset", "digits", "--epochs", "5", "--batch-size", "64",
@@ -98,22 +116,18 @@ SCALING_FLAGS = ["--framework", "both", "--model", "mlp", "--dataset", "digits",
 
 def train_scaling(url: str, env: dict[str, str]) -> None:
     """A scaling study as the CLI queues it: PyTorch and TensorFlow, 1 and 2 workers, one group (runs 1-4)."""
-    subprocess.run([sys.executable, "-m", "engine", "run", *SCALING_FLAGS, "--db", url], cwd=ROOT, env=env,
-                   check=True, capture_output=True, timeout=1800)
+    train_cli(SCALING_FLAGS, url, env)
 
 
 def shoot_scaling(base: str, out: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+    with browser_page() as page:
         page.goto(f"{base}/compare?runs=1,2,3,4&tab=Scaling")
         expect(page.get_by_text("Throughput against workers")).to_be_visible(timeout=60_000)
         page.wait_for_timeout(2500)
         page.get_by_text("What ran:").scroll_into_view_if_needed()
         page.screenshot(path=str(out / "compare-scaling.png"))
-        browser.close()
 
 
 DATA_FLAGS = ["--framework", "both", "--mode", "torch:eager", "graph", "fit", "--model", "cnn", "--dataset", "digits",
@@ -124,16 +138,13 @@ DATA_FLAGS = ["--framework", "both", "--mode", "torch:eager", "graph", "fit", "-
 
 def train_data(url: str, env: dict[str, str]) -> None:
     """PyTorch eager, TensorFlow graph and Keras model.fit over the native pipelines with augmentation (runs 1-3)."""
-    subprocess.run([sys.executable, "-m", "engine", "run", *DATA_FLAGS, "--db", url], cwd=ROOT, env=env,
-                   check=True, capture_output=True, timeout=1800)
+    train_cli(DATA_FLAGS, url, env)
 
 
 def shoot_data(base: str, out: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+    with browser_page() as page:
         page.goto(f"{base}/compare?runs=1,2,3&tab=Data")
         expect(page.get_by_text("Loader alone, training and the ceiling")).to_be_visible(timeout=60_000)
         page.wait_for_timeout(2500)
@@ -144,7 +155,6 @@ def shoot_data(base: str, out: Path) -> None:
         page.mouse.wheel(0, 560)  # fit's cost and the augmentation samples (already partly in view: scroll on)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(out / "compare-data-samples.png"))
-        browser.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,9 +61,10 @@ def section(runs: Sequence[Run], samples: dict[int, dict[str, Any]], without: Se
     else:
         right.info("No data wait timed apart for these runs: Keras model.fit takes its batches inside its step.",
                    icon=":material/info:")
-    st.caption(f"Loader alone: the pipeline iterated without training after the run, {ip.batches_words(runs)}, , each "
-               "batch on the device; its start-up (a fresh iterator to its first batch: loader processes, tracing, "
-               "the arrays' one copy) is timed apart and left out of the rate. Training: steady samples/s, warm-up excluded. Ceiling: the "
+    st.caption(f"Loader alone: the pipeline iterated without training after the run, {ip.batches_words(runs)}, "
+               "each batch on the device; its start-up (a fresh iterator to its first batch: loader processes, "
+               "tracing, the arrays' one copy) is timed apart and left out of the rate. Training: steady samples/s, "
+               "warm-up excluded. Ceiling: the "
                "same step repeated on one batch already on the device, no loader and no copy. Data wait: the time "
                "a step was blocked waiting for its next batch, as a share of the steady training time."
                + (" " + ", ".join(f"#{run.id}" for run in without) + " recorded no input figures (trained before "
