@@ -13,6 +13,16 @@ import pytest
 from tests import postgres
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# make test runs pytest-xdist workers side by side (Makefile's TEST_WORKERS: 2 on 2 cores), so every core already
+# has a test process. PyTorch's OpenMP team spins at each op's barrier while one of its threads waits for a core:
+# a torch cnn run (digits, 20 epochs) that trains in 10.6 s alone took 253 s beside one busy core with its default
+# 2 threads, and 10.6 s with 1 (TensorFlow's own pool: 10.5 s alone, 12.6 s beside it). So each worker, and the
+# runners, servers and CLIs it starts (they inherit the environment), gets its share of the cores, as Arena gives
+# each rank of a multi-worker run (ARENA_THREADS). Set before anything imports torch; a value already set wins.
+_TEST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+if _TEST_WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _TEST_WORKERS)))
 # Runs whose test is about something else skip the after-training calibration and operator profile
 # (on by default: 20 split/fused step pairs and 5 profiled steps, 1-2 s a run, tens on resnet);
 # tests/engine/test_calibration.py, test_traces.py and the profile pages' tests keep them on.
