@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence
 
 from sqlalchemy.exc import DBAPIError
 
+from analysis.fairness import busy_machine
 from db import queries
 from db.errors import database_error
 from db.models import ACTIVE_STATUSES, FINISHED
@@ -342,6 +343,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             print(f"run {run.id} finished: " + ", ".join(f"{k}={v:.4g}" for k, v in record["metrics"].items()),
                   file=sys.stderr)
+        for _, others, cores in busy_machine([run]):
+            print(f"  busy machine: other processes kept {others:.1f} of {cores} cores busy on average while run "
+                  f"{run.id} ran; its speed figures include that contention", file=sys.stderr)
     if args.json:
         print(json.dumps(records[0] if len(records) == 1 else {"group_tag": runs[0].group_tag, "runs": records}))
     return 0 if all(run.status == FINISHED for run in runs) else 1

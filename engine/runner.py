@@ -31,7 +31,7 @@ from db.models import CANCELLED, DIVERGED, FAILED, NON_FINITE_LOSS, OUT_OF_MEMOR
 from db.session import make_sessionmaker, resolve_db_url
 from engine import distributed, environment, kept_weights
 from engine.data import epoch_order, load_spec
-from engine.monitor import EpochMeter, HostPeak, Monitor
+from engine.monitor import EpochMeter, HostLoad, HostPeak, Monitor
 from engine.nvml import Nvml
 from engine.recorder import Recorder
 from engine.spec import RunSpec
@@ -101,7 +101,7 @@ def execute(run_id: int, db_url: Optional[str] = None) -> int:
         backend = get_backend(spec.framework, os.environ.get(ENV_DEVICE) or spec.device,
                               tf_memory_growth=spec.tf_memory_growth, threads=distributed.threads_from_env())
         backend.join(workers)
-        instruments = start_instruments(spec, backend, recorder, pid)
+        instruments = start_instruments(spec, backend, recorder, pid, host_load=not workers.distributed)
         env = environment.capture(backend.describe(), instruments.nvml.snapshot() if instruments.nvml else None,
                                   instruments.nvml_status)
         env["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -290,18 +290,23 @@ def _say_not_recorded(sessions: sessionmaker[Session], run_id: int, outcome: str
 
 @dataclass
 class Instruments:
-    """What watches a run: the 10 Hz monitor thread, the per-epoch meter and NVML when there is a GPU."""
+    """What watches a run: the 10 Hz monitor thread, the per-epoch meter, NVML when there is a GPU, the host's load."""
 
     meter: EpochMeter
     monitor: Optional[Monitor]
     nvml: Optional[Nvml]
     nvml_status: str
     gpu_index: Optional[int]  # NVML index of the run's GPU
+    load: Optional[HostLoad] = None  # None for a multi-worker run: its other ranks are the other processes
 
     def stop(self, summary: dict) -> None:
-        """Stop sampling; note any gauge that failed in the summary."""
+        """Stop sampling; note the cores other processes kept busy, and any gauge that failed, in the summary."""
         if self.monitor is not None:
             self.monitor.stop()
+        others = self.load.others_busy_cores() if self.load is not None else None
+        if others is not None:
+            summary["others_busy_cores"] = others
+            summary["host_cores"] = self.load.cores
         errors = (self.monitor.errors if self.monitor else []) + [
             f"nvml {call}: {message}" for call, message in (self.nvml.call_errors.items() if self.nvml else [])]
         if errors:
@@ -310,8 +315,11 @@ class Instruments:
             self.nvml.shutdown()
 
 
-def start_instruments(spec: RunSpec, backend, recorder: Recorder, pid: int) -> Instruments:
-    """Start sampling at spec.sample_hz (0 = off) the framework allocator, NVML and the host, into the recorder."""
+def start_instruments(spec: RunSpec, backend, recorder: Recorder, pid: int, host_load: bool = True) -> Instruments:
+    """Start sampling at spec.sample_hz (0 = off) the framework allocator, NVML and the host, into the recorder.
+
+    host_load: also measure how busy other processes keep the machine's cores until stop().
+    """
     nvml, nvml_status = Nvml.load()
     gpu_index = _nvml_index(backend)
     if gpu_index is None and nvml is not None:
@@ -324,7 +332,8 @@ def start_instruments(spec: RunSpec, backend, recorder: Recorder, pid: int) -> I
     if spec.sample_hz > 0:
         monitor = Monitor(recorder.samples, pid, probes, interval_s=1.0 / spec.sample_hz).start()
     energy = (lambda: nvml.energy_j(gpu_index)) if nvml is not None else None
-    return Instruments(EpochMeter(backend, HostPeak(), energy), monitor, nvml, nvml_status, gpu_index)
+    load = HostLoad(pid).start() if host_load else None
+    return Instruments(EpochMeter(backend, HostPeak(), energy), monitor, nvml, nvml_status, gpu_index, load)
 
 
 def _nvml_index(backend) -> Optional[int]:

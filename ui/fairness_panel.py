@@ -7,7 +7,7 @@ import streamlit as st
 
 from analysis import run_settings as rs
 from analysis.fairness import (
-    METHOD, NOT_RECORDED, concurrent_training_s, held_equal_words, modes_by_framework, split_settings, verdict,
+    METHOD, NOT_RECORDED, busy_machine, concurrent_training_s, held_equal_words, modes_by_framework, split_settings, verdict,
 )
 from analysis.formatting import format_duration
 from analysis.run_facts import facts_of
@@ -26,7 +26,7 @@ def what_was_compared(runs: Sequence[Run]) -> None:
     """One line: the runs, what differs, a verdict badge and a held-equal button whose details open on request.
 
     Only what makes the numbers below unequal takes more room: runs that differ in more than the
-    framework, or that trained at the same time, get a warning box of their own.
+    framework, that trained at the same time, or beside other busy processes get a warning box of their own.
     """
     frameworks = sorted({run.framework for run in runs})
     split = split_settings(runs)
@@ -37,10 +37,11 @@ def what_was_compared(runs: Sequence[Run]) -> None:
         different.insert(0, ("mode", "execution mode", rs.mode_texts(runs)))
     kind, message = verdict(runs, frameworks, split)
     overlap_s = concurrent_training_s(runs)
+    busy = busy_machine(runs)
     with st.container(border=True):
         line, details = st.columns([5, 1], vertical_alignment="center")
         with line:
-            st.markdown(_one_line(runs, frameworks, modes, several_modes, different, kind, message, overlap_s))
+            st.markdown(_one_line(runs, frameworks, modes, several_modes, different, kind, message, overlap_s, busy))
         # The details are built only while the popover is open: a closed one sends nothing to the browser.
         with details:
             popover = st.popover(_held_label(runs, split), icon=":material/balance:", width="stretch",
@@ -55,6 +56,8 @@ def what_was_compared(runs: Sequence[Run]) -> None:
                        "same machine and shared its processor, so speed and memory numbers include that contention; "
                        "learning curves are unaffected. For clean speed numbers, run them one after the other.",
                        icon=":material/timer:")
+        if busy:
+            st.warning(_busy_text(busy), icon=":material/speed:")
         unfinished = [run for run in runs if run.status != FINISHED]
         if unfinished:
             words = facts_of(unfinished)["status_words"]
@@ -63,7 +66,17 @@ def what_was_compared(runs: Sequence[Run]) -> None:
                        + ". Their curves end where they stopped.")
 
 
-def _one_line(runs, frameworks, modes, several_modes, different, kind, message, overlap_s) -> str:
+def _busy_text(busy: list[tuple[Run, float, int]]) -> str:
+    """"Busy machine. While this run trained, other processes kept cores busy on average (#3 PyTorch: 0.9 of 2 cores)..."."""
+    held = "; ".join(f"{trace_name(run)}: {others:.1f}" + (f" of {cores}" if cores else "") + " cores"
+                     for run, others, cores in busy)
+    return (f"**Busy machine.** While {'this run' if len(busy) == 1 else 'these runs'} trained, other processes kept "
+            f"cores busy on average ({held}), so speed numbers include that contention; learning curves are "
+            "unaffected. PyTorch's thread team slows most when a core is taken. For clean speed numbers, rerun on "
+            "a quiet machine (close other jobs; the dashboard itself is idle between page loads).")
+
+
+def _one_line(runs, frameworks, modes, several_modes, different, kind, message, overlap_s, busy=()) -> str:
     """"#3 PyTorch eager vs #4 TensorFlow graph · differs: seed · [badge]" as one markdown line."""
     names = " vs ".join(f"**{trace_name(run)}**" for run in runs)
     if len(frameworks) > 1 and not several_modes:
@@ -78,6 +91,8 @@ def _one_line(runs, frameworks, modes, several_modes, different, kind, message, 
     parts.append(f":{BADGE_COLORS[kind]}-badge[{VERDICT_ICONS[kind]} {badge}]")
     if overlap_s >= OVERLAP_WARN_S:
         parts.append(":orange-badge[:material/timer: Trained at the same time]")
+    if busy:
+        parts.append(":orange-badge[:material/speed: Busy machine]")
     return "**What was compared:** " + " · ".join(parts)
 
 

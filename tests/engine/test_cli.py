@@ -1,5 +1,7 @@
 """`python -m engine`: run/runs/models through the real runner path and database."""
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -212,3 +214,18 @@ def test_a_fit_run_beside_a_graph_run_reports_its_input_figures_in_json(arena_db
         assert figures["loader_samples_per_s"] > 0 and figures["ceiling_samples_per_s"] > 0
     assert 0 <= graph["input"]["data_wait_share"] <= 1 and "fit" not in graph
     assert "model.fit" in fit["input"]["data_wait"] and "steps_per_execution" in fit["fit"]
+
+
+def test_a_run_beside_a_busy_process_says_so_and_records_how_busy(arena_db):
+    """A process spinning a core while the run trains (not the run's: started by the test) is measured and named."""
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        result = run_cli("run", "--framework", "torch", "--model", "mlp", "--dataset", "digits", *TINY, "--json")
+    finally:
+        hog.kill()
+        hog.wait()
+    assert result.returncode == 0, result.stderr
+    summary = last_json(result.stdout)["summary"]
+    assert 0.5 <= summary["others_busy_cores"] <= summary["host_cores"]
+    assert f"busy machine: other processes kept {summary['others_busy_cores']:.1f} of {summary['host_cores']}" \
+        in result.stderr

@@ -3,14 +3,16 @@
 The backends' own memory methods, with real PyTorch and TensorFlow, are in test_backend_memory.py.
 """
 import os
+import subprocess
 import sys
 import threading
 import time
 
 import numpy as np
+import psutil
 import pytest
 
-from engine.monitor import DEFAULT_SAMPLE_HZ, MAX_ERRORS, EpochMeter, HostPeak, Monitor
+from engine.monitor import DEFAULT_SAMPLE_HZ, MAX_ERRORS, EpochMeter, HostLoad, HostPeak, Monitor
 
 MIB = 1024**2
 
@@ -176,3 +178,36 @@ def test_epoch_meter_with_zero_energy_gives_no_samples_per_joule():
     meter = EpochMeter(StandInBackend(), HostPeak(), lambda: 5.0)  # the counter did not move
     meter.start()
     assert meter.train_done(samples=100) == {"energy_j": 0.0}
+
+
+SPIN = "import time\nend = time.monotonic() + {s}\nwhile time.monotonic() < end: pass"
+
+
+def test_host_load_sees_a_busy_process_that_is_not_the_runs():
+    """A spinning process outside the run's process tree (orphaned through a shell, as another user's job is)."""
+    load = HostLoad(os.getpid()).start()
+    hog = subprocess.run(["sh", "-c", f'{sys.executable} -c "{SPIN.format(s=1.5)}" > /dev/null 2>&1 & echo $!'],
+                         capture_output=True, text=True, check=True)
+    assert psutil.Process(int(hog.stdout)).ppid() != os.getpid()  # not ours: the shell that started it has exited
+    time.sleep(1.6)
+    assert load.others_busy_cores() >= 0.6 and load.cores == os.cpu_count()
+
+
+def test_host_load_leaves_out_the_run_s_own_process_tree():
+    """A child that spins 1 s of CPU (as a DataLoader worker does), reaped before the reading, is the run's own time:
+    what HostLoad calls others is the host's busy time less at least that second, whatever else the machine ran."""
+    def host_busy_s():
+        t = psutil.cpu_times()
+        return sum(t) - t.idle - t.iowait - t.guest - t.guest_nice
+
+    host_before, wall_before = host_busy_s(), time.monotonic()
+    load = HostLoad(os.getpid()).start()
+    subprocess.run([sys.executable, "-c", "import time\nwhile time.process_time() < 1.0: pass"], check=True)
+    others = load.others_busy_cores()
+    wall_s = time.monotonic() - wall_before
+    host_cores = (host_busy_s() - host_before) / wall_s
+    assert others is not None and host_cores - others >= 0.9 / wall_s, (host_cores, others, wall_s)
+
+
+def test_host_load_says_nothing_before_it_starts():
+    assert HostLoad(os.getpid()).others_busy_cores() is None

@@ -161,6 +161,25 @@ def test_runs_that_trained_at_the_same_time_are_flagged(runs_db, open_page):
     assert "Equal settings: only the framework differs." in text_of(open_details(at))
 
 
+def test_a_run_that_trained_beside_busy_processes_is_flagged_and_a_quiet_one_is_not(runs_db, open_page):
+    sessions = make_sessionmaker(runs_db.url)
+    ids = []
+    with sessions.begin() as s:
+        for framework, others in (("torch", 0.93), ("tensorflow", 0.04)):
+            spec = RunSpec.with_model_defaults(framework, "mlp", "digits", epochs=2)
+            run = queries.create_run(s, spec.to_dict())
+            queries.finish_run(s, run.id, {"others_busy_cores": others, "host_cores": 2})
+            ids.append(run.id)
+    at = open_page(COMPARE_PAGE, runs=f"{ids[0]},{ids[1]}")
+
+    assert "Busy machine" in text_of(at)  # the badge on the one line
+    warning = next(w.value for w in at.warning if "Busy machine" in w.value)
+    assert f"#{ids[0]} PyTorch: 0.9 of 2 cores" in warning and f"#{ids[1]}" not in warning
+
+    at = open_page(COMPARE_PAGE, runs=f"{runs_db.torch_id},{ids[1]}")  # the fixture's runs predate the measure
+    assert "Busy machine" not in text_of(at)
+
+
 def test_unknown_run_ids_in_the_url_are_reported(runs_db, open_page):
     at = open_page(COMPARE_PAGE, runs=f"{runs_db.torch_id},9999")
 
