@@ -12,6 +12,7 @@ hands a figure to st.plotly_chart.
 - runs_table.py, run_filters.py: the Runs table's and the run picker's rows, and their filters.
 - formatting.py, run_ids.py, run_styles.py: display text, run ids in links, colours per framework and run.
 - run_settings.py, fairness.py, spec_diff.py: a run's settings as text; what a comparison held equal.
+- machine_load.py: which runs trained beside other busy processes (import-light: the CLI uses it).
 - series.py, learning_figures.py: metric series (x axes, smoothing, downsampling, seed-group bands).
 - step_times.py, speed_ratio.py, speed_figures.py, step_profile.py, compile_table.py: speed.
 - memory.py, layer_stats.py, summary.py, architecture_tables.py: memory, layers, the summary table, models.

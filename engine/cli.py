@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 
 from sqlalchemy.exc import DBAPIError
 
-from analysis.fairness import busy_machine
+from analysis.machine_load import busy_machine
 from db import queries
 from db.errors import database_error
 from db.models import ACTIVE_STATUSES, FINISHED

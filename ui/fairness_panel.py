@@ -7,9 +7,10 @@ import streamlit as st
 
 from analysis import run_settings as rs
 from analysis.fairness import (
-    METHOD, NOT_RECORDED, busy_machine, concurrent_training_s, held_equal_words, modes_by_framework, split_settings, verdict,
+    METHOD, NOT_RECORDED, concurrent_training_s, held_equal_words, modes_by_framework, split_settings, verdict,
 )
 from analysis.formatting import format_duration
+from analysis.machine_load import busy_machine
 from analysis.run_facts import facts_of
 from analysis.run_styles import trace_name
 from db.models import FINISHED, Run
