@@ -241,4 +241,3 @@ def concurrent_training_s(runs: Sequence[Run], now: Optional[datetime] = None) -
             overlap = (min(a.finished_at or now, b.finished_at or now) - max(a.started_at, b.started_at))
             longest = max(longest, overlap.total_seconds())
     return longest
-

@@ -45,10 +45,11 @@ if str(ROOT) not in sys.path:
 
 import psutil  # noqa: E402
 
-from bench.loop_report import NOISY_LOAD_CORES, _busy_cpu_s, median_interval  # noqa: E402
+from bench.loop_report import NOISY_LOAD_CORES, median_interval  # noqa: E402
 from db import queries  # noqa: E402
 from db.models import FINISHED  # noqa: E402
 from db.session import make_sessionmaker  # noqa: E402
+from engine.monitor import host_busy_cpu_s, process_tree_cpu_s  # noqa: E402
 from engine.spec import RunSpec  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -227,7 +228,8 @@ def main() -> None:
         routed.mkdir()
         (routed / "floor.py").write_text(ROUTED_FLOOR_PAGE)
         (routed / "figure.json").write_text(json.dumps(first_figure(db_url, ids)))
-        busy_before, own_before, clock_before = _busy_cpu_s(), _tree_cpu_s(), time.monotonic()
+        me = psutil.Process()
+        busy_before, own_before, clock_before = host_busy_cpu_s(), process_tree_cpu_s(me), time.monotonic()
         servers, urls = {}, {}
         try:
             servers["Compare"], base = start_server(db_url, f"{tmp}/home", Path(tmp) / "streamlit.log")
@@ -249,7 +251,7 @@ def main() -> None:
                     for name in CONTENDERS[i % 3:] + CONTENDERS[:i % 3]:
                         loads[name].append(load(browser, urls[name], charts[name]))
                 # Before anything exits: the servers', the browser's and this process's CPU time.
-                others = _busy_cpu_s() - busy_before - (_tree_cpu_s() - own_before)
+                others = host_busy_cpu_s() - busy_before - (process_tree_cpu_s(me) - own_before)
                 elapsed = time.monotonic() - clock_before
                 browser.close()
         finally:
@@ -260,20 +262,6 @@ def main() -> None:
     print(format_report(report, args.repeats, args.steps, max(0.0, others / elapsed)))
     if args.json:
         print(json.dumps({**report, "loads": loads}))
-
-
-def _tree_cpu_s() -> float:
-    """CPU seconds this process and every process under it (servers, browser, driver) have used, ended ones
-    included once their parent has reaped them."""
-    me = psutil.Process()
-    total = 0.0
-    for process in [me, *me.children(recursive=True)]:
-        try:
-            t = process.cpu_times()
-        except psutil.Error:  # ended between the listing and the reading
-            continue
-        total += t.user + t.system + t.children_user + t.children_system
-    return total
 
 
 def summarise(loads: dict[str, list[dict]], server_cold: dict) -> dict:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -29,6 +28,7 @@ if str(ROOT) not in sys.path:
 
 from db import queries  # noqa: E402  (needs ROOT on the path)
 from db.session import make_sessionmaker  # noqa: E402
+from engine.monitor import host_busy_cpu_s  # noqa: E402
 from engine.spec import RunSpec  # noqa: E402
 from analysis import series  # noqa: E402
 
@@ -38,11 +38,6 @@ BATCH_ROWS = 10_000  # rows per insert: a Recorder flushes a few thousand at a t
 GOAL_S = 0.5
 NOISY_LOAD_CORES = 0.25  # average load from other processes above which the timings are called noisy
 
-
-def _busy_cpu_s() -> float:
-    """CPU seconds the whole machine has spent busy (or stolen by the hypervisor) since boot."""
-    t = psutil.cpu_times()
-    return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
 
 
 def build_database(url: str, runs: int, points: int) -> list[int]:
@@ -129,11 +124,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         started = time.perf_counter()
         ids = build_database(url, args.runs, args.points)
         build_s = time.perf_counter() - started
-        busy, measuring = _busy_cpu_s(), time.perf_counter()
+        busy, measuring = host_busy_cpu_s(), time.perf_counter()
         cpu = time.process_time()
         repeats = [measure_once(url, ids, args.smoothing) for _ in range(args.repeats)]
         wall_s = time.perf_counter() - measuring
-        other_load = max(0.0, (_busy_cpu_s() - busy - (time.process_time() - cpu)) / wall_s)
+        other_load = max(0.0, (host_busy_cpu_s() - busy - (time.process_time() - cpu)) / wall_s)
     print(format_report(args.runs, args.points, args.smoothing, repeats, build_s, other_load))
     if args.json:
         print(json.dumps({"goal_s": GOAL_S, "max_points": series.MAX_POINTS, "runs": args.runs,

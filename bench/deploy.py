@@ -32,9 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.loop_report import NOISY_LOAD_CORES, _busy_cpu_s, median_interval  # noqa: E402
+from bench.loop_report import NOISY_LOAD_CORES, median_interval  # noqa: E402
 from engine import child_env, kept_weights  # noqa: E402
 from engine.deploy import export_worker, formats, loadgen  # noqa: E402
+from engine.monitor import host_busy_cpu_s  # noqa: E402
 from engine.processes import stop_process_trees  # noqa: E402
 from engine.weights import initial_weights  # noqa: E402
 
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-s", type=float, default=3.0, help="seconds of load per served format (0: skip)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    busy_before, clock_before = _busy_cpu_s(), time.monotonic()
+    busy_before, clock_before = host_busy_cpu_s(), time.monotonic()
     with tempfile.TemporaryDirectory(prefix="arena-bench-deploy-") as scratch:
         root = Path(scratch)
         exported = {fw: export(args.model, fw, list(formats.names(fw)), root / fw) for fw in ("torch", "tensorflow")}
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                     served = served_p50(fw, name, outcome["path"], root / fw, args.serve_s)
                     serve_rows.append({"format": f"{fw}/{name}", "in_process_p50_ms": local,
                                        "served_p50_ms": served, "ratio": served / local})
-    other_cores = (_busy_cpu_s() - busy_before) / (time.monotonic() - clock_before)
+    other_cores = (host_busy_cpu_s() - busy_before) / (time.monotonic() - clock_before)
     if args.json:
         print(json.dumps({"model": args.model, "onnx_runtime": onnx_rows, "serving": serve_rows,
                           "machine_busy_cores": other_cores}))

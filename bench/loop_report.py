@@ -18,10 +18,9 @@ import time
 from collections import deque
 from typing import Any
 
-import psutil
-
 from bench.reference_loops import CHOICE_VARIANTS, REFERENCE_LABELS, REFERENCE_MODELS
 from engine.catalog import MODE_LABELS
+from engine.monitor import host_busy_cpu_s
 
 GOAL_RATIO = 0.97
 # A row's verdict stands only when its pair range -- the median ratio's 95 % interval -- stays above
@@ -107,17 +106,11 @@ def summarise(worker: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _busy_cpu_s() -> float:
-    """CPU seconds the whole machine has spent busy (or stolen by the hypervisor) since boot."""
-    t = psutil.cpu_times()
-    # guest time is already counted in user time; steal is capacity this VM did not get.
-    return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
-
 
 def spawn_worker(framework: str, command: list[str]) -> dict[str, Any]:
     """Run one framework's worker process; its JSON plus how busy other processes kept the machine."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    busy, children, started = _busy_cpu_s(), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    busy, children, started = host_busy_cpu_s(), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     log: deque[str] = deque(maxlen=200)
     # stdout (one large JSON line) goes to a file, so reading stderr live cannot block the worker.
     with tempfile.TemporaryFile("w+") as out:
@@ -138,7 +131,7 @@ def spawn_worker(framework: str, command: list[str]) -> dict[str, Any]:
     report = json.loads(stdout.strip().splitlines()[-1])
     report["wall_s"] = wall_s
     # The benchmark cannot stop other processes, but it can say how much of the machine they took.
-    report["other_load_cores"] = max(0.0, (_busy_cpu_s() - busy - worker_cpu_s) / wall_s)
+    report["other_load_cores"] = max(0.0, (host_busy_cpu_s() - busy - worker_cpu_s) / wall_s)
     return report
 
 

@@ -25,8 +25,6 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import psutil
-
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `engine` and `db` import from the repo
@@ -37,7 +35,7 @@ from db.session import make_sessionmaker  # noqa: E402
 from engine import PROJECT_ROOT, child_env  # noqa: E402
 from engine.catalog import FRAMEWORKS  # noqa: E402
 from engine.launch import queue_runs  # noqa: E402
-from engine.monitor import DEFAULT_SAMPLE_HZ, Monitor  # noqa: E402
+from engine.monitor import DEFAULT_SAMPLE_HZ, Monitor, host_busy_cpu_s  # noqa: E402
 from engine.spec import RunSpec  # noqa: E402
 
 MODEL, DATASET, SEED = "cnn", "digits", 0
@@ -53,11 +51,6 @@ PAIRED_EPOCHS, QUICK_PAIRED_EPOCHS = 17, 7
 WORKERS, QUICK_WORKERS = 3, 1
 RUN_TIMEOUT_S = 600
 
-
-def _busy_cpu_s() -> float:
-    """CPU seconds the whole machine has spent busy (or stolen by the hypervisor) since boot."""
-    t = psutil.cpu_times()
-    return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
 
 
 def sample_cost_us(samples: int = 2000) -> float:
@@ -77,7 +70,7 @@ def run_once(sessions, db_url: str, framework: str, epochs: int, sample_hz: floa
     spec = RunSpec.with_model_defaults(framework, MODEL, DATASET, epochs=epochs, seed=SEED, device="cpu",
                                        inference_iters=0, sample_hz=sample_hz)
     [run_id] = queue_runs(sessions, [spec])
-    busy, children, started = _busy_cpu_s(), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    busy, children, started = host_busy_cpu_s(), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "engine.runner", str(run_id), "--db", db_url],
                             cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     wall_s = time.perf_counter() - started
@@ -94,7 +87,7 @@ def run_once(sessions, db_url: str, framework: str, epochs: int, sample_hz: floa
     times = rss["time"].tolist()
     return {
         "run_id": run_id, "sample_hz": sample_hz, "samples_per_s": throughput, "wall_s": wall_s,
-        "other_load_cores": max(0.0, (_busy_cpu_s() - busy - runner_cpu_s) / wall_s),
+        "other_load_cores": max(0.0, (host_busy_cpu_s() - busy - runner_cpu_s) / wall_s),
         # Proof that sample_hz was honoured: host samples stored and the rate they were taken at.
         "host_samples": len(times),
         "measured_hz": (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None,
@@ -217,7 +210,7 @@ def pairs_for(framework: str, epochs: int, repeats: int, sample_hz: float) -> li
 
 def measure(framework: str, epochs: int, repeats: int, sample_hz: float, runner: bool) -> dict[str, Any]:
     """One framework's on/off pairs; the per-pair ratios and their median."""
-    busy, started = _busy_cpu_s(), time.perf_counter()
+    busy, started = host_busy_cpu_s(), time.perf_counter()
     if runner:
         pairs = pairs_for(framework, epochs, repeats, sample_hz)
     else:
@@ -254,7 +247,8 @@ def measure(framework: str, epochs: int, repeats: int, sample_hz: float, runner:
         )
     else:
         own_cpu_s = children.ru_utime + children.ru_stime  # every worker so far (one framework after another)
-        row.update(other_load_cores=max(0.0, (_busy_cpu_s() - busy - own_cpu_s + _workers_cpu_before[0]) / elapsed_s),
+        others_s = host_busy_cpu_s() - busy - own_cpu_s + _workers_cpu_before[0]
+        row.update(other_load_cores=max(0.0, others_s / elapsed_s),
                    host_samples_on=sum(p.get("host_samples_on", 0) for p in pairs))
         _workers_cpu_before[0] = own_cpu_s
     return row

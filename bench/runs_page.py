@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
-import psutil
 from sqlalchemy import insert, select
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +39,7 @@ if str(ROOT) not in sys.path:
 from db import queries, run_table  # noqa: E402  (needs ROOT on the path)
 from db.models import DIVERGED, FAILED, FINISHED, NON_FINITE_LOSS, QUEUED, RUNNING, Run  # noqa: E402
 from db.session import make_sessionmaker  # noqa: E402
+from engine.monitor import host_busy_cpu_s  # noqa: E402
 from engine.spec import RunSpec  # noqa: E402
 from analysis import run_filters  # noqa: E402
 from analysis.runs_table import runs_table  # noqa: E402
@@ -70,11 +70,6 @@ ENVIRONMENT = {"python_version": "3.11.7", "python_executable": "/work/main/.ven
 TRACEBACK = ("Traceback (most recent call last):\n  File \"engine/loop.py\", line 80, in train\n"
              "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
 
-
-def _busy_cpu_s() -> float:
-    """CPU seconds the whole machine has spent busy (or stolen by the hypervisor) since boot."""
-    t = psutil.cpu_times()
-    return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
 
 
 def run_rows(runs: int, epochs: int) -> list[dict[str, Any]]:
@@ -212,7 +207,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         started = time.perf_counter()
         build_database(url, args.runs, args.epochs)
         build_s = time.perf_counter() - started
-        busy, measuring, cpu = _busy_cpu_s(), time.perf_counter(), time.process_time()
+        busy, measuring, cpu = host_busy_cpu_s(), time.perf_counter(), time.process_time()
         cold = []
         for _ in range(args.repeats):
             sessions = make_sessionmaker(url)  # schema check and engine set-up: once per process, not timed
@@ -224,7 +219,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         display = measure_display(sessions)
         sessions.kw["bind"].dispose()
         wall_s = time.perf_counter() - measuring
-        other_load = max(0.0, (_busy_cpu_s() - busy - (time.process_time() - cpu)) / wall_s)
+        other_load = max(0.0, (host_busy_cpu_s() - busy - (time.process_time() - cpu)) / wall_s)
     print(format_report(args.runs, args.epochs, cold, warm, display, build_s, other_load))
     if args.json:
         print(json.dumps({"goal_s": GOAL_S, "runs": args.runs, "epochs": args.epochs, "build_s": build_s,

@@ -44,8 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from bench.loop_report import NOISY_LOAD_CORES, _busy_cpu_s, median_interval  # noqa: E402
+from bench.loop_report import NOISY_LOAD_CORES, median_interval  # noqa: E402
 from engine.catalog import MODELS, framework_label  # noqa: E402
+from engine.monitor import host_busy_cpu_s  # noqa: E402
 from engine.spec import RunSpec  # noqa: E402
 
 FRAMEWORKS = ("torch", "tensorflow")
@@ -96,7 +97,7 @@ def run_once(sessions, url: str, spec: RunSpec) -> dict[str, Any]:
 
     with sessions.begin() as s:
         run_id = queries.create_run(s, spec.to_dict()).id
-    busy, children, own = _busy_cpu_s(), _cpu_s(resource.RUSAGE_CHILDREN), _cpu_s(resource.RUSAGE_SELF)
+    busy, children, own = host_busy_cpu_s(), _cpu_s(resource.RUSAGE_CHILDREN), _cpu_s(resource.RUSAGE_SELF)
     started = time.perf_counter()
     process = start_runner(sessions, run_id, url, dict(CPU_PLACEMENT))
     try:
@@ -107,7 +108,7 @@ def run_once(sessions, url: str, spec: RunSpec) -> dict[str, Any]:
     wall_s = time.perf_counter() - started
     # Rank 0 waits for its ranks, so their CPU time is in the runner's, which is in this process's children's.
     ours = _cpu_s(resource.RUSAGE_CHILDREN) - children + _cpu_s(resource.RUSAGE_SELF) - own
-    other_busy_s = max(0.0, _busy_cpu_s() - busy - ours)
+    other_busy_s = max(0.0, host_busy_cpu_s() - busy - ours)
     with sessions.begin() as s:
         run = queries.get_run(s, run_id)
         status, summary, environment, error = run.status, run.summary or {}, run.environment or {}, run.error

@@ -134,18 +134,17 @@ class HostLoad:
 
     def _read(self) -> tuple[float, float, float]:
         """(monotonic seconds, host busy CPU seconds, this process tree's CPU seconds)."""
-        host = psutil.cpu_times()
-        host_busy = sum(host) - host.idle - getattr(host, "iowait", 0.0) - _guest(host)
-        own = _tree_cpu_s(self._process)
-        return time.monotonic(), host_busy, own
+        return time.monotonic(), host_busy_cpu_s(), process_tree_cpu_s(self._process)
 
 
-def _guest(times) -> float:
-    """Linux counts guest time inside user time too: take it out once, or it counts twice."""
-    return getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
+def host_busy_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy (or stolen by the hypervisor) since boot."""
+    t = psutil.cpu_times()
+    # guest time is already counted in user time; steal is capacity this VM did not get.
+    return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
 
 
-def _tree_cpu_s(process: psutil.Process) -> float:
+def process_tree_cpu_s(process: psutil.Process) -> float:
     """CPU seconds of process and its descendants: living ones read directly, ended ones through their reaper."""
     t = process.cpu_times()
     total = t.user + t.system + t.children_user + t.children_system

@@ -12,7 +12,7 @@ import numpy as np
 import psutil
 import pytest
 
-from engine.monitor import DEFAULT_SAMPLE_HZ, MAX_ERRORS, EpochMeter, HostLoad, HostPeak, Monitor
+from engine.monitor import DEFAULT_SAMPLE_HZ, MAX_ERRORS, EpochMeter, HostLoad, HostPeak, Monitor, host_busy_cpu_s
 
 MIB = 1024**2
 
@@ -196,16 +196,12 @@ def test_host_load_sees_a_busy_process_that_is_not_the_runs():
 def test_host_load_leaves_out_the_run_s_own_process_tree():
     """A child that spins 1 s of CPU (as a DataLoader worker does), reaped before the reading, is the run's own time:
     what HostLoad calls others is the host's busy time less at least that second, whatever else the machine ran."""
-    def host_busy_s():
-        t = psutil.cpu_times()
-        return sum(t) - t.idle - t.iowait - t.guest - t.guest_nice
-
-    host_before, wall_before = host_busy_s(), time.monotonic()
+    host_before, wall_before = host_busy_cpu_s(), time.monotonic()
     load = HostLoad(os.getpid()).start()
     subprocess.run([sys.executable, "-c", "import time\nwhile time.process_time() < 1.0: pass"], check=True)
     others = load.others_busy_cores()
     wall_s = time.monotonic() - wall_before
-    host_cores = (host_busy_s() - host_before) / wall_s
+    host_cores = (host_busy_cpu_s() - host_before) / wall_s
     assert others is not None and host_cores - others >= 0.9 / wall_s, (host_cores, others, wall_s)
 
 

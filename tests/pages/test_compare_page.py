@@ -176,7 +176,7 @@ def test_a_run_that_trained_beside_busy_processes_is_flagged_and_a_quiet_one_is_
     warning = next(w.value for w in at.warning if "Busy machine" in w.value)
     assert f"#{ids[0]} PyTorch: 0.9 of 2 cores" in warning and f"#{ids[1]}" not in warning
 
-    at = open_page(COMPARE_PAGE, runs=f"{runs_db.torch_id},{ids[1]}")  # the fixture's runs predate the measure
+    at = open_page(COMPARE_PAGE, runs=f"{runs_db.torch_id},{ids[1]}")  # the fixture's runs read quiet (0.0)
     assert "Busy machine" not in text_of(at)
 
 
