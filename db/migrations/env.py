@@ -21,6 +21,8 @@ context.configure(
     # New revisions come out in batch mode: SQLite changes most of a column only by copying its
     # table, which batch mode does there, and it emits plain ALTER TABLE on PostgreSQL.
     render_as_batch=True,
+    # db.migrate's record of the revisions applied, to name the one that fails.
+    on_version_apply=config.attributes.get("on_version_apply", ()),
 )
 # db.migrate began the transaction (and took the migration lock): Alembic joins it, and one
 # rollback undoes every revision of a failed upgrade.
