@@ -86,6 +86,20 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
     )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _scan_streamlit_components_once():
+    """Every AppTest's first run scans all installed packages' metadata for Streamlit components (email-parsing
+    ~150 METADATA files, tensorflow's among them): a third of a Launch form test's time. The packages do not change
+    during a session, so the scan's answer is kept for it; the app itself runs as it would."""
+    from streamlit.components.v2 import manifest_scanner
+
+    scan = manifest_scanner.scan_component_manifests
+    found = scan()
+    manifest_scanner.scan_component_manifests = lambda max_workers=None: list(found)
+    yield
+    manifest_scanner.scan_component_manifests = scan
+
+
 @pytest.fixture(autouse=True)
 def _stop_schedulers():
     """A test that launched runs in-process leaves no scheduler thread (or lease) behind."""
