@@ -1,7 +1,12 @@
 """Datasets as numpy arrays: one pipeline feeds both frameworks the same data in the same order."""
 from __future__ import annotations
 
+import contextlib
+import os
+import uuid
+import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
@@ -12,6 +17,8 @@ from engine.catalog import DATASETS, SYNTHETIC_DEFAULT_SIZE, SYNTHETIC_TEXT_VOCA
 
 if TYPE_CHECKING:
     from engine.spec import RunSpec
+
+ENV_CACHE_DIR = "ARENA_CACHE_DIR"
 
 # synthetic_images: smooth templates are bilinear blow-ups of a KNOTS x KNOTS random grid.
 KNOTS = 6
@@ -83,25 +90,63 @@ def load_spec(spec: "RunSpec") -> Dataset:
 
 
 def _digits(seed: int) -> Dataset:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_digits()
+    images, labels = _digits_split(seed)
     # Pixel values are integers 0..16; scale to [0, 1] and keep an NHWC image layout.
-    images = (bunch.images.astype(np.float32) / 16.0)[..., np.newaxis]
-    labels = bunch.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(
-        images, labels, test_size=0.2, stratify=labels, random_state=seed
-    )
+    x_train, x_test = ((part.astype(np.float32) / 16.0)[..., np.newaxis] for part in images)
     return Dataset(
         name="digits",
         task="classification",
         x_train=np.ascontiguousarray(x_train),
-        y_train=y_train,
+        y_train=labels[0],
         x_test=np.ascontiguousarray(x_test),
-        y_test=y_test,
+        y_test=labels[1],
         num_outputs=10,
     )
+
+
+def _digits_split(seed: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """scikit-learn's digits split 80/20, stratified, by the seed: ((train, test) images 0..16, (train, test) labels).
+
+    Importing scikit-learn takes 1.2 s (scipy.stats comes with it), more than a small run trains, so its
+    answer is kept per seed in the cache directory, keyed by its version; a cache that cannot be read or
+    written is computed again.
+    """
+    import importlib.metadata
+
+    path = cache_dir() / "digits" / f"split-sklearn-{importlib.metadata.version('scikit-learn')}-seed-{seed}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as kept:
+            return (kept["x_train"], kept["x_test"]), (kept["y_train"], kept["y_test"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        pass  # not kept yet, or unreadable: computed again below
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x_train, x_test, y_train, y_test = train_test_split(
+        bunch.images.astype(np.uint8), bunch.target.astype(np.int64), test_size=0.2, stratify=bunch.target,
+        random_state=seed,
+    )
+    # A unique temporary name, then an atomic rename: runs starting at once never read a half-written file.
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(partial, x_train=x_train, x_test=x_test, y_train=y_train, y_test=y_test)
+        os.replace(partial, path)
+    except OSError:  # a read-only or full disk: the next run computes it again
+        with contextlib.suppress(OSError):
+            partial.unlink()
+    return (x_train, x_test), (y_train, y_test)
+
+
+def cache_dir() -> Path:
+    """Where Arena keeps what it derives from datasets: ARENA_CACHE_DIR, default $ARENA_HOME/cache."""
+    configured = os.environ.get(ENV_CACHE_DIR)
+    if configured:
+        return Path(configured).expanduser()
+    from db.session import arena_home  # only here: reading data must not need the database stack
+
+    return arena_home() / "cache"
 
 
 def _powerlaw(seed: int, noise: float) -> Dataset:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -23,6 +24,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 _TEST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
 if _TEST_WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _TEST_WORKERS)))
+# Derived data (engine.data.cache_dir: digits' split per seed) is kept across tests, as a user's runs share it; each
+# test's ARENA_HOME is its own. tests/engine/test_data.py points it elsewhere to test the cache itself.
+os.environ.setdefault("ARENA_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"arena-test-cache-{os.getuid()}"))
 # Runs whose test is about something else skip the after-training calibration and operator profile
 # (on by default: 20 split/fused step pairs and 5 profiled steps, 1-2 s a run, tens on resnet);
 # tests/engine/test_calibration.py, test_traces.py and the profile pages' tests keep them on.

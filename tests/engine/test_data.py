@@ -2,10 +2,17 @@
 
 File datasets (mnist, fashion_mnist, cifar10) are tested in test_datafiles.py.
 """
+import importlib.metadata
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from engine.data import epoch_order, load, load_spec
+from engine.data import ENV_CACHE_DIR, epoch_order, load, load_spec
+from tests.conftest import REPO_ROOT
 
 
 def test_digits_is_a_stratified_scaled_80_20_split():
@@ -134,3 +141,49 @@ def test_load_spec_passes_shape_classes_size_and_seed():
     assert np.array_equal(digits.y_test, load("digits", 1).y_test)
     noisy = load_spec(RunSpec(framework="torch", model="powerlaw", dataset="powerlaw", seed=3, noise=0.05))
     assert noisy.info == load("powerlaw", 3, 0.05).info
+
+
+DIGITS_IN_A_NEW_PROCESS = """
+import sys
+import numpy as np
+from engine.data import load
+data = load("digits", seed=3)
+np.savez(sys.argv[1], x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test)
+print("sklearn" in sys.modules)
+"""
+
+
+def digits_in_a_new_process(cache: Path, out: Path) -> bool:
+    """Load digits (seed 3) in a fresh interpreter with this cache; save its arrays to out; whether it imported sklearn."""
+    result = subprocess.run([sys.executable, "-c", DIGITS_IN_A_NEW_PROCESS, str(out)], cwd=REPO_ROOT,
+                            env={**os.environ, ENV_CACHE_DIR: str(cache)}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip() == "True"
+
+
+def test_digits_split_is_kept_per_seed_and_the_next_process_reads_it_without_scikit_learn(tmp_path):
+    cache = tmp_path / "cache"
+    assert digits_in_a_new_process(cache, tmp_path / "first.npz")  # computed by scikit-learn, then kept
+    assert [path.name for path in (cache / "digits").iterdir()] == [
+        f"split-sklearn-{importlib.metadata.version('scikit-learn')}-seed-3.npz"]
+    assert not digits_in_a_new_process(cache, tmp_path / "second.npz")  # read back: no scikit-learn import
+    first, second = np.load(tmp_path / "first.npz"), np.load(tmp_path / "second.npz")
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        assert first[name].dtype == second[name].dtype and np.array_equal(first[name], second[name]), name
+
+
+def test_a_damaged_kept_split_is_computed_again_and_replaced(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_CACHE_DIR, str(tmp_path))
+    expected = load("digits", seed=5)
+    (kept,) = (tmp_path / "digits").iterdir()
+    kept.write_bytes(kept.read_bytes()[:1000])  # cut short, as a full disk would leave a file written in place
+    again = load("digits", seed=5)
+    assert np.array_equal(again.x_train, expected.x_train) and np.array_equal(again.y_test, expected.y_test)
+    assert kept.stat().st_size > 100_000 and np.load(kept)["y_test"].shape == (360,)
+    assert [path.name for path in (tmp_path / "digits").iterdir()] == [kept.name]  # no partial file left behind
+
+
+def test_digits_load_where_the_cache_cannot_be_written(tmp_path, monkeypatch):
+    (tmp_path / "cache").write_text("a file where the cache directory would go")
+    monkeypatch.setenv(ENV_CACHE_DIR, str(tmp_path / "cache"))
+    assert load("digits", seed=0).x_train.shape == (1437, 8, 8, 1)
