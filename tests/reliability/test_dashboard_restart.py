@@ -108,8 +108,11 @@ def test_the_run_outlives_its_dashboard_and_the_next_one_shows_it_live(tmp_path,
     epoch = re.compile(rf"(\d+)/{EPOCHS}")
 
     def shown_epoch() -> int:
-        found = epoch.search(table.text_content() or "")
-        return int(found.group(1)) if found else -1
+        # The Epoch cell on its own: the table's whole text runs the Progress cell's digits into it
+        # ("16.666666666666664100/600" is 100/600). The cells are the canvas grid's hidden accessible copy,
+        # which get_by_role skips as invisible.
+        cells = (epoch.fullmatch(text.strip()) for text in table.locator("[role=gridcell]").all_text_contents())
+        return next((int(found.group(1)) for found in cells if found), -1)
 
     first_seen = wait_for(lambda: shown_epoch() + 1, 60, "the run's epoch in the table") - 1
     try:
