@@ -120,6 +120,12 @@ def on_ray(ray_cluster, db_url, monkeypatch):
     cancel_runs(sessions, active)
 
 
+# The paths end to end (runs, a deployment, the CLI, the Devices page) run on both databases: `on_ray`'s db_url. The
+# failure and placement paths are the executor's and Ray's own, the same whichever database records them: they run
+# once, on SQLite, which every machine has (a PostgreSQL run of each added 100 s of make test's worker time).
+ON_SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
 def queue(sessions, framework: str = "torch", device: str = "cpu", **overrides) -> int:
     spec = RunSpec(framework=framework, device=device, **{**TINY, **overrides})
     return queue_runs(sessions, [spec])[0]
@@ -210,6 +216,7 @@ def test_queued_runs_execute_on_ray_in_their_own_runners_and_their_metrics_land_
     wait_until(lambda: ray.available_resources().get("CPU") == 2, 60, "Ray to get the CPUs back")
 
 
+@ON_SQLITE
 def test_a_gpu_run_waits_in_ray_until_a_gpu_is_free_and_gets_that_gpu(on_ray):
     sessions, scheduler = on_ray["sessions"], on_ray["scheduler"]
     taken = ray.util.placement_group([{"GPU": 1}])  # someone else's job holds the cluster's one GPU
@@ -232,6 +239,7 @@ def test_a_gpu_run_waits_in_ray_until_a_gpu_is_free_and_gets_that_gpu(on_ray):
     wait_until(lambda: ray.available_resources().get("GPU") == 1, 60, "Ray to get the GPU back")
 
 
+@ON_SQLITE
 def test_cancel_stops_a_running_ray_run_and_takes_a_waiting_one_out_of_rays_queue(on_ray):
     sessions, scheduler, url = on_ray["sessions"], on_ray["scheduler"], on_ray["url"]
     taken = ray.util.placement_group([{"GPU": 1}])
@@ -283,6 +291,7 @@ def rank_points(sessions, run_id: int, rank: int) -> int:
         return len(queries.metric_frame(s, [run_id], [f"{queries.RANK_PREFIX}{rank}/{queries.STEP_PREFIX}step_time_ms"]))
 
 
+@ON_SQLITE
 @pytest.mark.parametrize("framework, placement, strategy", [("torch", None, "PACK"), ("tensorflow", "spread", "SPREAD")],
                          ids=["torch-pack", "tensorflow-spread"])
 def test_a_two_worker_run_is_a_placement_group_of_one_actor_per_rank_that_trains_and_is_removed(
@@ -308,6 +317,7 @@ def test_a_two_worker_run_is_a_placement_group_of_one_actor_per_rank_that_trains
     wait_until(lambda: ray.available_resources().get("CPU") == 2, 60, "Ray to get both CPUs back")
 
 
+@ON_SQLITE
 @pytest.mark.parametrize("framework, killed, words", [
     ("torch", "process", "worker rank 1 was killed by SIGKILL"),
     # Its actor: Ray reports the actor dead, and the rank's process, orphaned, exits.
@@ -334,6 +344,7 @@ def test_a_killed_rank_on_ray_fails_the_run_within_seconds_and_its_group_goes(on
     print(f"a killed rank ({framework}, its {killed}) failed the run {noticed_s:.2f} s later")
 
 
+@ON_SQLITE
 def test_cancel_takes_a_waiting_group_out_of_ray_and_stops_every_rank_of_a_running_one(on_ray):
     sessions, scheduler, url = on_ray["sessions"], on_ray["scheduler"], on_ray["url"]
     taken = ray.util.placement_group([{"CPU": 2}])  # someone else's job holds both CPUs
@@ -365,6 +376,7 @@ def test_cancel_takes_a_waiting_group_out_of_ray_and_stops_every_rank_of_a_runni
     wait_until(lambda: ray.available_resources().get("CPU") == 2, 60, "Ray to get both CPUs back")
 
 
+@ON_SQLITE
 def test_a_group_no_cluster_can_hold_fails_at_once_naming_the_numbers(on_ray, monkeypatch):
     sessions, scheduler, url = on_ray["sessions"], on_ray["scheduler"], on_ray["url"]
     packed = queue(sessions, "torch", workers=4, batch_size=64)
@@ -389,6 +401,7 @@ def test_a_group_no_cluster_can_hold_fails_at_once_naming_the_numbers(on_ray, mo
     assert groups_named(actor_name(url, one_process)) == []
 
 
+@ON_SQLITE
 def test_a_group_ray_lost_with_its_actor_is_removed_and_the_run_goes_back_to_the_queue(on_ray):
     sessions, scheduler, url = on_ray["sessions"], on_ray["scheduler"], on_ray["url"]
     run_id = queue(sessions, "torch", workers=2, batch_size=64)
@@ -403,6 +416,7 @@ def test_a_group_ray_lost_with_its_actor_is_removed_and_the_run_goes_back_to_the
     wait_until(lambda: group_removed(actor_name(url, run_id)), 60, "both groups to be removed")
 
 
+@ON_SQLITE
 def test_a_killed_ray_runner_is_lost_like_a_local_one_and_ray_frees_its_cpu(on_ray):
     sessions, scheduler = on_ray["sessions"], on_ray["scheduler"]
     run_id = queue(sessions, device="cpu", **LONG)
@@ -416,6 +430,7 @@ def test_a_killed_ray_runner_is_lost_like_a_local_one_and_ray_frees_its_cpu(on_r
     wait_until(lambda: ray.available_resources().get("CPU") == 2, 60, "Ray to get the CPU back")
 
 
+@ON_SQLITE
 def test_a_run_ray_lost_before_it_started_goes_back_to_the_queue_and_runs(on_ray):
     sessions, scheduler = on_ray["sessions"], on_ray["scheduler"]
     run_id = queue(sessions, device="cpu")
