@@ -104,6 +104,22 @@ def _scan_streamlit_components_once():
     manifest_scanner.scan_component_manifests = scan
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _app_runs_as_in_the_dashboards_process():
+    """After every script run Streamlit resets the state of Keras and matplotlib if the process imported them
+    (script_runner._clean_problem_modules). The dashboard's process imports neither (tests/engine/test_imports.py
+    checks it); a test worker imports TensorFlow once an in-process TensorFlow test ran there, and from then on
+    every AppTest run paid Keras's clear_session, a garbage collection over TensorFlow's heap: 0.3 s a run,
+    tests/pages/test_bad_inputs_form.py's 39 tests 7.7 s of CPU alone and 44 s after one. Here, as there, nothing
+    is reset."""
+    from streamlit.runtime.scriptrunner import script_runner
+
+    reset = script_runner._clean_problem_modules
+    script_runner._clean_problem_modules = lambda: None
+    yield
+    script_runner._clean_problem_modules = reset
+
+
 @pytest.fixture(autouse=True)
 def _stop_schedulers():
     """A test that launched runs in-process leaves no scheduler thread (or lease) behind."""
